@@ -1,0 +1,1 @@
+//! The Portcullis origin API server.

@@ -1,0 +1,291 @@
+//! Who the client is: the peer address, or an address from forwarding headers only as far as
+//! trusted hops vouch for it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::config::{ClientIpConfig, ConfigError, ForwardedHeader};
+use crate::request::{Peer, RequestHeaders};
+
+/// The rate-limit identity of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    V4([u8; 4]),
+    /// The address masked to the configured prefix (a /64 by default).
+    V6([u8; 16]),
+    /// No usable address. All such requests share one key, so garbage never mints fresh quota.
+    Unknown,
+}
+
+impl ClientKey {
+    /// Stable bytes for hashing: a tag, then the address.
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::V4(octets) => {
+                out.push(4);
+                out.extend_from_slice(octets);
+            }
+            Self::V6(octets) => {
+                out.push(6);
+                out.extend_from_slice(octets);
+            }
+            Self::Unknown => out.push(0),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::V4(o) => write!(f, "{}", Ipv4Addr::from(*o)),
+            Self::V6(o) => write!(f, "{}", Ipv6Addr::from(*o)),
+            Self::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// At most this many forwarding entries are read; a longer chain is attacker padding.
+const MAX_CHAIN: usize = 32;
+
+#[derive(Debug, Clone)]
+pub(crate) struct ClientIdentity {
+    trusted: Vec<IpNet>,
+    trusted_hops: u8,
+    header: ForwardedHeader,
+    ipv6_prefix: u8,
+}
+
+impl ClientIdentity {
+    pub(crate) fn compile(config: &ClientIpConfig) -> Result<Self, ConfigError> {
+        let trusted = config
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, cidr)| {
+                parse_cidr(cidr).ok_or_else(|| {
+                    ConfigError::at(
+                        format!("client_ip.trusted_proxies[{i}]"),
+                        format!("{cidr:?} is not an IP address or CIDR"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if !(1..=128).contains(&config.ipv6_prefix) {
+            return Err(ConfigError::at(
+                "client_ip.ipv6_prefix",
+                format!("{} is not a prefix length between 1 and 128", config.ipv6_prefix),
+            ));
+        }
+        Ok(Self {
+            trusted,
+            trusted_hops: config.trusted_hops,
+            header: config.forwarded_header,
+            ipv6_prefix: config.ipv6_prefix,
+        })
+    }
+
+    /// Whether the immediate peer is a trusted proxy (so its `X-Forwarded-Proto` is believed).
+    pub(crate) fn peer_is_trusted(&self, peer: &Peer<'_>) -> bool {
+        match peer {
+            Peer::Socket(addr) => parse_ip(addr).is_some_and(|ip| self.is_trusted(ip, 0)),
+            Peer::Cloudflare | Peer::Unknown => false,
+        }
+    }
+
+    fn is_trusted(&self, ip: IpAddr, hop: usize) -> bool {
+        hop < usize::from(self.trusted_hops) || self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    pub(crate) fn identify<H: RequestHeaders + ?Sized>(&self, peer: &Peer<'_>, headers: &H) -> ClientKey {
+        let start = match peer {
+            Peer::Socket(addr) => parse_ip(addr),
+            Peer::Cloudflare => {
+                let mut found = None;
+                headers.for_each_value("cf-connecting-ip", &mut |value| {
+                    found = found.or_else(|| std::str::from_utf8(value).ok().and_then(|v| parse_ip(v.trim())));
+                });
+                // Cloudflare sets exactly this header; nothing else is consulted.
+                return found.map_or(ClientKey::Unknown, |ip| self.key(ip));
+            }
+            Peer::Unknown => None,
+        };
+        let Some(mut client) = start else { return ClientKey::Unknown };
+        if self.trusted_hops == 0 && self.trusted.is_empty() {
+            return self.key(client);
+        }
+
+        let chain = self.forwarding_chain(headers);
+        // Walk right to left: each entry was written by the hop to its right, so it is only
+        // believed while that hop is trusted. A malformed entry ends the walk at the last
+        // address a trusted hop vouched for.
+        for (hop, entry) in chain.iter().rev().enumerate() {
+            if !self.is_trusted(client, hop) {
+                break;
+            }
+            match entry {
+                Some(ip) => client = *ip,
+                None => break,
+            }
+        }
+        self.key(client)
+    }
+
+    fn forwarding_chain<H: RequestHeaders + ?Sized>(&self, headers: &H) -> Vec<Option<IpAddr>> {
+        let mut chain = Vec::new();
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        };
+        headers.for_each_value(name, &mut |value| {
+            let Ok(text) = std::str::from_utf8(value) else {
+                chain.push(None);
+                return;
+            };
+            for element in text.split(',') {
+                let ip = match self.header {
+                    ForwardedHeader::XForwardedFor => parse_ip(element.trim()),
+                    ForwardedHeader::Forwarded => forwarded_for(element),
+                };
+                chain.push(ip);
+            }
+        });
+        // Only the rightmost entries can ever be reached; keep the chain bounded.
+        if chain.len() > MAX_CHAIN {
+            chain.drain(..chain.len() - MAX_CHAIN);
+        }
+        chain
+    }
+
+    fn key(&self, ip: IpAddr) -> ClientKey {
+        match ip {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(v4.octets()),
+                None => {
+                    let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix));
+                    ClientKey::V6((u128::from(v6) & mask).to_be_bytes())
+                }
+            },
+        }
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// An address as hosts and proxies write it: `ip`, `ip:port`, `[v6]`, `[v6]:port`.
+pub(crate) fn parse_ip(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(socket) = text.parse::<SocketAddr>() {
+        return Some(socket.ip());
+    }
+    text.strip_prefix('[')?.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+}
+
+/// The `for=` node of one RFC 7239 element; `unknown` and obfuscated names give `None`.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim();
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        parse_ip(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(trusted: &[&str], hops: u8) -> ClientIdentity {
+        ClientIdentity::compile(&ClientIpConfig {
+            trusted_proxies: trusted.iter().map(|s| (*s).to_owned()).collect(),
+            trusted_hops: hops,
+            ..ClientIpConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn key(id: &ClientIdentity, peer: &str, xff: &[&str]) -> String {
+        let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
+        id.identify(&Peer::Socket(peer), headers.as_slice()).to_string()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_xff_says() {
+        let id = identity(&["10.0.0.0/8"], 0);
+        assert_eq!(key(&id, "203.0.113.9:5555", &["1.2.3.4"]), "203.0.113.9");
+        assert_eq!(key(&identity(&[], 0), "203.0.113.9", &["1.2.3.4"]), "203.0.113.9");
+    }
+
+    #[test]
+    fn walks_right_to_left_across_trusted_cidrs_only() {
+        let id = identity(&["10.0.0.0/8"], 0);
+        assert_eq!(key(&id, "10.0.0.1", &["6.6.6.6, 198.51.100.4, 10.1.1.1"]), "198.51.100.4");
+        assert_eq!(key(&id, "10.0.0.1", &["6.6.6.6", "198.51.100.4"]), "198.51.100.4");
+        assert_eq!(key(&id, "10.0.0.1", &["10.9.9.9"]), "10.9.9.9", "chain exhausted");
+        assert_eq!(key(&id, "10.0.0.1", &["1.1.1.1, garbage"]), "10.0.0.1", "malformed stops");
+        assert_eq!(key(&id, "10.0.0.1", &[]), "10.0.0.1");
+    }
+
+    #[test]
+    fn trusted_hops_count_from_the_peer() {
+        let id = identity(&[], 2);
+        assert_eq!(key(&id, "192.0.2.1", &["6.6.6.6, 203.0.113.5, 192.0.2.2"]), "203.0.113.5");
+        assert_eq!(key(&identity(&[], 1), "192.0.2.1", &["6.6.6.6, 203.0.113.5"]), "203.0.113.5");
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64_and_mapped_v4_by_the_v4() {
+        let id = identity(&[], 0);
+        assert_eq!(key(&id, "[2001:db8:1:2:aaaa::1]:443", &[]), "2001:db8:1:2::");
+        assert_eq!(key(&id, "2001:db8:1:2:bbbb::9", &[]), "2001:db8:1:2::");
+        assert_eq!(key(&id, "::ffff:192.0.2.7", &[]), "192.0.2.7");
+    }
+
+    #[test]
+    fn unusable_peers_share_the_unknown_key() {
+        let id = identity(&[], 0);
+        assert_eq!(key(&id, "envoy://internal", &[]), "unknown");
+        assert_eq!(id.identify(&Peer::Unknown, &[] as &[(&str, &str)]), ClientKey::Unknown);
+    }
+
+    #[test]
+    fn cloudflare_peer_reads_cf_connecting_ip_only() {
+        let id = identity(&[], 0);
+        let headers = [("cf-connecting-ip", "198.51.100.77"), ("x-forwarded-for", "1.1.1.1")];
+        assert_eq!(id.identify(&Peer::Cloudflare, &headers[..]).to_string(), "198.51.100.77");
+        let garbage = [("cf-connecting-ip", "nope")];
+        assert_eq!(id.identify(&Peer::Cloudflare, &garbage[..]), ClientKey::Unknown);
+    }
+
+    #[test]
+    fn forwarded_header_is_parsed_per_rfc_7239() {
+        let id = ClientIdentity::compile(&ClientIpConfig {
+            trusted_proxies: vec!["10.0.0.0/8".into()],
+            forwarded_header: ForwardedHeader::Forwarded,
+            ..ClientIpConfig::default()
+        })
+        .unwrap();
+        let headers = [("forwarded", r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#)];
+        assert_eq!(id.identify(&Peer::Socket("10.0.0.2"), &headers[..]).to_string(), "2001:db8::");
+        let hidden = [("forwarded", "for=_hidden")];
+        assert_eq!(id.identify(&Peer::Socket("10.0.0.2"), &hidden[..]).to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn bad_cidr_names_its_index() {
+        let err = ClientIdentity::compile(&ClientIpConfig {
+            trusted_proxies: vec!["10.0.0.0/8".into(), "10.0.0.0/99".into()],
+            ..ClientIpConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.path, "client_ip.trusted_proxies[1]");
+    }
+}

@@ -1,0 +1,247 @@
+//! The policy document as users write it (JSON). [`crate::Policy::from_json`] compiles it.
+//!
+//! Every field has a default, so `{}` is the seed system's behaviour. Unknown fields are errors:
+//! a misspelt option must never be silently ignored by a security layer.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Header values by name; `null` removes the header from the profile.
+pub type HeaderOverrides = BTreeMap<String, Option<String>>;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Built-in header set the default profile starts from.
+    pub preset: PresetName,
+    /// Per-header overrides on top of the preset.
+    pub headers: HeaderOverrides,
+    /// Response headers always removed (e.g. `X-Powered-By`).
+    pub remove_headers: Vec<String>,
+    /// Path-prefix profiles; the longest matching prefix wins.
+    pub profiles: Vec<ProfileConfig>,
+    /// Hosts this deployment answers for: `example.com`, `*.example.com`, or `*` for any.
+    pub allowed_hosts: Vec<String>,
+    pub https_redirect: RedirectConfig,
+    pub client_ip: ClientIpConfig,
+    /// Endpoint tiers; omitted means the seed's nine tiers.
+    pub rate_limits: Option<Vec<TierConfig>>,
+    pub rate_limit_mode: LimitMode,
+    /// Add `RateLimit`/`RateLimit-Policy` to forwarded responses of limited tiers, not only to 429s.
+    pub rate_limit_headers_on_success: bool,
+    pub limiter: LimiterConfig,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            preset: PresetName::Seed,
+            headers: HeaderOverrides::new(),
+            remove_headers: vec!["X-Powered-By".to_owned()],
+            profiles: Vec::new(),
+            allowed_hosts: vec!["localhost".to_owned()],
+            https_redirect: RedirectConfig::default(),
+            client_ip: ClientIpConfig::default(),
+            rate_limits: None,
+            rate_limit_mode: LimitMode::Enforce,
+            rate_limit_headers_on_success: true,
+            limiter: LimiterConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresetName {
+    /// Exactly the headers of the audited seed system.
+    Seed,
+    /// Current OWASP/Helmet advice; scores A+ on the MDN HTTP Observatory.
+    Strict,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Canonical path prefix, matched on whole segments (`/docs` matches `/docs/x`, not `/docsx`).
+    pub path_prefix: String,
+    /// Start from this preset instead of the default profile.
+    #[serde(default)]
+    pub preset: Option<PresetName>,
+    #[serde(default)]
+    pub headers: HeaderOverrides,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectConfig {
+    pub enabled: bool,
+    /// Port of the HTTPS listener clients are sent to; 443 is left out of URLs.
+    pub https_port: u16,
+    /// Canonical path prefixes served over plain HTTP (ACME HTTP-01 challenges).
+    pub exempt_prefixes: Vec<String>,
+}
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            https_port: 443,
+            exempt_prefixes: vec!["/.well-known/acme-challenge/".to_owned()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIpConfig {
+    /// Proxies (CIDRs) whose forwarding headers are believed.
+    pub trusted_proxies: Vec<String>,
+    /// The nearest N hops (the peer first) are trusted whatever their address.
+    pub trusted_hops: u8,
+    /// Which forwarding header carries the chain.
+    pub forwarded_header: ForwardedHeader,
+    /// IPv6 clients are keyed by this prefix length (one subscriber usually owns a /64).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            trusted_hops: 0,
+            forwarded_header: ForwardedHeader::XForwardedFor,
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Short identifier, `[a-z0-9_-]`; appears in `RateLimit-Policy`.
+    pub name: String,
+    /// HTTP method, or `*` for any. A `GET` tier also covers `HEAD`.
+    pub method: String,
+    /// Path template; `{name}` matches one segment.
+    pub path: String,
+    /// `N/second|minute|hour|day`, or `unlimited`.
+    pub limit: String,
+    /// Overrides `rate_limit_mode` for this tier.
+    #[serde(default)]
+    pub mode: Option<LimitMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    /// Over-limit requests get a 429.
+    Enforce,
+    /// Over-limit requests are forwarded and only reported.
+    Shadow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimiterConfig {
+    /// Client keys tracked per tier before the table makes room (rounded up to whole buckets).
+    pub capacity_per_tier: u32,
+    /// Compare-and-swap attempts before a contended request is treated as over the limit.
+    pub max_cas_retries: u8,
+    /// What to do when the state store itself fails.
+    pub on_store_error: StoreErrorMode,
+    /// 32 hex digits keying the slot hash, so outsiders cannot aim addresses at one bucket.
+    pub hash_key: Option<String>,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        Self {
+            capacity_per_tier: 16_384,
+            max_cas_retries: 8,
+            on_store_error: StoreErrorMode::Allow,
+            hash_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreErrorMode {
+    Allow,
+    Deny,
+}
+
+/// The seed's endpoint tiers (DESIGN.md), in the order its per-endpoint list gives them.
+pub fn seed_tiers() -> Vec<TierConfig> {
+    const SEED: [(&str, &str, &str, &str); 9] = [
+        ("login", "POST", "/api/v1/auth/login", "5/minute"),
+        ("refresh", "POST", "/api/v1/auth/refresh", "5/minute"),
+        ("transcribe", "POST", "/api/v1/transcribe", "10/minute"),
+        ("videos", "GET", "/api/v1/videos", "60/minute"),
+        ("analyze", "POST", "/api/v1/analyze", "60/minute"),
+        ("job-status", "GET", "/api/v1/jobs/{job_id}", "30/minute"),
+        ("job-delete", "DELETE", "/api/v1/jobs/{job_id}", "30/minute"),
+        ("schedule", "POST", "/api/v1/schedule", "10/minute"),
+        ("health", "GET", "/api/v1/health", "unlimited"),
+    ];
+    SEED.iter()
+        .map(|&(name, method, path, limit)| TierConfig {
+            name: name.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            limit: limit.to_owned(),
+            mode: None,
+        })
+        .collect()
+}
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path in the document, e.g. `rate_limits[3].limit`; `.` for the document itself.
+    pub path: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn at(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { path: path.into(), reason: reason.into() }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses the JSON document, naming the field of any structural error.
+pub fn parse(json: &[u8]) -> Result<PolicyConfig, ConfigError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Ok(PolicyConfig::default());
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let config: PolicyConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        // serde_json appends " at line L column C"; the field path already locates the problem.
+        let mut reason = inner.to_string();
+        if let Some(cut) = reason.rfind(" at line ") {
+            reason.truncate(cut);
+        }
+        ConfigError::at(path, reason)
+    })?;
+    de.end().map_err(|err| ConfigError::at(".", format!("trailing data after the document: {err}")))?;
+    Ok(config)
+}

@@ -1,0 +1,213 @@
+//! Security-header profiles: the presets as data, compiled per path prefix, and the response edits.
+
+use crate::config::{ConfigError, HeaderOverrides, PresetName};
+
+pub const HSTS: &str = "strict-transport-security";
+
+const SEED_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; \
+style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'self'; \
+frame-ancestors 'none'; form-action 'self'";
+
+const PERMISSIONS: &str =
+    "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()";
+
+const HSTS_VALUE: &str = "max-age=31536000; includeSubDomains; preload";
+
+/// The audited seed system's headers, exactly.
+const SEED: &[(&str, &str)] = &[
+    (HSTS, HSTS_VALUE),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("x-xss-protection", "1; mode=block"),
+    ("content-security-policy", SEED_CSP),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    ("permissions-policy", PERMISSIONS),
+    ("server", "Unknown"),
+];
+
+/// Current OWASP/Helmet advice for a JSON API; meets every MDN HTTP Observatory rule.
+const STRICT: &[(&str, &str)] = &[
+    (HSTS, HSTS_VALUE),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("x-xss-protection", "0"),
+    (
+        "content-security-policy",
+        "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("referrer-policy", "no-referrer"),
+    ("permissions-policy", PERMISSIONS),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("server", "Unknown"),
+];
+
+fn preset(name: PresetName) -> &'static [(&'static str, &'static str)] {
+    match name {
+        PresetName::Seed => SEED,
+        PresetName::Strict => STRICT,
+    }
+}
+
+/// Headers the policy may never set or remove: framing and hop-by-hop fields belong to the host.
+const UNMANAGEABLE: &[&str] = &[
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The header set one path prefix gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeaderProfile {
+    /// Lowercase names; never contains HSTS (kept apart: it is only sent over HTTPS).
+    pub set: Vec<(String, String)>,
+    pub hsts: Option<String>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderProfile {
+    pub(crate) fn from_preset(name: PresetName, remove: &[String]) -> Self {
+        let mut profile = Self { set: Vec::new(), hsts: None, remove: remove.to_vec() };
+        for (header, value) in preset(name) {
+            profile.put(header, Some((*value).to_owned()));
+        }
+        profile
+    }
+
+    /// Applies user overrides; `path` is the field path of the override map, for errors.
+    pub(crate) fn apply_overrides(
+        &mut self,
+        overrides: &HeaderOverrides,
+        path: &str,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in overrides {
+            let field = format!("{path}.{name}");
+            let lower = validate_name(name).map_err(|reason| ConfigError::at(&field, reason))?;
+            if let Some(value) = value {
+                validate_value(value).map_err(|reason| ConfigError::at(&field, reason))?;
+            }
+            self.put(&lower, value.clone());
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, lower_name: &str, value: Option<String>) {
+        if lower_name == HSTS {
+            self.hsts = value;
+            return;
+        }
+        self.set.retain(|(name, _)| name != lower_name);
+        if let Some(value) = value {
+            self.set.push((lower_name.to_owned(), value));
+            self.remove.retain(|name| name != lower_name);
+        }
+    }
+}
+
+/// Checks a header name is an RFC 9110 token the policy may manage; returns it lowercased.
+pub(crate) fn validate_name(name: &str) -> Result<String, String> {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!("{name:?} is not a valid header name"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if UNMANAGEABLE.contains(&lower.as_str()) {
+        return Err(format!("{name:?} is a connection header the host manages"));
+    }
+    Ok(lower)
+}
+
+/// Visible ASCII, spaces and tabs only: nothing that could split or smuggle a header.
+pub(crate) fn validate_value(value: &str) -> Result<(), String> {
+    let ok = value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+    if !ok {
+        return Err(format!("{value:?} contains control or non-ASCII characters"));
+    }
+    if value.trim() != value {
+        return Err(format!("{value:?} has leading or trailing whitespace"));
+    }
+    Ok(())
+}
+
+/// Where a host writes response headers. Names are lowercase; `set` replaces every existing value.
+pub trait HeaderSink {
+    fn set(&mut self, name: &str, value: &str);
+    fn remove(&mut self, name: &str);
+}
+
+/// A plain list of header pairs, as hosts that buffer a whole map use it.
+impl HeaderSink for Vec<(String, String)> {
+    fn set(&mut self, name: &str, value: &str) {
+        self.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name));
+        self.push((name.to_owned(), value.to_owned()));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_preset_is_the_audited_header_table() {
+        let profile = HeaderProfile::from_preset(PresetName::Seed, &[]);
+        assert_eq!(profile.hsts.as_deref(), Some("max-age=31536000; includeSubDomains; preload"));
+        let get = |name: &str| {
+            profile.set.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("x-frame-options"), Some("DENY"));
+        assert_eq!(get("x-content-type-options"), Some("nosniff"));
+        assert_eq!(get("x-xss-protection"), Some("1; mode=block"));
+        assert_eq!(get("referrer-policy"), Some("strict-origin-when-cross-origin"));
+        assert_eq!(get("server"), Some("Unknown"));
+        assert!(get("content-security-policy").unwrap().starts_with(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+        ));
+        assert_eq!(profile.set.len(), 7);
+    }
+
+    #[test]
+    fn overrides_replace_remove_and_route_hsts() {
+        let mut profile = HeaderProfile::from_preset(PresetName::Seed, &["x-powered-by".into()]);
+        let overrides = HeaderOverrides::from([
+            ("X-XSS-Protection".to_owned(), Some("0".to_owned())),
+            ("Permissions-Policy".to_owned(), None),
+            ("Strict-Transport-Security".to_owned(), Some("max-age=600".to_owned())),
+            ("X-Powered-By".to_owned(), Some("Portcullis".to_owned())),
+        ]);
+        profile.apply_overrides(&overrides, "headers").unwrap();
+        assert_eq!(profile.hsts.as_deref(), Some("max-age=600"));
+        assert!(profile.set.contains(&("x-xss-protection".into(), "0".into())));
+        assert!(!profile.set.iter().any(|(n, _)| n == "permissions-policy"));
+        assert!(profile.remove.is_empty(), "a header set explicitly is not also removed");
+    }
+
+    #[test]
+    fn bad_names_and_values_name_the_field() {
+        let mut profile = HeaderProfile::from_preset(PresetName::Seed, &[]);
+        let bad_value = HeaderOverrides::from([("X-A".into(), Some("a\r\nSet-Cookie: x".into()))]);
+        let err = profile.apply_overrides(&bad_value, "profiles[0].headers").unwrap_err();
+        assert_eq!(err.path, "profiles[0].headers.X-A");
+        let bad_name = HeaderOverrides::from([("Bad Name".into(), Some("x".into()))]);
+        assert!(profile.apply_overrides(&bad_name, "headers").is_err());
+        let framing = HeaderOverrides::from([("Content-Length".into(), Some("1".into()))]);
+        assert!(profile.apply_overrides(&framing, "headers").is_err());
+    }
+
+    #[test]
+    fn vec_sink_replaces_case_insensitively() {
+        let mut headers = vec![("Server".to_owned(), "nginx".to_owned())];
+        headers.set("server", "Unknown");
+        HeaderSink::remove(&mut headers, "SERVER");
+        assert!(headers.is_empty());
+    }
+}

@@ -1,0 +1,143 @@
+//! `Host`/`:authority` parsing and the allowed-host list.
+//!
+//! Hand-written because the `Location` we build must be provably free of anything but
+//! `[a-z0-9.-_]` and bracketed IPv6: general URL crates accept (and re-encode) far more.
+
+use std::net::Ipv6Addr;
+
+/// A validated, lowercased host name or IP literal (IPv6 kept without brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    name: String,
+    ipv6: bool,
+}
+
+impl Host {
+    /// The host as it is written in a URL authority (IPv6 in brackets).
+    pub fn url_form(&self) -> String {
+        if self.ipv6 { format!("[{}]", self.name) } else { self.name.clone() }
+    }
+}
+
+const MAX_HOST_LEN: usize = 253;
+
+/// Parses `host[:port]` from an authority; `None` for anything malformed.
+pub fn parse_authority(authority: &[u8]) -> Option<Host> {
+    let text = std::str::from_utf8(authority).ok()?;
+    if let Some(rest) = text.strip_prefix('[') {
+        let (literal, after) = rest.split_once(']')?;
+        if !after.is_empty() && !valid_port(after.strip_prefix(':')?) {
+            return None;
+        }
+        let addr: Ipv6Addr = literal.parse().ok()?;
+        return Some(Host { name: addr.to_string(), ipv6: true });
+    }
+    let name = match text.rsplit_once(':') {
+        Some((name, port)) if valid_port(port) => name,
+        Some(_) => return None,
+        None => text,
+    };
+    parse_host_name(name).map(|name| Host { name, ipv6: false })
+}
+
+fn valid_port(port: &str) -> bool {
+    port.is_empty() || (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+}
+
+/// A DNS name or IPv4 literal: letters, digits, `-`, `_` and non-empty dot-separated labels.
+fn parse_host_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_HOST_LEN {
+        return None;
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    name.split('.').all(label_ok).then(|| name.to_ascii_lowercase())
+}
+
+/// One entry of `allowed_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostPattern {
+    Any,
+    Exact(String),
+    /// `*.example.com`: any name strictly below `example.com`.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
+        if pattern == "*" {
+            return Ok(Self::Any);
+        }
+        if let Some(parent) = pattern.strip_prefix("*.") {
+            return parse_host_name(parent)
+                .map(Self::Subdomains)
+                .ok_or_else(|| format!("{pattern:?} is not a host name, *.domain or *"));
+        }
+        parse_authority(pattern.as_bytes())
+            .filter(|_| !pattern.contains(':') || pattern.starts_with('['))
+            .map(|host| Self::Exact(host.name))
+            .ok_or_else(|| format!("{pattern:?} is not a host name (without port), *.domain or *"))
+    }
+
+    pub(crate) fn matches(&self, host: &Host) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(name) => *name == host.name,
+            Self::Subdomains(parent) => {
+                host.name.len() > parent.len() + 1
+                    && host.name.ends_with(parent.as_str())
+                    && host.name.as_bytes()[host.name.len() - parent.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(text: &str) -> Option<String> {
+        parse_authority(text.as_bytes()).map(|h| h.url_form())
+    }
+
+    #[test]
+    fn parses_names_ports_and_literals() {
+        assert_eq!(host("LocalHost:8080").as_deref(), Some("localhost"));
+        assert_eq!(host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(host("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host("[::1]:8443").as_deref(), Some("[::1]"));
+        assert_eq!(host("[2001:DB8::1]").as_deref(), Some("[2001:db8::1]"));
+        assert_eq!(host("example.com:").as_deref(), Some("example.com"));
+    }
+
+    #[test]
+    fn rejects_anything_that_could_bend_a_location() {
+        for bad in [
+            "", "evil.com/x", "a@evil.com", "evil.com:99999", "evil.com:80:80", "a..b", ".",
+            "a b", "evil.com\r\nx: y", "[::1", "[::1]x", "[nonsense]", "ex%41mple.com", "é.com",
+        ] {
+            assert_eq!(host(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_authority(b"\xff\xfe"), None);
+    }
+
+    #[test]
+    fn patterns_match_exact_wildcard_and_any() {
+        let h = |s: &str| parse_authority(s.as_bytes()).unwrap();
+        let exact = HostPattern::parse("Example.com").unwrap();
+        assert!(exact.matches(&h("example.com:443")));
+        assert!(!exact.matches(&h("www.example.com")));
+        let sub = HostPattern::parse("*.example.com").unwrap();
+        assert!(sub.matches(&h("api.example.com")));
+        assert!(!sub.matches(&h("example.com")));
+        assert!(!sub.matches(&h("evilexample.com")));
+        assert!(HostPattern::parse("*").unwrap().matches(&h("anything")));
+        assert!(HostPattern::parse("example.com:80").is_err());
+        assert!(HostPattern::parse("*.").is_err());
+        assert!(HostPattern::parse("[::1]").unwrap().matches(&h("[::1]:8443")));
+    }
+}

@@ -1,0 +1,50 @@
+//! `portcullis-core`: the Portcullis policy engine.
+//!
+//! Pure decisions, no I/O, no clock, no host types. A host (the Envoy filter, the Cloudflare
+//! Worker, the origin server) translates its request into a [`Request`], calls
+//! [`Policy::decide`] with the current time and its [`BucketStore`], and either sends the
+//! [`LocalResponse`] or forwards the request and later applies [`Policy::response_edits`].
+//!
+//! ```
+//! use portcullis_core::{Decision, MemoryStore, Peer, Policy, Request, Scheme};
+//!
+//! let policy = Policy::from_json(br#"{"https_redirect": {"https_port": 8443}}"#).unwrap();
+//! let store = MemoryStore::new();
+//! let headers: Vec<(&str, &str)> = Vec::new();
+//! let request = Request {
+//!     method: b"GET",
+//!     scheme: Scheme::Http,
+//!     authority: Some(b"localhost:8080"),
+//!     path: Some(b"/api/v1/videos?page=2"),
+//!     peer: Peer::Socket("203.0.113.9:41000"),
+//!     headers: &headers,
+//! };
+//! let Decision::Respond(reply) = policy.decide(&request, 1_700_000_000_000_000_000, &store) else {
+//!     panic!("plain HTTP is redirected");
+//! };
+//! assert_eq!(reply.status, 301);
+//! assert_eq!(reply.header("location"), Some("https://localhost:8443/api/v1/videos?page=2"));
+//! ```
+
+mod client;
+pub mod config;
+mod decision;
+mod headers;
+mod host;
+pub mod limiter;
+pub mod path;
+mod policy;
+pub mod rate;
+mod request;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use client::ClientKey;
+pub use config::{ConfigError, PolicyConfig};
+pub use decision::{Decision, Forward, LocalResponse, Outcome, ResponseEdits, ResponsePlan};
+pub use headers::HeaderSink;
+pub use limiter::store::{BucketStore, Loaded, MemoryStore, StoreError, Swap, Version};
+pub use limiter::table::BUCKET_BYTES;
+pub use policy::Policy;
+pub use request::{Peer, Request, RequestHeaders, Scheme};

@@ -1,0 +1,212 @@
+//! Tiered per-client rate limiting: which bucket a (tier, client) lives in, and the
+//! compare-and-swap loop that runs [`gcra`] over a [`BucketStore`].
+
+pub mod gcra;
+pub mod store;
+pub mod table;
+
+use std::hash::Hasher;
+
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+use crate::client::ClientKey;
+use crate::config::{ConfigError, LimiterConfig, StoreErrorMode};
+use gcra::{Gcra, Verdict};
+use store::{BucketStore, StoreError, Swap};
+use table::{Bucket, WAYS};
+
+/// Where one (tier, client) pair lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Bucket index in the store, `0..Limiter::bucket_count()`.
+    pub index: u32,
+    /// Non-zero identity of the pair inside its bucket.
+    pub fingerprint: u64,
+}
+
+/// The result of asking the limiter about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    Allowed(Verdict),
+    Denied(Verdict),
+    /// Every compare-and-swap attempt lost a race; the request counts as over the limit.
+    Contended,
+    /// The store failed; the configured `on_store_error` decides.
+    StoreFailed(StoreError),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Limiter {
+    key: (u64, u64),
+    buckets_per_tier: u32,
+    limited_tiers: u32,
+    max_retries: u8,
+    pub(crate) on_store_error: StoreErrorMode,
+}
+
+/// Fixed default key of the slot hash; set `limiter.hash_key` in production.
+const DEFAULT_KEY: (u64, u64) = (0x706f_7274_6375_6c6c, 0x6973_2d73_6c6f_7473);
+
+impl Limiter {
+    pub(crate) fn compile(config: &LimiterConfig, limited_tiers: u32) -> Result<Self, ConfigError> {
+        let key = match &config.hash_key {
+            None => DEFAULT_KEY,
+            Some(hex) => parse_key(hex).ok_or_else(|| {
+                ConfigError::at("limiter.hash_key", "must be exactly 32 hexadecimal digits")
+            })?,
+        };
+        if config.capacity_per_tier == 0 {
+            return Err(ConfigError::at("limiter.capacity_per_tier", "must be at least 1"));
+        }
+        let buckets_per_tier = config.capacity_per_tier.div_ceil(WAYS as u32);
+        if u64::from(buckets_per_tier) * u64::from(limited_tiers.max(1)) > u64::from(u32::MAX) {
+            return Err(ConfigError::at(
+                "limiter.capacity_per_tier",
+                format!("{} keys per tier over {limited_tiers} tiers is more buckets than a store can index", config.capacity_per_tier),
+            ));
+        }
+        Ok(Self {
+            key,
+            buckets_per_tier,
+            limited_tiers,
+            max_retries: config.max_cas_retries,
+            on_store_error: config.on_store_error,
+        })
+    }
+
+    /// Total buckets across all limited tiers: the store never holds more entries than this.
+    pub(crate) fn bucket_count(&self) -> u32 {
+        self.buckets_per_tier * self.limited_tiers
+    }
+
+    pub(crate) fn slot(&self, tier_name: &str, tier_ordinal: u32, client: &ClientKey) -> Slot {
+        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        let mut bytes = Vec::with_capacity(tier_name.len() + 18);
+        bytes.extend_from_slice(tier_name.as_bytes());
+        bytes.push(0);
+        client.write_to(&mut bytes);
+        hasher.write(&bytes);
+        let hash = hasher.finish128();
+        let bucket = (hash.h1 % u64::from(self.buckets_per_tier)) as u32;
+        Slot {
+            index: tier_ordinal * self.buckets_per_tier + bucket,
+            fingerprint: hash.h2.max(1),
+        }
+    }
+
+    pub(crate) fn acquire<S: BucketStore + ?Sized>(&self, store: &S, slot: Slot, gcra: &Gcra, now: u64) -> Acquire {
+        for _ in 0..=self.max_retries {
+            let loaded = match store.load(slot.index) {
+                Ok(loaded) => loaded,
+                Err(err) => return Acquire::StoreFailed(err),
+            };
+            let mut bucket = Bucket::decode(loaded.bytes.as_deref());
+            let admission = bucket.admit(slot.fingerprint, gcra, now);
+            if !admission.changed {
+                return Acquire::Denied(admission.verdict);
+            }
+            match store.compare_and_swap(slot.index, loaded.version, &bucket.encode()) {
+                Ok(Swap::Written) => return Acquire::Allowed(admission.verdict),
+                Ok(Swap::Conflict) => continue,
+                Err(err) => return Acquire::StoreFailed(err),
+            }
+        }
+        Acquire::Contended
+    }
+}
+
+fn parse_key(hex: &str) -> Option<(u64, u64)> {
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let k0 = u64::from_str_radix(&hex[..16], 16).ok()?;
+    let k1 = u64::from_str_radix(&hex[16..], 16).ok()?;
+    Some((k0, k1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store::{Loaded, MemoryStore, Version};
+    use super::*;
+    use crate::rate::Rate;
+    use std::cell::Cell;
+
+    fn limiter(capacity: u32, retries: u8) -> Limiter {
+        let config = LimiterConfig { capacity_per_tier: capacity, max_cas_retries: retries, ..LimiterConfig::default() };
+        Limiter::compile(&config, 2).unwrap()
+    }
+
+    #[test]
+    fn slots_stay_inside_their_tier_range() {
+        let limiter = limiter(64, 8);
+        assert_eq!(limiter.bucket_count(), 32);
+        for i in 0..500u32 {
+            let client = ClientKey::V4(i.to_be_bytes());
+            let a = limiter.slot("login", 0, &client);
+            let b = limiter.slot("videos", 1, &client);
+            assert!(a.index < 16 && (16..32).contains(&b.index));
+            assert_ne!(a.fingerprint, 0);
+        }
+    }
+
+    #[test]
+    fn the_hash_key_moves_slots() {
+        let default = limiter(1 << 20, 8);
+        let keyed = Limiter::compile(
+            &LimiterConfig { hash_key: Some("00112233445566778899aabbccddeeff".into()), capacity_per_tier: 1 << 20, ..LimiterConfig::default() },
+            2,
+        )
+        .unwrap();
+        let client = ClientKey::V4([192, 0, 2, 1]);
+        assert_ne!(default.slot("login", 0, &client), keyed.slot("login", 0, &client));
+        let bad = LimiterConfig { hash_key: Some("xyz".into()), ..LimiterConfig::default() };
+        assert_eq!(Limiter::compile(&bad, 1).unwrap_err().path, "limiter.hash_key");
+    }
+
+    /// A store that loses the first `conflicts` races, like a busy Envoy with many workers.
+    struct Contended {
+        inner: MemoryStore,
+        conflicts: Cell<u32>,
+    }
+
+    impl BucketStore for Contended {
+        fn load(&self, index: u32) -> Result<Loaded, StoreError> {
+            self.inner.load(index)
+        }
+        fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
+            if self.conflicts.get() > 0 {
+                self.conflicts.set(self.conflicts.get() - 1);
+                return Ok(Swap::Conflict);
+            }
+            self.inner.compare_and_swap(index, expected, bytes)
+        }
+    }
+
+    #[test]
+    fn cas_retries_are_bounded_with_a_defined_outcome() {
+        let limiter = limiter(64, 3);
+        let gcra = Gcra::new(Rate::new(5, 60).unwrap());
+        let slot = limiter.slot("login", 0, &ClientKey::Unknown);
+        let store = Contended { inner: MemoryStore::new(), conflicts: Cell::new(3) };
+        assert!(matches!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Allowed(_)), "won on the last retry");
+        store.conflicts.set(4);
+        assert_eq!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Contended);
+    }
+
+    #[test]
+    fn store_failures_are_reported_not_hidden() {
+        struct Broken;
+        impl BucketStore for Broken {
+            fn load(&self, _: u32) -> Result<Loaded, StoreError> {
+                Err(StoreError("down".into()))
+            }
+            fn compare_and_swap(&self, _: u32, _: Version, _: &[u8]) -> Result<Swap, StoreError> {
+                Err(StoreError("down".into()))
+            }
+        }
+        let limiter = limiter(64, 3);
+        let gcra = Gcra::new(Rate::new(5, 60).unwrap());
+        let slot = limiter.slot("login", 0, &ClientKey::Unknown);
+        assert!(matches!(limiter.acquire(&Broken, slot, &gcra, 1), Acquire::StoreFailed(_)));
+    }
+}

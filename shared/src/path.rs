@@ -1,0 +1,165 @@
+//! Path canonicalisation and route templates.
+//!
+//! The canonical form exists so that no spelling of a limited path escapes its tier. When in
+//! doubt it merges spellings (treating a decoded `%2F` as a separator, dropping `;params`) —
+//! matching too much only limits more, matching too little opens a bypass.
+
+use percent_encoding::percent_decode;
+
+/// Canonical form of a request target's path: percent-decoded to a fixed point, lowercased,
+/// `\` read as `/`, `;params` cut from each segment, empty and `.` segments dropped, `..`
+/// resolved (never above the root), no trailing slash. Always starts with `/`.
+pub fn canonicalize(target: &[u8]) -> String {
+    let end = target.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(target.len());
+    let mut bytes = target[..end].to_vec();
+    // Each pass that changes anything shortens the input, so this ends; decoding to a fixed
+    // point defeats double encoding (`%252e` → `%2e` → `.`).
+    loop {
+        let decoded: Vec<u8> = percent_decode(&bytes).collect();
+        if decoded == bytes {
+            break;
+        }
+        bytes = decoded;
+    }
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase().replace('\\', "/");
+
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        let segment = segment.split(';').next().unwrap_or_default();
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            kept => segments.push(kept),
+        }
+    }
+    let mut canonical = String::with_capacity(text.len() + 1);
+    for segment in &segments {
+        canonical.push('/');
+        canonical.push_str(segment);
+    }
+    if canonical.is_empty() {
+        canonical.push('/');
+    }
+    canonical
+}
+
+/// Whether canonical `path` lies under canonical `prefix`, on a segment boundary.
+pub(crate) fn has_prefix(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix)
+            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+}
+
+/// A route such as `/api/v1/jobs/{job_id}`, compiled to canonical segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RouteTemplate {
+    segments: Vec<TemplateSegment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplateSegment {
+    Literal(String),
+    /// `{name}`: exactly one non-empty segment.
+    Param,
+}
+
+impl RouteTemplate {
+    pub(crate) fn parse(template: &str) -> Result<Self, String> {
+        if !template.starts_with('/') {
+            return Err(format!("{template:?} must start with /"));
+        }
+        let segments = template
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|segment| {
+                if segment.starts_with('{') && segment.ends_with('}') && segment.len() > 2 {
+                    Ok(TemplateSegment::Param)
+                } else if segment.contains(['{', '}', '%', ';', '\\', '?', '#'])
+                    || segment == "."
+                    || segment == ".."
+                {
+                    Err(format!("{template:?}: segment {segment:?} is neither literal nor {{name}}"))
+                } else {
+                    Ok(TemplateSegment::Literal(segment.to_ascii_lowercase()))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { segments })
+    }
+
+    /// Matches a canonical path (as [`canonicalize`] returns it).
+    pub(crate) fn matches(&self, canonical: &str) -> bool {
+        let mut parts = canonical.split('/').filter(|s| !s.is_empty());
+        for expected in &self.segments {
+            match (expected, parts.next()) {
+                (TemplateSegment::Literal(lit), Some(part)) if lit == part => {}
+                (TemplateSegment::Param, Some(_)) => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_login_is_one_path() {
+        for spelling in [
+            "/api/v1/auth/login",
+            "/API/V1/Auth/Login",
+            "/api/v1/auth/login/",
+            "//api//v1///auth/login",
+            "/api/./v1/auth/./login",
+            "/api/v1/x/../auth/login",
+            "/api/v1/auth/%6c%6F%67%69%6e",
+            "/api/v1/auth/%256c%256f%2567%2569%256e",
+            "/api/v1/auth%2flogin",
+            "/api/v1/auth/login;jsessionid=1",
+            "/api;x=1/v1/auth/login",
+            "/api/v1/auth/login?next=/x",
+            "/api\\v1\\auth\\login",
+            "/api/v1/auth/..;/auth/login",
+            "/../../api/v1/auth/login",
+            "api/v1/auth/login",
+        ] {
+            assert_eq!(canonicalize(spelling.as_bytes()), "/api/v1/auth/login", "{spelling:?}");
+        }
+    }
+
+    #[test]
+    fn root_and_odd_bytes_stay_well_formed() {
+        assert_eq!(canonicalize(b""), "/");
+        assert_eq!(canonicalize(b"/.."), "/");
+        assert_eq!(canonicalize(b"?x"), "/");
+        assert_eq!(canonicalize(b"/%"), "/%");
+        assert_eq!(canonicalize(b"/%zz"), "/%zz");
+        assert_eq!(canonicalize(b"/\xff"), "/\u{fffd}");
+    }
+
+    #[test]
+    fn templates_match_whole_segments() {
+        let job = RouteTemplate::parse("/api/v1/jobs/{job_id}").unwrap();
+        assert!(job.matches("/api/v1/jobs/123"));
+        assert!(!job.matches("/api/v1/jobs"));
+        assert!(!job.matches("/api/v1/jobs/1/2"));
+        let login = RouteTemplate::parse("/API/v1/auth/login/").unwrap();
+        assert!(login.matches("/api/v1/auth/login"));
+        assert!(RouteTemplate::parse("api").is_err());
+        assert!(RouteTemplate::parse("/a/../b").is_err());
+        assert!(RouteTemplate::parse("/a/{x").is_err());
+        assert!(RouteTemplate::parse("/a%2fb").is_err());
+    }
+
+    #[test]
+    fn prefixes_respect_segment_boundaries() {
+        assert!(has_prefix("/docs", "/docs"));
+        assert!(has_prefix("/docs/x", "/docs"));
+        assert!(!has_prefix("/docsx", "/docs"));
+        assert!(has_prefix("/anything", "/"));
+    }
+}

@@ -1,0 +1,55 @@
+//! The request as the core sees it: borrowed bytes, whatever the host's own types are.
+
+/// The scheme of the connection the host accepted the request on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer<'a> {
+    /// The TCP peer as the host reports it: `ip`, `ip:port` or `[v6]:port`.
+    Socket(&'a str),
+    /// The platform vouches for `CF-Connecting-IP` (a Cloudflare Worker).
+    Cloudflare,
+    /// The host could not say.
+    Unknown,
+}
+
+/// Read access to request headers. Names are asked for in lowercase; values are raw bytes
+/// because nothing guarantees a client sent UTF-8.
+pub trait RequestHeaders {
+    /// Calls `visit` with every value of `name`, in order of appearance.
+    fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8]));
+}
+
+impl<K: AsRef<str>, V: AsRef<[u8]>> RequestHeaders for [(K, V)] {
+    fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        for (key, value) in self {
+            if key.as_ref().eq_ignore_ascii_case(name) {
+                visit(value.as_ref());
+            }
+        }
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<[u8]>> RequestHeaders for Vec<(K, V)> {
+    fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        self.as_slice().for_each_value(name, visit);
+    }
+}
+
+/// One request, borrowed from the host.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a, H: RequestHeaders + ?Sized> {
+    pub method: &'a [u8],
+    pub scheme: Scheme,
+    /// `:authority` or `Host`; `None` when the client sent neither.
+    pub authority: Option<&'a [u8]>,
+    /// `:path` with its query; `None` is read as `/`.
+    pub path: Option<&'a [u8]>,
+    pub peer: Peer<'a>,
+    pub headers: &'a H,
+}
