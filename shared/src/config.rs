@@ -214,7 +214,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn at(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { path: path.into(), reason: reason.into() }
+        Self {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -242,6 +245,7 @@ pub fn parse(json: &[u8]) -> Result<PolicyConfig, ConfigError> {
         }
         ConfigError::at(path, reason)
     })?;
-    de.end().map_err(|err| ConfigError::at(".", format!("trailing data after the document: {err}")))?;
+    de.end()
+        .map_err(|err| ConfigError::at(".", format!("trailing data after the document: {err}")))?;
     Ok(config)
 }

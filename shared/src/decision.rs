@@ -81,7 +81,10 @@ pub struct LocalResponse {
 
 impl LocalResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -139,12 +142,20 @@ impl ResponseEdits<'_> {
     /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), the legacy
     /// `X-RateLimit-*` trio and, on a refusal, `Retry-After`.
     pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
-        let Some((tier, limit, window, report)) = self.rate else { return Vec::new() };
+        let Some((tier, limit, window, report)) = self.rate else {
+            return Vec::new();
+        };
         // On a refusal the reset points at the same instant as Retry-After (draft §4).
         let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));
         let mut headers = vec![
-            ("ratelimit-policy", format!("\"{tier}\";q={limit};w={window}")),
-            ("ratelimit", format!("\"{tier}\";r={};t={reset}", report.remaining)),
+            (
+                "ratelimit-policy",
+                format!("\"{tier}\";q={limit};w={window}"),
+            ),
+            (
+                "ratelimit",
+                format!("\"{tier}\";r={};t={reset}", report.remaining),
+            ),
             ("x-ratelimit-limit", limit.to_string()),
             ("x-ratelimit-remaining", report.remaining.to_string()),
             ("x-ratelimit-reset", reset.to_string()),

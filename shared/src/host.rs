@@ -15,7 +15,11 @@ pub struct Host {
 impl Host {
     /// The host as it is written in a URL authority (IPv6 in brackets).
     pub fn url_form(&self) -> String {
-        if self.ipv6 { format!("[{}]", self.name) } else { self.name.clone() }
+        if self.ipv6 {
+            format!("[{}]", self.name)
+        } else {
+            self.name.clone()
+        }
     }
 }
 
@@ -30,7 +34,10 @@ pub fn parse_authority(authority: &[u8]) -> Option<Host> {
             return None;
         }
         let addr: Ipv6Addr = literal.parse().ok()?;
-        return Some(Host { name: addr.to_string(), ipv6: true });
+        return Some(Host {
+            name: addr.to_string(),
+            ipv6: true,
+        });
     }
     let name = match text.rsplit_once(':') {
         Some((name, port)) if valid_port(port) => name,
@@ -41,7 +48,10 @@ pub fn parse_authority(authority: &[u8]) -> Option<Host> {
 }
 
 fn valid_port(port: &str) -> bool {
-    port.is_empty() || (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+    port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok())
 }
 
 /// A DNS name or IPv4 literal: letters, digits, `-`, `_` and non-empty dot-separated labels.
@@ -53,9 +63,13 @@ fn parse_host_name(name: &str) -> Option<String> {
     let label_ok = |label: &str| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    name.split('.').all(label_ok).then(|| name.to_ascii_lowercase())
+    name.split('.')
+        .all(label_ok)
+        .then(|| name.to_ascii_lowercase())
 }
 
 /// One entry of `allowed_hosts`.
@@ -117,8 +131,20 @@ mod tests {
     #[test]
     fn rejects_anything_that_could_bend_a_location() {
         for bad in [
-            "", "evil.com/x", "a@evil.com", "evil.com:99999", "evil.com:80:80", "a..b", ".",
-            "a b", "evil.com\r\nx: y", "[::1", "[::1]x", "[nonsense]", "ex%41mple.com", "é.com",
+            "",
+            "evil.com/x",
+            "a@evil.com",
+            "evil.com:99999",
+            "evil.com:80:80",
+            "a..b",
+            ".",
+            "a b",
+            "evil.com\r\nx: y",
+            "[::1",
+            "[::1]x",
+            "[nonsense]",
+            "ex%41mple.com",
+            "é.com",
         ] {
             assert_eq!(host(bad), None, "{bad:?}");
         }
@@ -138,6 +164,10 @@ mod tests {
         assert!(HostPattern::parse("*").unwrap().matches(&h("anything")));
         assert!(HostPattern::parse("example.com:80").is_err());
         assert!(HostPattern::parse("*.").is_err());
-        assert!(HostPattern::parse("[::1]").unwrap().matches(&h("[::1]:8443")));
+        assert!(
+            HostPattern::parse("[::1]")
+                .unwrap()
+                .matches(&h("[::1]:8443"))
+        );
     }
 }

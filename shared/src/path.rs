@@ -10,7 +10,10 @@ use percent_encoding::percent_decode;
 /// `\` read as `/`, `;params` cut from each segment, empty and `.` segments dropped, `..`
 /// resolved (never above the root), no trailing slash. Always starts with `/`.
 pub fn canonicalize(target: &[u8]) -> String {
-    let end = target.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(target.len());
+    let end = target
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
     let mut bytes = target[..end].to_vec();
     // Each pass that changes anything shortens the input, so this ends; decoding to a fixed
     // point defeats double encoding (`%252e` → `%2e` → `.`).
@@ -21,7 +24,9 @@ pub fn canonicalize(target: &[u8]) -> String {
         }
         bytes = decoded;
     }
-    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase().replace('\\', "/");
+    let text = String::from_utf8_lossy(&bytes)
+        .to_ascii_lowercase()
+        .replace('\\', "/");
 
     let mut segments: Vec<&str> = Vec::new();
     for segment in text.split('/') {
@@ -80,7 +85,9 @@ impl RouteTemplate {
                     || segment == "."
                     || segment == ".."
                 {
-                    Err(format!("{template:?}: segment {segment:?} is neither literal nor {{name}}"))
+                    Err(format!(
+                        "{template:?}: segment {segment:?} is neither literal nor {{name}}"
+                    ))
                 } else {
                     Ok(TemplateSegment::Literal(segment.to_ascii_lowercase()))
                 }
@@ -127,7 +134,11 @@ mod tests {
             "/../../api/v1/auth/login",
             "api/v1/auth/login",
         ] {
-            assert_eq!(canonicalize(spelling.as_bytes()), "/api/v1/auth/login", "{spelling:?}");
+            assert_eq!(
+                canonicalize(spelling.as_bytes()),
+                "/api/v1/auth/login",
+                "{spelling:?}"
+            );
         }
     }
 

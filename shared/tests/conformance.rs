@@ -1,5 +1,7 @@
 //! Replays the conformance vector file through the core itself, with an in-process store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use portcullis_core::conformance::{Action, EPOCH_MS, Observed, Vectors};
 use portcullis_core::{Decision, MemoryStore, Peer, Policy, Request, Scheme};
 
@@ -23,7 +25,11 @@ fn core_meets_every_conformance_vector() {
             };
             let request = Request {
                 method: r.method.as_bytes(),
-                scheme: if r.scheme == "https" { Scheme::Https } else { Scheme::Http },
+                scheme: if r.scheme == "https" {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                },
                 authority: r.authority.as_deref().map(str::as_bytes),
                 path: r.path.as_deref().map(str::as_bytes),
                 peer,
@@ -51,11 +57,22 @@ fn core_meets_every_conformance_vector() {
                     }
                 };
                 if let Err(problems) = step.expect.check(&observed) {
-                    failures.push(format!("{} / step {index} / attempt {attempt}:\n{problems}", case.name));
+                    failures.push(format!(
+                        "{} / step {index} / attempt {attempt}:\n{problems}",
+                        case.name
+                    ));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n\n{}", failures.len(), failures.join("\n\n"));
-    println!("{} cases, {requests} requests, all met", vectors.cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    println!(
+        "{} cases, {requests} requests, all met",
+        vectors.cases.len()
+    );
 }

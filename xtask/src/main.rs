@@ -1,1 +1,45 @@
-fn main() {}
+//! `cargo xtask`: one entry point for setting up a machine, testing and benchmarking Portcullis.
+
+mod bench;
+mod setup;
+mod stage;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, test and benchmark Portcullis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the tests need (idempotent; quiet when everything is present).
+    Setup,
+    /// Run every test of the project.
+    Test,
+    /// Formatting and clippy, as CI runs them.
+    Lint,
+    /// Run benchmarks and print their results as a table.
+    Bench {
+        /// Which benchmarks: `core` (ns per decision) or `all`.
+        #[arg(default_value = "all")]
+        suite: bench::Suite,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test => setup::run().and_then(|()| test::run()),
+        Command::Lint => test::lint(),
+        Command::Bench { suite } => setup::run().and_then(|()| bench::run(suite)),
+    };
+    if let Err(err) = result {
+        eprintln!("\nxtask failed: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -56,13 +56,19 @@ impl Limiter {
             })?,
         };
         if config.capacity_per_tier == 0 {
-            return Err(ConfigError::at("limiter.capacity_per_tier", "must be at least 1"));
+            return Err(ConfigError::at(
+                "limiter.capacity_per_tier",
+                "must be at least 1",
+            ));
         }
         let buckets_per_tier = config.capacity_per_tier.div_ceil(WAYS as u32);
         if u64::from(buckets_per_tier) * u64::from(limited_tiers.max(1)) > u64::from(u32::MAX) {
             return Err(ConfigError::at(
                 "limiter.capacity_per_tier",
-                format!("{} keys per tier over {limited_tiers} tiers is more buckets than a store can index", config.capacity_per_tier),
+                format!(
+                    "{} keys per tier over {limited_tiers} tiers is more buckets than a store can index",
+                    config.capacity_per_tier
+                ),
             ));
         }
         Ok(Self {
@@ -94,7 +100,13 @@ impl Limiter {
         }
     }
 
-    pub(crate) fn acquire<S: BucketStore + ?Sized>(&self, store: &S, slot: Slot, gcra: &Gcra, now: u64) -> Acquire {
+    pub(crate) fn acquire<S: BucketStore + ?Sized>(
+        &self,
+        store: &S,
+        slot: Slot,
+        gcra: &Gcra,
+        now: u64,
+    ) -> Acquire {
         for _ in 0..=self.max_retries {
             let loaded = match store.load(slot.index) {
                 Ok(loaded) => loaded,
@@ -132,7 +144,11 @@ mod tests {
     use std::cell::Cell;
 
     fn limiter(capacity: u32, retries: u8) -> Limiter {
-        let config = LimiterConfig { capacity_per_tier: capacity, max_cas_retries: retries, ..LimiterConfig::default() };
+        let config = LimiterConfig {
+            capacity_per_tier: capacity,
+            max_cas_retries: retries,
+            ..LimiterConfig::default()
+        };
         Limiter::compile(&config, 2).unwrap()
     }
 
@@ -153,14 +169,27 @@ mod tests {
     fn the_hash_key_moves_slots() {
         let default = limiter(1 << 20, 8);
         let keyed = Limiter::compile(
-            &LimiterConfig { hash_key: Some("00112233445566778899aabbccddeeff".into()), capacity_per_tier: 1 << 20, ..LimiterConfig::default() },
+            &LimiterConfig {
+                hash_key: Some("00112233445566778899aabbccddeeff".into()),
+                capacity_per_tier: 1 << 20,
+                ..LimiterConfig::default()
+            },
             2,
         )
         .unwrap();
         let client = ClientKey::V4([192, 0, 2, 1]);
-        assert_ne!(default.slot("login", 0, &client), keyed.slot("login", 0, &client));
-        let bad = LimiterConfig { hash_key: Some("xyz".into()), ..LimiterConfig::default() };
-        assert_eq!(Limiter::compile(&bad, 1).unwrap_err().path, "limiter.hash_key");
+        assert_ne!(
+            default.slot("login", 0, &client),
+            keyed.slot("login", 0, &client)
+        );
+        let bad = LimiterConfig {
+            hash_key: Some("xyz".into()),
+            ..LimiterConfig::default()
+        };
+        assert_eq!(
+            Limiter::compile(&bad, 1).unwrap_err().path,
+            "limiter.hash_key"
+        );
     }
 
     /// A store that loses the first `conflicts` races, like a busy Envoy with many workers.
@@ -173,7 +202,12 @@ mod tests {
         fn load(&self, index: u32) -> Result<Loaded, StoreError> {
             self.inner.load(index)
         }
-        fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
+        fn compare_and_swap(
+            &self,
+            index: u32,
+            expected: Version,
+            bytes: &[u8],
+        ) -> Result<Swap, StoreError> {
             if self.conflicts.get() > 0 {
                 self.conflicts.set(self.conflicts.get() - 1);
                 return Ok(Swap::Conflict);
@@ -187,8 +221,14 @@ mod tests {
         let limiter = limiter(64, 3);
         let gcra = Gcra::new(Rate::new(5, 60).unwrap());
         let slot = limiter.slot("login", 0, &ClientKey::Unknown);
-        let store = Contended { inner: MemoryStore::new(), conflicts: Cell::new(3) };
-        assert!(matches!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Allowed(_)), "won on the last retry");
+        let store = Contended {
+            inner: MemoryStore::new(),
+            conflicts: Cell::new(3),
+        };
+        assert!(
+            matches!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Allowed(_)),
+            "won on the last retry"
+        );
         store.conflicts.set(4);
         assert_eq!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Contended);
     }
@@ -207,6 +247,9 @@ mod tests {
         let limiter = limiter(64, 3);
         let gcra = Gcra::new(Rate::new(5, 60).unwrap());
         let slot = limiter.slot("login", 0, &ClientKey::Unknown);
-        assert!(matches!(limiter.acquire(&Broken, slot, &gcra, 1), Acquire::StoreFailed(_)));
+        assert!(matches!(
+            limiter.acquire(&Broken, slot, &gcra, 1),
+            Acquire::StoreFailed(_)
+        ));
     }
 }

@@ -37,16 +37,24 @@ impl std::error::Error for StoreError {}
 pub trait BucketStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError>;
     /// Writes `bytes` only if the bucket is still at `expected`.
-    fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError>;
+    fn compare_and_swap(
+        &self,
+        index: u32,
+        expected: Version,
+        bytes: &[u8],
+    ) -> Result<Swap, StoreError>;
 }
 
 const SHARDS: usize = 16;
+
+/// One lock's worth of buckets: index → (version, bytes).
+type Shard = HashMap<u32, (u32, Vec<u8>)>;
 
 /// An in-process store for native hosts and tests. Memory is bounded by the policy's bucket
 /// count because indices are.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    shards: [Mutex<HashMap<u32, (u32, Vec<u8>)>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
 }
 
 impl MemoryStore {
@@ -54,7 +62,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn shard(&self, index: u32) -> Result<std::sync::MutexGuard<'_, HashMap<u32, (u32, Vec<u8>)>>, StoreError> {
+    fn shard(&self, index: u32) -> Result<std::sync::MutexGuard<'_, Shard>, StoreError> {
         self.shards[index as usize % SHARDS]
             .lock()
             .map_err(|_| StoreError("a thread panicked while holding the lock".into()))
@@ -62,7 +70,10 @@ impl MemoryStore {
 
     /// Buckets written so far.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,12 +84,23 @@ impl MemoryStore {
 impl BucketStore for MemoryStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError> {
         Ok(match self.shard(index)?.get(&index) {
-            Some((version, bytes)) => Loaded { bytes: Some(bytes.clone()), version: Version(*version) },
-            None => Loaded { bytes: None, version: Version(0) },
+            Some((version, bytes)) => Loaded {
+                bytes: Some(bytes.clone()),
+                version: Version(*version),
+            },
+            None => Loaded {
+                bytes: None,
+                version: Version(0),
+            },
         })
     }
 
-    fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
+    fn compare_and_swap(
+        &self,
+        index: u32,
+        expected: Version,
+        bytes: &[u8],
+    ) -> Result<Swap, StoreError> {
         let mut shard = self.shard(index)?;
         let current = shard.get(&index).map_or(0, |(version, _)| *version);
         if current != expected.0 {

@@ -1,0 +1,248 @@
+//! Behaviour of the compiled policy that the conformance vectors cannot express: configuration
+//! errors, hostile request bytes, store failures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use portcullis_core::{
+    BucketStore, Decision, Loaded, MemoryStore, Outcome, Peer, Policy, Request, Scheme, StoreError,
+    Swap, Version,
+};
+
+const NOW: u64 = 1_700_000_000_000_000_000;
+
+fn decide(
+    policy: &Policy,
+    scheme: Scheme,
+    method: &str,
+    authority: Option<&[u8]>,
+    path: &[u8],
+) -> Decision {
+    let headers: Vec<(&str, &str)> = Vec::new();
+    let request = Request {
+        method: method.as_bytes(),
+        scheme,
+        authority,
+        path: Some(path),
+        peer: Peer::Socket("198.51.100.1:1234"),
+        headers: &headers,
+    };
+    policy.decide(&request, NOW, &MemoryStore::new())
+}
+
+fn config_error(json: &str) -> String {
+    Policy::from_json(json.as_bytes()).unwrap_err().to_string()
+}
+
+#[test]
+fn config_errors_name_the_field_and_the_reason() {
+    let tiers = r#"{"rate_limits": [
+        {"name": "a", "method": "GET", "path": "/a", "limit": "1/minute"},
+        {"name": "b", "method": "GET", "path": "/b", "limit": "1/minute"},
+        {"name": "c", "method": "GET", "path": "/c", "limit": "1/minute"},
+        {"name": "d", "method": "GET", "path": "/d", "limit": "5/minit"}]}"#;
+    assert_eq!(
+        config_error(tiers),
+        r#"rate_limits[3].limit: "5/minit" is not N/second|minute|hour|day"#
+    );
+    assert!(
+        config_error(r#"{"presett": "seed"}"#)
+            .starts_with("presett: unknown field `presett`, expected one of")
+    );
+    assert!(config_error(r#"{"preset": "lax"}"#).starts_with("preset: unknown variant `lax`"));
+    assert!(
+        config_error(r#"{"https_redirect": {"https_port": 70000}}"#)
+            .starts_with("https_redirect.https_port:")
+    );
+    assert!(
+        config_error(r#"{"https_redirect": {"https_port": 0}}"#)
+            .starts_with("https_redirect.https_port:")
+    );
+    assert!(
+        config_error(r#"{"allowed_hosts": ["ok.com", "bad host"]}"#)
+            .starts_with("allowed_hosts[1]:")
+    );
+    assert!(config_error(r#"{"allowed_hosts": []}"#).starts_with("allowed_hosts:"));
+    assert!(config_error(r#"{"headers": {"X-Evil": "a\nb"}}"#).starts_with("headers.X-Evil:"));
+    assert!(
+        config_error(r#"{"profiles": [{"path_prefix": "docs"}]}"#)
+            .starts_with("profiles[0].path_prefix:")
+    );
+    assert!(
+        config_error(r#"{"client_ip": {"trusted_proxies": ["nope"]}}"#)
+            .starts_with("client_ip.trusted_proxies[0]:")
+    );
+    assert!(
+        config_error(r#"{"client_ip": {"ipv6_prefix": 0}}"#).starts_with("client_ip.ipv6_prefix:")
+    );
+    assert!(
+        config_error(r#"{"limiter": {"capacity_per_tier": 0}}"#)
+            .starts_with("limiter.capacity_per_tier:")
+    );
+    assert!(config_error(r#"{"rate_limits": [{"name": "A!", "method": "GET", "path": "/", "limit": "1/second"}]}"#).starts_with("rate_limits[0].name:"));
+    assert!(
+        config_error(
+            r#"{"rate_limits": [{"name": "a", "method": "G T", "path": "/", "limit": "1/second"}]}"#
+        )
+        .starts_with("rate_limits[0].method:")
+    );
+    assert!(config_error(r#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/a/{x", "limit": "1/second"}]}"#).starts_with("rate_limits[0].path:"));
+    assert_eq!(
+        config_error(r#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/a"}]}"#),
+        "rate_limits[0]: missing field `limit`"
+    );
+    assert!(config_error("{} {}").contains("trailing"));
+    assert_eq!(config_error("["), ".: EOF while parsing a list");
+}
+
+#[test]
+fn an_empty_document_is_the_seed_policy() {
+    let policy = Policy::from_json(b"").unwrap();
+    let Decision::Respond(reply) = decide(&policy, Scheme::Http, "GET", Some(b"localhost"), b"/x")
+    else {
+        panic!("redirect expected");
+    };
+    assert_eq!(reply.header("location"), Some("https://localhost/x"));
+    assert_eq!(
+        policy.bucket_count(),
+        8 * 4096,
+        "eight limited seed tiers of 16384 keys"
+    );
+}
+
+#[test]
+fn nothing_a_client_sends_reaches_location_unescaped() {
+    let policy = Policy::from_json(br#"{"https_redirect": {"https_port": 8443}}"#).unwrap();
+    let hostile: &[&[u8]] = &[
+        b"/x\r\nSet-Cookie: a=b",
+        b"/\x00\x7f\xff\xfe",
+        b"/a b\"<script>`{|}^\\",
+        b"/x#frag",
+        b"//evil.example/",
+        b"no-leading-slash",
+    ];
+    for path in hostile {
+        let Decision::Respond(reply) =
+            decide(&policy, Scheme::Http, "GET", Some(b"localhost:8080"), path)
+        else {
+            panic!("redirect expected for {path:?}");
+        };
+        let location = reply.header("location").unwrap();
+        assert!(
+            location.starts_with("https://localhost:8443/"),
+            "{location}"
+        );
+        assert!(
+            location
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}#".contains(&b)),
+            "{path:?} gave {location:?}"
+        );
+    }
+}
+
+#[test]
+fn hostile_hosts_are_refused_not_redirected() {
+    let policy = Policy::from_json(br#"{"allowed_hosts": ["*"]}"#).unwrap();
+    for authority in [
+        &b"evil.com\r\nx: y"[..],
+        b"a@evil.com",
+        b"evil.com/x",
+        b"\xff",
+        b"",
+        b"[::1",
+    ] {
+        let decision = decide(&policy, Scheme::Http, "GET", Some(authority), b"/");
+        assert_eq!(decision.outcome(), Outcome::BadHost, "{authority:?}");
+    }
+    assert_eq!(
+        decide(&policy, Scheme::Https, "GET", None, b"/").outcome(),
+        Outcome::BadHost
+    );
+}
+
+#[test]
+fn redirects_can_be_switched_off() {
+    let policy = Policy::from_json(br#"{"https_redirect": {"enabled": false}}"#).unwrap();
+    let decision = decide(&policy, Scheme::Http, "GET", Some(b"localhost"), b"/");
+    let Decision::Forward(forward) = decision else {
+        panic!("forward expected")
+    };
+    let mut headers: Vec<(String, String)> = Vec::new();
+    policy.response_edits(&forward.plan).apply(&mut headers);
+    assert!(
+        !headers
+            .iter()
+            .any(|(n, _)| n == "strict-transport-security")
+    );
+}
+
+/// A store whose host calls fail.
+struct Down;
+
+impl BucketStore for Down {
+    fn load(&self, _: u32) -> Result<Loaded, StoreError> {
+        Err(StoreError("shared data unavailable".into()))
+    }
+    fn compare_and_swap(&self, _: u32, _: Version, _: &[u8]) -> Result<Swap, StoreError> {
+        Err(StoreError("shared data unavailable".into()))
+    }
+}
+
+#[test]
+fn store_failure_follows_on_store_error() {
+    let headers: Vec<(&str, &str)> = Vec::new();
+    let request = Request {
+        method: b"POST",
+        scheme: Scheme::Https,
+        authority: Some(b"localhost"),
+        path: Some(b"/api/v1/auth/login"),
+        peer: Peer::Socket("198.51.100.1"),
+        headers: &headers,
+    };
+    let allow = Policy::from_json(b"{}").unwrap();
+    assert_eq!(
+        allow.decide(&request, NOW, &Down).outcome(),
+        Outcome::StoreErrorAllowed
+    );
+    let deny = Policy::from_json(br#"{"limiter": {"on_store_error": "deny"}}"#).unwrap();
+    let Decision::Respond(reply) = deny.decide(&request, NOW, &Down) else {
+        panic!("refusal expected")
+    };
+    assert_eq!(
+        (reply.status, reply.outcome),
+        (503, Outcome::StoreErrorDenied)
+    );
+    assert_eq!(reply.header("x-frame-options"), Some("DENY"));
+}
+
+#[test]
+fn local_replies_are_stable_under_a_second_response_phase() {
+    // Envoy runs a filter's own local reply through its response phase again.
+    let policy = Policy::from_json(b"{}").unwrap();
+    let Decision::Respond(reply) = decide(&policy, Scheme::Https, "GET", Some(b"evil"), b"/")
+    else {
+        panic!()
+    };
+    let mut again = reply.headers.clone();
+    policy.response_edits(&reply.plan).apply(&mut again);
+    let sorted = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(again), sorted(reply.headers));
+}
+
+#[test]
+fn the_fallback_plan_covers_host_generated_responses() {
+    let policy = Policy::from_json(b"{}").unwrap();
+    let mut headers = vec![("server".to_owned(), "envoy".to_owned())];
+    policy
+        .response_edits(&policy.fallback_plan(true))
+        .apply(&mut headers);
+    assert!(headers.contains(&("server".to_owned(), "Unknown".to_owned())));
+    assert!(
+        headers
+            .iter()
+            .any(|(n, _)| n == "strict-transport-security")
+    );
+}

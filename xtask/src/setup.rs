@@ -1,0 +1,24 @@
+//! `cargo xtask setup`: installs what the tests need, idempotently and quietly when present.
+
+use anyhow::Result;
+
+use crate::stage::{cmd, exec, output, stage};
+
+const WASM_TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-unknown-unknown"];
+
+pub fn run() -> Result<()> {
+    stage("setup: rustup wasm targets", || {
+        let installed = output(&mut cmd("rustup", &["target", "list", "--installed"]))?;
+        let missing: Vec<&str> = WASM_TARGETS
+            .into_iter()
+            .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+            .collect();
+        if missing.is_empty() {
+            println!("    present: {}", WASM_TARGETS.join(", "));
+            return Ok(());
+        }
+        let mut args = vec!["target", "add"];
+        args.extend(&missing);
+        exec(&mut cmd("rustup", &args))
+    })
+}
