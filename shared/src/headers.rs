@@ -149,11 +149,11 @@ pub trait HeaderSink {
     fn remove(&mut self, name: &str);
 }
 
-/// A plain list of header pairs, as hosts that buffer a whole map use it.
-impl HeaderSink for Vec<(String, String)> {
+/// A plain list of header pairs (text or byte values), as hosts that buffer a whole map use it.
+impl<V: for<'a> From<&'a str>> HeaderSink for Vec<(String, V)> {
     fn set(&mut self, name: &str, value: &str) {
         self.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name));
-        self.push((name.to_owned(), value.to_owned()));
+        self.push((name.to_owned(), V::from(value)));
     }
 
     fn remove(&mut self, name: &str) {

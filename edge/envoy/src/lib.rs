@@ -1,4 +1,180 @@
 //! Portcullis as a proxy-wasm HTTP filter for Envoy.
 //!
-//! This crate only translates between the proxy-wasm host and `portcullis-core`;
-//! every decision is made by the core.
+//! This crate only translates between the proxy-wasm host and `portcullis-core`: it reads the
+//! request once (one host call for the whole header map), asks the core, and either sends the
+//! core's local reply or forwards and later applies the core's response edits (one read and one
+//! write of the response map). Every decision is made by the core.
+
+mod metrics;
+mod shared_data;
+
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use portcullis_core::{Decision, HeaderSink, Outcome, Peer, Policy, Request, ResponsePlan, Scheme};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+
+use metrics::Metrics;
+use shared_data::SharedDataStore;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[derive(Default)]
+struct Root {
+    policy: Option<Rc<Policy>>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let policy = match Policy::from_json(&config) {
+            Ok(policy) => policy,
+            Err(err) => {
+                log(LogLevel::Critical, &format!("portcullis: invalid configuration: {err}"));
+                return false;
+            }
+        };
+        if let Err(err) = SharedDataStore::prepare(policy.bucket_count()) {
+            log(LogLevel::Critical, &format!("portcullis: cannot prepare shared data: {err:?}"));
+            return false;
+        }
+        self.metrics = Some(Rc::new(Metrics::define()));
+        self.policy = Some(Rc::new(policy));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let policy = self.policy.clone()?;
+        let metrics = self.metrics.clone()?;
+        Some(Box::new(Filter { policy, metrics, plan: None }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Filter {
+    policy: Rc<Policy>,
+    metrics: Rc<Metrics>,
+    /// Set by the request phase; the response phase of a request that never reached it
+    /// (Envoy's own early replies) falls back to the default profile.
+    plan: Option<ResponsePlan>,
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let peer_bytes = property(&["source", "address"]);
+        let peer = match peer_bytes.as_deref().map(std::str::from_utf8) {
+            Some(Ok(addr)) => Peer::Socket(addr),
+            _ => Peer::Unknown,
+        };
+        let pseudo = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice());
+        let request = Request {
+            method: pseudo(":method").unwrap_or_default(),
+            scheme: connection_scheme(),
+            authority: pseudo(":authority"),
+            path: pseudo(":path"),
+            peer,
+            headers: &headers,
+        };
+        let store = SharedDataStore;
+        let decision = self.policy.decide(&request, now_nanos(), &store);
+        self.metrics.count(decision.outcome());
+        self.plan = Some(decision.plan());
+        match decision {
+            Decision::Forward(_) => Action::Continue,
+            Decision::Respond(reply) => {
+                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
+                if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
+                    log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let plan = self.plan.unwrap_or_else(|| self.policy.fallback_plan(connection_scheme() == Scheme::Https));
+        let mut headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let mut sink = Tracked { headers: &mut headers, changed: false };
+        self.policy.response_edits(&plan).apply(&mut sink);
+        if sink.changed {
+            let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+            if let Err(status) = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs) {
+                log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
+            }
+        }
+        Action::Continue
+    }
+}
+
+/// A header list that remembers whether an edit changed anything, so an unchanged map (a local
+/// reply Envoy runs through this filter again) costs no write.
+struct Tracked<'a> {
+    headers: &'a mut Vec<(String, Vec<u8>)>,
+    changed: bool,
+}
+
+impl HeaderSink for Tracked<'_> {
+    fn set(&mut self, name: &str, value: &str) {
+        let mut matching = self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        let already = matches!((matching.next(), matching.next()), (Some((_, v)), None) if v == value.as_bytes());
+        if !already {
+            self.headers.set(name, value);
+            self.changed = true;
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        let before = self.headers.len();
+        HeaderSink::remove(self.headers, name);
+        self.changed |= self.headers.len() != before;
+    }
+}
+
+/// Whether the downstream connection is TLS, as Envoy saw it (never a client-supplied header).
+fn connection_scheme() -> Scheme {
+    match property(&["connection", "tls_version"]) {
+        Some(version) if !version.is_empty() => Scheme::Https,
+        _ => Scheme::Http,
+    }
+}
+
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+fn now_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn log(level: LogLevel, message: &str) {
+    // Logging is best effort: a failed log call must not fail the request.
+    let _ = hostcalls::log(level, message);
+}
+
+impl Metrics {
+    fn count(&self, outcome: Outcome) {
+        self.increment(metrics::Counter::Requests);
+        self.increment(metrics::Counter::from(outcome));
+    }
+}

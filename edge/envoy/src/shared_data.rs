@@ -1,0 +1,51 @@
+//! Rate-limit buckets in proxy-wasm shared data: process-wide, so every Envoy worker VM sees the
+//! same counts, and compare-and-swap makes concurrent updates exact.
+
+use portcullis_core::{BUCKET_BYTES, BucketStore, Loaded, StoreError, Swap, Version};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+/// Stateless: shared data is addressed through free host calls.
+pub struct SharedDataStore;
+
+fn key(index: u32) -> String {
+    format!("portcullis/{index}")
+}
+
+impl SharedDataStore {
+    /// Creates every bucket the policy can address, before the VM serves requests.
+    ///
+    /// Envoy treats a CAS of 0 as "write unconditionally", so the first write to a missing key
+    /// could clobber a concurrent one. Creating all keys up front means every request-time write
+    /// carries a real CAS. Envoy never frees shared-data keys, so a fixed key space is also what
+    /// bounds memory: `bucket_count` keys of `BUCKET_BYTES` each.
+    pub fn prepare(bucket_count: u32) -> Result<(), Status> {
+        let empty = [0u8; BUCKET_BYTES];
+        for index in 0..bucket_count {
+            let key = key(index);
+            if hostcalls::get_shared_data(&key)?.0.is_none() {
+                hostcalls::set_shared_data(&key, Some(&empty), None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BucketStore for SharedDataStore {
+    fn load(&self, index: u32) -> Result<Loaded, StoreError> {
+        let (bytes, cas) = hostcalls::get_shared_data(&key(index)).map_err(|s| StoreError(format!("get: {s:?}")))?;
+        Ok(Loaded { bytes, version: Version(cas.unwrap_or(0)) })
+    }
+
+    fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
+        // A key prepared at start always has a non-zero CAS; 0 would mean an unconditional write.
+        if expected.0 == 0 {
+            return Err(StoreError(format!("bucket {index} was never prepared")));
+        }
+        match hostcalls::set_shared_data(&key(index), Some(bytes), Some(expected.0)) {
+            Ok(()) => Ok(Swap::Written),
+            Err(Status::CasMismatch) => Ok(Swap::Conflict),
+            Err(status) => Err(StoreError(format!("set: {status:?}"))),
+        }
+    }
+}
