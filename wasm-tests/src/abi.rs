@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use wasmtime::{Caller, Extern, Instance, Linker, Memory, Result, Store, TypedFunc, bail, format_err};
+use wasmtime::{
+    Caller, Extern, Instance, Linker, Memory, Result, Store, TypedFunc, bail, format_err,
+};
 
 use crate::{Call2, Host, HttpRequest, Response, SharedValue};
 
@@ -48,10 +50,12 @@ impl State {
         self.local_response = None;
         self.properties.clear();
         if let Some(peer) = &request.peer {
-            self.properties.insert("source\0address".into(), peer.as_bytes().to_vec());
+            self.properties
+                .insert("source\0address".into(), peer.as_bytes().to_vec());
         }
         if request.tls {
-            self.properties.insert("connection\0tls_version".into(), b"TLSv1.3".to_vec());
+            self.properties
+                .insert("connection\0tls_version".into(), b"TLSv1.3".to_vec());
         }
     }
 
@@ -59,7 +63,9 @@ impl State {
         match map_type {
             REQUEST_HEADERS => Ok(&mut self.request_headers),
             RESPONSE_HEADERS => Ok(&mut self.response_headers),
-            other => bail!("the filter asked for header map type {other}, which this host does not model"),
+            other => bail!(
+                "the filter asked for header map type {other}, which this host does not model"
+            ),
         }
     }
 }
@@ -78,7 +84,10 @@ pub struct Exports {
 
 impl Exports {
     pub fn find(instance: &Instance, store: &mut Store<State>) -> Result<Self> {
-        if instance.get_func(&mut *store, "proxy_abi_version_0_2_1").is_none() {
+        if instance
+            .get_func(&mut *store, "proxy_abi_version_0_2_1")
+            .is_none()
+        {
             bail!("the module does not export proxy_abi_version_0_2_1");
         }
         Ok(Self {
@@ -112,7 +121,8 @@ fn read(caller: &mut Caller<'_, State>, ptr: i32, len: i32) -> Result<Vec<u8>> {
 }
 
 fn read_string(caller: &mut Caller<'_, State>, ptr: i32, len: i32) -> Result<String> {
-    String::from_utf8(read(caller, ptr, len)?).map_err(|_| format_err!("the filter passed a non-UTF-8 name"))
+    String::from_utf8(read(caller, ptr, len)?)
+        .map_err(|_| format_err!("the filter passed a non-UTF-8 name"))
 }
 
 fn write(caller: &mut Caller<'_, State>, ptr: i32, bytes: &[u8]) -> Result<()> {
@@ -121,7 +131,12 @@ fn write(caller: &mut Caller<'_, State>, ptr: i32, bytes: &[u8]) -> Result<()> {
     memory
         .data_mut(&mut *caller)
         .get_mut(start..start.saturating_add(bytes.len()))
-        .ok_or_else(|| format_err!("write of {} bytes at {start} is outside guest memory", bytes.len()))?
+        .ok_or_else(|| {
+            format_err!(
+                "write of {} bytes at {start} is outside guest memory",
+                bytes.len()
+            )
+        })?
         .copy_from_slice(bytes);
     Ok(())
 }
@@ -173,7 +188,9 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         return Ok(Vec::new());
     }
     let word = |at: usize| -> Result<usize> {
-        let slice = bytes.get(at..at + 4).ok_or_else(|| format_err!("truncated header map"))?;
+        let slice = bytes
+            .get(at..at + 4)
+            .ok_or_else(|| format_err!("truncated header map"))?;
         Ok(u32::from_le_bytes([slice[0], slice[1], slice[2], slice[3]]) as usize)
     };
     let count = word(0)?;
@@ -181,32 +198,55 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut map = Vec::with_capacity(count);
     for i in 0..count {
         let (klen, vlen) = (word(4 + i * 8)?, word(8 + i * 8)?);
-        let key = bytes.get(data..data + klen).ok_or_else(|| format_err!("truncated header map"))?;
+        let key = bytes
+            .get(data..data + klen)
+            .ok_or_else(|| format_err!("truncated header map"))?;
         data += klen + 1;
-        let value = bytes.get(data..data + vlen).ok_or_else(|| format_err!("truncated header map"))?;
+        let value = bytes
+            .get(data..data + vlen)
+            .ok_or_else(|| format_err!("truncated header map"))?;
         data += vlen + 1;
-        let key = String::from_utf8(key.to_vec()).map_err(|_| format_err!("non-UTF-8 header name"))?;
+        let key =
+            String::from_utf8(key.to_vec()).map_err(|_| format_err!("non-UTF-8 header name"))?;
         map.push((key, value.to_vec()));
     }
     Ok(map)
 }
 
 pub fn define(linker: &mut Linker<State>) -> Result<()> {
-    linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, State>, level: i32, ptr: i32, len: i32| -> Result<i32> {
-        let message = String::from_utf8_lossy(&read(&mut c, ptr, len)?).into_owned();
-        c.data_mut().logs.push((level as u32, message));
-        Ok(OK)
-    })?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, State>, ptr: i32| -> Result<i32> {
-        let now = c.data().host.now_nanos();
-        write(&mut c, ptr, &now.to_le_bytes())?;
-        Ok(OK)
-    })?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |_: Caller<'_, State>, _: i32| -> Result<i32> { Ok(OK) })?;
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: Caller<'_, State>, level: i32, ptr: i32, len: i32| -> Result<i32> {
+            let message = String::from_utf8_lossy(&read(&mut c, ptr, len)?).into_owned();
+            c.data_mut().logs.push((level as u32, message));
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Caller<'_, State>, ptr: i32| -> Result<i32> {
+            let now = c.data().host.now_nanos();
+            write(&mut c, ptr, &now.to_le_bytes())?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |_: Caller<'_, State>, _: i32| -> Result<i32> { Ok(OK) },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, State>, kind: i32, start: i32, max: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         kind: i32,
+         start: i32,
+         max: i32,
+         data_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             if kind != PLUGIN_CONFIGURATION {
                 bail!("the filter read buffer type {kind}, which this host does not model");
             }
@@ -241,9 +281,20 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         map: i32,
+         kptr: i32,
+         klen: i32,
+         data_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             let key = read_string(&mut c, kptr, klen)?;
-            let value = c.data_mut().map(map)?.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone());
+            let value = c
+                .data_mut()
+                .map(map)?
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&key))
+                .map(|(_, v)| v.clone());
             match value {
                 Some(value) => {
                     give(&mut c, &value, data_ptr, size_ptr)?;
@@ -256,7 +307,13 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_replace_header_map_value",
-        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         map: i32,
+         kptr: i32,
+         klen: i32,
+         vptr: i32,
+         vlen: i32|
+         -> Result<i32> {
             let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
             let value = read(&mut c, vptr, vlen)?;
             let headers = c.data_mut().map(map)?;
@@ -268,7 +325,13 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_add_header_map_value",
-        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         map: i32,
+         kptr: i32,
+         klen: i32,
+         vptr: i32,
+         vlen: i32|
+         -> Result<i32> {
             let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
             let value = read(&mut c, vptr, vlen)?;
             c.data_mut().map(map)?.push((key, value));
@@ -280,14 +343,21 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "proxy_remove_header_map_value",
         |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32| -> Result<i32> {
             let key = read_string(&mut c, kptr, klen)?;
-            c.data_mut().map(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+            c.data_mut()
+                .map(map)?
+                .retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
             Ok(OK)
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_property",
-        |mut c: Caller<'_, State>, pptr: i32, plen: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         pptr: i32,
+         plen: i32,
+         data_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             let path = read_string(&mut c, pptr, plen)?;
             match c.data().properties.get(&path).cloned() {
                 Some(value) => {
@@ -301,9 +371,22 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut c: Caller<'_, State>, kptr: i32, klen: i32, data_ptr: i32, size_ptr: i32, cas_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         kptr: i32,
+         klen: i32,
+         data_ptr: i32,
+         size_ptr: i32,
+         cas_ptr: i32|
+         -> Result<i32> {
             let key = read_string(&mut c, kptr, klen)?;
-            let value = c.data().host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?.get(&key).cloned();
+            let value = c
+                .data()
+                .host
+                .shared
+                .lock()
+                .map_err(|_| format_err!("shared data poisoned"))?
+                .get(&key)
+                .cloned();
             match value {
                 Some(SharedValue { bytes, cas }) => {
                     give(&mut c, &bytes, data_ptr, size_ptr)?;
@@ -317,11 +400,20 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_shared_data",
-        |mut c: Caller<'_, State>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         kptr: i32,
+         klen: i32,
+         vptr: i32,
+         vlen: i32,
+         cas: i32|
+         -> Result<i32> {
             let key = read_string(&mut c, kptr, klen)?;
             let bytes = read(&mut c, vptr, vlen)?;
             let host = c.data().host.clone();
-            let mut shared = host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?;
+            let mut shared = host
+                .shared
+                .lock()
+                .map_err(|_| format_err!("shared data poisoned"))?;
             // Envoy's semantics: CAS 0 writes unconditionally; otherwise it must match.
             let current = shared.get(&key).map(|v| v.cas);
             if cas != 0 && current != Some(cas as u32) {
@@ -347,12 +439,17 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          -> Result<i32> {
             let body = read(&mut c, body_ptr, body_len)?;
             let mut headers = deserialize_map(&read(&mut c, headers_ptr, headers_len)?)?;
-            let status = u16::try_from(status).map_err(|_| format_err!("status {status} out of range"))?;
+            let status =
+                u16::try_from(status).map_err(|_| format_err!("status {status} out of range"))?;
             headers.insert(0, (":status".into(), status.to_string().into_bytes()));
             if c.data().local_response.is_some() {
                 return Ok(BAD_ARGUMENT);
             }
-            c.data_mut().local_response = Some(Response { status, headers, body });
+            c.data_mut().local_response = Some(Response {
+                status,
+                headers,
+                body,
+            });
             Ok(OK)
         },
     )?;
@@ -366,7 +463,10 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
             let name = read_string(&mut c, nptr, nlen)?;
             let host = c.data().host.clone();
             let id = {
-                let mut metrics = host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
+                let mut metrics = host
+                    .metrics
+                    .lock()
+                    .map_err(|_| format_err!("metrics poisoned"))?;
                 match metrics.by_name.get(&name) {
                     Some(id) => *id,
                     None => {
@@ -381,29 +481,51 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
             Ok(OK)
         },
     )?;
-    linker.func_wrap("env", "proxy_increment_metric", |c: Caller<'_, State>, id: i32, offset: i64| -> Result<i32> {
-        let mut metrics = c.data().host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
-        match metrics.values.get_mut(id as u32 as usize) {
-            Some((_, value)) => {
-                *value += offset;
-                Ok(OK)
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Caller<'_, State>, id: i32, offset: i64| -> Result<i32> {
+            let mut metrics = c
+                .data()
+                .host
+                .metrics
+                .lock()
+                .map_err(|_| format_err!("metrics poisoned"))?;
+            match metrics.values.get_mut(id as u32 as usize) {
+                Some((_, value)) => {
+                    *value += offset;
+                    Ok(OK)
+                }
+                None => Ok(NOT_FOUND),
             }
-            None => Ok(NOT_FOUND),
-        }
-    })?;
+        },
+    )?;
 
     // WASI: only what a wasm32-wasip1 Rust cdylib links. Output is kept as log lines so a panic
     // message from the filter shows up in the test failure.
-    linker.func_wrap("wasi_snapshot_preview1", "environ_sizes_get", |mut c: Caller<'_, State>, count: i32, size: i32| -> Result<i32> {
-        write_u32(&mut c, count, 0)?;
-        write_u32(&mut c, size, 0)?;
-        Ok(0)
-    })?;
-    linker.func_wrap("wasi_snapshot_preview1", "environ_get", |_: Caller<'_, State>, _: i32, _: i32| -> Result<i32> { Ok(0) })?;
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "environ_sizes_get",
+        |mut c: Caller<'_, State>, count: i32, size: i32| -> Result<i32> {
+            write_u32(&mut c, count, 0)?;
+            write_u32(&mut c, size, 0)?;
+            Ok(0)
+        },
+    )?;
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "environ_get",
+        |_: Caller<'_, State>, _: i32, _: i32| -> Result<i32> { Ok(0) },
+    )?;
     linker.func_wrap(
         "wasi_snapshot_preview1",
         "fd_write",
-        |mut c: Caller<'_, State>, _fd: i32, iovs: i32, iovs_len: i32, written_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, State>,
+         _fd: i32,
+         iovs: i32,
+         iovs_len: i32,
+         written_ptr: i32|
+         -> Result<i32> {
             let mut written = 0u32;
             let mut text = Vec::new();
             for i in 0..iovs_len {
@@ -413,13 +535,22 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
                 text.extend(read(&mut c, ptr, len)?);
                 written += len as u32;
             }
-            c.data_mut().logs.push((5, String::from_utf8_lossy(&text).into_owned()));
+            c.data_mut()
+                .logs
+                .push((5, String::from_utf8_lossy(&text).into_owned()));
             write_u32(&mut c, written_ptr, written)?;
             Ok(0)
         },
     )?;
-    linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |c: Caller<'_, State>, code: i32| -> Result<()> {
-        bail!("the filter called proc_exit({code}); log: {:?}", c.data().logs)
-    })?;
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "proc_exit",
+        |c: Caller<'_, State>, code: i32| -> Result<()> {
+            bail!(
+                "the filter called proc_exit({code}); log: {:?}",
+                c.data().logs
+            )
+        },
+    )?;
     Ok(())
 }

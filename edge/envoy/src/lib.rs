@@ -34,19 +34,29 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let config = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         let policy = match Policy::from_json(&config) {
             Ok(policy) => policy,
             Err(err) => {
-                log(LogLevel::Critical, &format!("portcullis: invalid configuration: {err}"));
+                log(
+                    LogLevel::Critical,
+                    &format!("portcullis: invalid configuration: {err}"),
+                );
                 return false;
             }
         };
         if let Err(err) = SharedDataStore::prepare(policy.bucket_count()) {
-            log(LogLevel::Critical, &format!("portcullis: cannot prepare shared data: {err:?}"));
+            log(
+                LogLevel::Critical,
+                &format!("portcullis: cannot prepare shared data: {err:?}"),
+            );
             return false;
         }
         self.metrics = Some(Rc::new(Metrics::define()));
@@ -57,7 +67,11 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
         let metrics = self.metrics.clone()?;
-        Some(Box::new(Filter { policy, metrics, plan: None }))
+        Some(Box::new(Filter {
+            policy,
+            metrics,
+            plan: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -83,7 +97,12 @@ impl HttpContext for Filter {
             Some(Ok(addr)) => Peer::Socket(addr),
             _ => Peer::Unknown,
         };
-        let pseudo = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice());
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+        };
         let request = Request {
             method: pseudo(":method").unwrap_or_default(),
             scheme: connection_scheme(),
@@ -99,10 +118,19 @@ impl HttpContext for Filter {
         match decision {
             Decision::Forward(_) => Action::Continue,
             Decision::Respond(reply) => {
-                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
                 let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-                if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
-                    log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
+                if let Err(status) =
+                    hostcalls::send_http_response(u32::from(reply.status), headers, body)
+                {
+                    log(
+                        LogLevel::Error,
+                        &format!("portcullis: local reply failed: {status:?}"),
+                    );
                 }
                 Action::Pause
             }
@@ -110,14 +138,27 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let plan = self.plan.unwrap_or_else(|| self.policy.fallback_plan(connection_scheme() == Scheme::Https));
-        let mut headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
-        let mut sink = Tracked { headers: &mut headers, changed: false };
+        let plan = self.plan.unwrap_or_else(|| {
+            self.policy
+                .fallback_plan(connection_scheme() == Scheme::Https)
+        });
+        let mut headers =
+            hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let mut sink = Tracked {
+            headers: &mut headers,
+            changed: false,
+        };
         self.policy.response_edits(&plan).apply(&mut sink);
         if sink.changed {
-            let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+            let pairs: Vec<(&str, &[u8])> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
             if let Err(status) = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs) {
-                log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
+                log(
+                    LogLevel::Error,
+                    &format!("portcullis: setting response headers failed: {status:?}"),
+                );
             }
         }
         Action::Continue
@@ -133,7 +174,10 @@ struct Tracked<'a> {
 
 impl HeaderSink for Tracked<'_> {
     fn set(&mut self, name: &str, value: &str) {
-        let mut matching = self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        let mut matching = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
         let already = matches!((matching.next(), matching.next()), (Some((_, v)), None) if v == value.as_bytes());
         if !already {
             self.headers.set(name, value);

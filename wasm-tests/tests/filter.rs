@@ -1,0 +1,343 @@
+//! The built filter under the wasmtime host: what the conformance vectors cannot say — VMs
+//! sharing state, hostile bytes, memory bounds, metrics, configuration errors and cost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use wasm_tests::{Exchange, FilterModule, Host, HttpRequest, Plugin, Response};
+
+const CONFIG: &str = r#"{"allowed_hosts": ["localhost"], "https_redirect": {"https_port": 8443}}"#;
+
+fn plugin(host: &Host, config: &str) -> Plugin {
+    host.plugin(FilterModule::built(), config).unwrap()
+}
+
+fn send(plugin: &mut Plugin, request: &HttpRequest) -> Exchange {
+    plugin
+        .send(request)
+        .unwrap_or_else(|e| panic!("the filter trapped: {e:?}\nlog: {:?}", plugin.logs()))
+}
+
+const SEED_HEADERS: [(&str, &str); 7] = [
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("x-xss-protection", "1; mode=block"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    (
+        "permissions-policy",
+        "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()",
+    ),
+    ("server", "Unknown"),
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
+    ),
+];
+const HSTS: &str = "max-age=31536000; includeSubDomains; preload";
+
+fn assert_seed_headers(response: &Response, https: bool, what: &str) {
+    for (name, value) in SEED_HEADERS {
+        assert_eq!(response.header(name), Some(value), "{name} on {what}");
+        assert_eq!(response.header_count(name), 1, "{name} once on {what}");
+    }
+    assert_eq!(
+        response.header("strict-transport-security"),
+        https.then_some(HSTS),
+        "HSTS on {what}"
+    );
+    assert_eq!(
+        response.header("x-powered-by"),
+        None,
+        "x-powered-by on {what}"
+    );
+}
+
+#[test]
+fn a_bad_configuration_is_rejected_naming_the_field() {
+    let host = Host::new();
+    let bad = r#"{"rate_limits": [{"name": "login", "method": "POST", "path": "/l", "limit": "5/minit"}]}"#;
+    let err = host
+        .plugin(FilterModule::built(), bad)
+        .err()
+        .expect("configuration must be rejected");
+    let text = format!("{err:?}");
+    assert!(
+        text.contains(r#"rate_limits[0].limit: \"5/minit\" is not N/second|minute|hour|day"#),
+        "{text}"
+    );
+    assert!(host.plugin(FilterModule::built(), "{not json").is_err());
+}
+
+#[test]
+fn every_endpoint_gets_every_seed_header() {
+    let host = Host::new();
+    let mut filter = plugin(&host, CONFIG);
+    let endpoints = [
+        ("POST", "/api/v1/auth/login"),
+        ("POST", "/api/v1/auth/refresh"),
+        ("POST", "/api/v1/transcribe"),
+        ("GET", "/api/v1/videos"),
+        ("POST", "/api/v1/analyze"),
+        ("GET", "/api/v1/jobs/1"),
+        ("DELETE", "/api/v1/jobs/1"),
+        ("POST", "/api/v1/schedule"),
+        ("GET", "/api/v1/health"),
+        ("GET", "/"),
+        ("GET", "/not/an/endpoint"),
+    ];
+    for (method, path) in endpoints {
+        let exchange = send(&mut filter, &HttpRequest::new(method, path));
+        assert!(!exchange.local, "{method} {path} forwarded");
+        assert_seed_headers(&exchange.response, true, &format!("{method} {path}"));
+        for status in [404, 500, 503] {
+            let exchange = send(
+                &mut filter,
+                &HttpRequest::new(method, path).upstream(Response::with_status(status)),
+            );
+            assert_eq!(exchange.response.status, status);
+            assert_seed_headers(
+                &exchange.response,
+                true,
+                &format!("{status} of {method} {path}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn local_replies_carry_the_headers_whether_or_not_envoy_reruns_the_response_phase() {
+    for rerun in [true, false] {
+        let mut host = Host::new();
+        host.local_reply_through_response_phase = rerun;
+        let mut filter = plugin(&host, CONFIG);
+        let redirect = send(
+            &mut filter,
+            &HttpRequest::get("/x?y=1").plain("localhost:8080"),
+        );
+        assert!(redirect.local);
+        assert_eq!(redirect.response.status, 301);
+        assert_eq!(
+            redirect.response.header("location"),
+            Some("https://localhost:8443/x?y=1")
+        );
+        assert_seed_headers(&redirect.response, false, "redirect");
+
+        let bad_host = send(
+            &mut filter,
+            &HttpRequest::get("/").authority("evil.example"),
+        );
+        assert_eq!(bad_host.response.status, 400);
+        assert_seed_headers(&bad_host.response, true, "400");
+
+        let login = HttpRequest::post("/api/v1/auth/login");
+        for _ in 0..5 {
+            assert!(!send(&mut filter, &login).local);
+        }
+        let limited = send(&mut filter, &login);
+        assert_eq!(limited.response.status, 429);
+        assert_seed_headers(&limited.response, true, "429");
+        assert_eq!(limited.response.header("retry-after"), Some("12"));
+        assert_eq!(limited.response.header_count("ratelimit"), 1);
+    }
+}
+
+#[test]
+fn two_vms_share_one_exact_count() {
+    let host = Host::new();
+    let (mut a, mut b) = (plugin(&host, CONFIG), plugin(&host, CONFIG));
+    let login = HttpRequest::post("/api/v1/auth/login").peer("198.51.100.7:1000");
+    let allowed = (0..40)
+        .filter(|i| {
+            let vm = if i % 2 == 0 { &mut a } else { &mut b };
+            !send(vm, &login).local
+        })
+        .count();
+    assert_eq!(allowed, 5, "the limit holds across VMs");
+    host.advance(Duration::from_secs(12));
+    assert!(
+        !send(&mut b, &login).local,
+        "one request back after 12 s, on either VM"
+    );
+    assert!(send(&mut a, &login).local);
+}
+
+#[test]
+fn hostile_bytes_never_trap_the_vm() {
+    let host = Host::new();
+    let mut filter = plugin(
+        &host,
+        r#"{"allowed_hosts": ["*"], "client_ip": {"trusted_proxies": ["0.0.0.0/0"]}}"#,
+    );
+    let huge = vec![b'a'; 1 << 20];
+    let requests = vec![
+        HttpRequest::get("/").header("x-forwarded-for", b"\xff\xfe, 1.2.3.4"),
+        HttpRequest::get("/").header("x-forwarded-proto", b"\xffhttps"),
+        HttpRequest::get("/").authority("\u{fffd}"),
+        HttpRequest::get("/").without(":authority"),
+        HttpRequest::get("/").without(":path"),
+        HttpRequest::get("/").without(":method"),
+        HttpRequest::get("/").no_peer(),
+        HttpRequest::get("/").peer("not an address"),
+        HttpRequest::get("/").header("x-forwarded-for", &huge),
+        HttpRequest::get("/").header("x-huge", &huge),
+        HttpRequest::post("/api/v1/auth/login").header("x-forwarded-for", ",".repeat(100_000)),
+        HttpRequest::get("/%ff%00/../..;/%252e").plain("localhost"),
+        (0..5_000).fold(HttpRequest::get("/"), |r, i| {
+            r.header(&format!("x-h{i}"), b"v")
+        }),
+    ];
+    let mut bad_bytes = HttpRequest::get("/");
+    bad_bytes
+        .headers
+        .push((":path".into(), b"/a\xff\r\nb".to_vec()));
+    bad_bytes
+        .headers
+        .push((":authority".into(), b"localhost\xff".to_vec()));
+    for request in requests.iter().chain([&bad_bytes]) {
+        let exchange = send(&mut filter, request);
+        assert!(exchange.response.status >= 200, "got an answer");
+    }
+    // The VM is still healthy afterwards.
+    assert_eq!(
+        send(&mut filter, &HttpRequest::get("/")).response.status,
+        200
+    );
+    assert!(
+        filter.logs().iter().all(|(level, _)| *level < 4),
+        "no error logs: {:?}",
+        filter.logs()
+    );
+}
+
+#[test]
+fn shared_data_stays_within_the_configured_bound() {
+    let host = Host::new();
+    let config = r#"{"limiter": {"capacity_per_tier": 64}}"#;
+    let mut filter = plugin(&host, config);
+    let keys_at_start = host.shared_data_keys();
+    assert_eq!(
+        keys_at_start,
+        8 * 16,
+        "eight limited tiers × 64/4 buckets, created at start"
+    );
+    for i in 0..20_000u32 {
+        let [_, b, c, d] = i.to_be_bytes();
+        let peer = format!("10.{b}.{c}.{d}:1");
+        send(&mut filter, &HttpRequest::get("/api/v1/videos").peer(&peer));
+    }
+    assert_eq!(host.shared_data_keys(), keys_at_start, "no key per client");
+    println!(
+        "shared data for 8 tiers × 64 keys: {} bytes",
+        host.shared_data_bytes()
+    );
+}
+
+#[test]
+fn counters_move() {
+    let host = Host::new();
+    let mut filter = plugin(&host, CONFIG);
+    send(&mut filter, &HttpRequest::get("/"));
+    send(&mut filter, &HttpRequest::get("/").plain("localhost:8080"));
+    send(&mut filter, &HttpRequest::get("/").authority("evil"));
+    for _ in 0..6 {
+        send(&mut filter, &HttpRequest::post("/api/v1/auth/login"));
+    }
+    let metric = |name: &str| {
+        host.metric(name)
+            .unwrap_or_else(|| panic!("{name} defined"))
+    };
+    assert_eq!(metric("portcullis.requests"), 9);
+    assert_eq!(metric("portcullis.forwarded"), 6);
+    assert_eq!(metric("portcullis.redirected"), 1);
+    assert_eq!(metric("portcullis.bad_host"), 1);
+    assert_eq!(metric("portcullis.rate_limited"), 1);
+    assert_eq!(metric("portcullis.shadow_limited"), 0);
+
+    let mut shadow = plugin(&host, r#"{"rate_limit_mode": "shadow"}"#);
+    for _ in 0..7 {
+        assert!(
+            !send(
+                &mut shadow,
+                &HttpRequest::post("/api/v1/auth/login").peer("198.51.100.99:1")
+            )
+            .local
+        );
+    }
+    assert_eq!(metric("portcullis.shadow_limited"), 2);
+}
+
+/// Fuel is deterministic, so it guards the filter's cost per request without timing anything.
+#[test]
+fn fuel_per_forwarded_request() {
+    let host = Host::new();
+    let mut filter = plugin(&host, CONFIG);
+    let tiered = HttpRequest::get("/api/v1/videos?limit=20");
+    let untiered = HttpRequest::get("/static/app.js");
+    // Warm up allocator state, then measure.
+    send(&mut filter, &tiered);
+    let tiered_fuel = send(&mut filter, &tiered).fuel;
+    let untiered_fuel = send(&mut filter, &untiered).fuel;
+    println!(
+        "fuel per forwarded request: {tiered_fuel} (rate-limited tier), {untiered_fuel} (no tier)"
+    );
+    assert!(
+        tiered_fuel < 150_000,
+        "tiered request cost {tiered_fuel} instructions"
+    );
+    assert!(
+        untiered_fuel < 100_000,
+        "untiered request cost {untiered_fuel} instructions"
+    );
+}
+
+fn render(exchange: &Exchange) -> String {
+    let mut lines: Vec<String> = exchange
+        .response
+        .text_headers()
+        .into_iter()
+        .filter(|(n, _)| n != "x-ratelimit-reset")
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect();
+    lines.sort();
+    format!(
+        "{} {}\n{}\n\n{}",
+        exchange.response.status,
+        if exchange.local {
+            "(local reply)"
+        } else {
+            "(forwarded)"
+        },
+        lines.join("\n"),
+        String::from_utf8_lossy(&exchange.response.body)
+    )
+}
+
+#[test]
+fn full_responses() {
+    let host = Host::new();
+    let mut filter = plugin(&host, CONFIG);
+    insta::assert_snapshot!(
+        "forwarded_https",
+        render(&send(&mut filter, &HttpRequest::get("/api/v1/videos")))
+    );
+    insta::assert_snapshot!(
+        "redirect_308",
+        render(&send(
+            &mut filter,
+            &HttpRequest::post("/api/v1/auth/login?next=%2F").plain("localhost:8080")
+        ))
+    );
+    let login = HttpRequest::post("/api/v1/auth/login");
+    for _ in 0..5 {
+        send(&mut filter, &login);
+    }
+    insta::assert_snapshot!("rate_limited_429", render(&send(&mut filter, &login)));
+    insta::assert_snapshot!(
+        "bad_host_400",
+        render(&send(
+            &mut filter,
+            &HttpRequest::get("/").authority("evil:8443")
+        ))
+    );
+}

