@@ -90,6 +90,9 @@ impl ClientIdentity {
 
     /// Whether the immediate peer is a trusted proxy (so its `X-Forwarded-Proto` is believed).
     pub(crate) fn peer_is_trusted(&self, peer: &Peer<'_>) -> bool {
+        if self.trusted_hops == 0 && self.trusted.is_empty() {
+            return false;
+        }
         match peer {
             Peer::Socket(addr) => parse_ip(addr).is_some_and(|ip| self.is_trusted(ip, 0)),
             Peer::Cloudflare | Peer::Unknown => false,

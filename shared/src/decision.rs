@@ -113,56 +113,130 @@ pub(crate) struct RateReport {
 }
 
 /// The header edits for one response.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ResponseEdits<'p> {
     pub(crate) profile: &'p HeaderProfile,
     pub(crate) https: bool,
-    pub(crate) rate: Option<(&'p str, u32, u32, RateReport)>,
+    pub(crate) rate: Vec<(&'static str, String)>,
 }
 
-impl ResponseEdits<'_> {
+const RATE_LIMIT_HEADERS: [&str; 6] = [
+    "ratelimit-policy",
+    "ratelimit",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "retry-after",
+];
+
+impl<'p> ResponseEdits<'p> {
+    pub(crate) fn new(
+        profile: &'p HeaderProfile,
+        https: bool,
+        rate: Option<(&str, u32, u32, RateReport)>,
+    ) -> Self {
+        Self {
+            profile,
+            https,
+            rate: rate.map_or_else(Vec::new, rate_limit_headers),
+        }
+    }
+
     /// Writes every edit into `sink`.
     pub fn apply<S: HeaderSink + ?Sized>(&self, sink: &mut S) {
         for name in &self.profile.remove {
             sink.remove(name);
         }
-        for (name, value) in &self.profile.set {
-            sink.set(name, value);
-        }
-        match (&self.profile.hsts, self.https) {
-            (Some(hsts), true) => sink.set(HSTS, hsts),
+        if !self.https {
             // HSTS over plain HTTP is ignored by browsers and misleads scanners (RFC 6797 §7.2).
-            _ => sink.remove(HSTS),
+            sink.remove(HSTS);
         }
-        for (name, value) in self.rate_limit_headers() {
-            sink.set(name, &value);
+        self.for_each_set(|name, value| sink.set(name, value));
+    }
+
+    /// Every header these edits set, in order.
+    pub fn for_each_set<'s>(&'s self, mut set: impl FnMut(&'s str, &'s str)) {
+        for (name, value) in &self.profile.set {
+            set(name, value);
         }
+        if let (Some(hsts), true) = (&self.profile.hsts, self.https) {
+            set(HSTS, hsts);
+        }
+        for (name, value) in &self.rate {
+            set(name, value);
+        }
+    }
+
+    /// Whether these edits set or remove `name` (so an upstream value of it must not survive).
+    pub fn touches(&self, name: &str) -> bool {
+        let is = |other: &str| other.eq_ignore_ascii_case(name);
+        is(HSTS)
+            || self.profile.set.iter().any(|(n, _)| is(n))
+            || self.profile.remove.iter().any(|n| is(n))
+            || (!self.rate.is_empty() && RATE_LIMIT_HEADERS.iter().any(|n| is(n)))
+    }
+
+    /// The whole response header list after the edits: the upstream headers the edits leave
+    /// alone, in their order, then every header the edits set. For hosts that replace a header
+    /// map in one call rather than editing it field by field.
+    pub fn rewrite<'s, V: AsRef<[u8]>>(
+        &'s self,
+        upstream: &'s [(String, V)],
+    ) -> Vec<(&'s str, &'s [u8])> {
+        let mut headers =
+            Vec::with_capacity(upstream.len() + self.profile.set.len() + self.rate.len() + 1);
+        for (name, value) in upstream {
+            if !self.touches(name) {
+                headers.push((name.as_str(), value.as_ref()));
+            }
+        }
+        self.for_each_set(|name, value| headers.push((name, value.as_bytes())));
+        headers
     }
 
     /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), the legacy
     /// `X-RateLimit-*` trio and, on a refusal, `Retry-After`.
-    pub fn rate_limit_headers(&self) -> Vec<(&'static str, String)> {
-        let Some((tier, limit, window, report)) = self.rate else {
-            return Vec::new();
-        };
-        // On a refusal the reset points at the same instant as Retry-After (draft §4).
-        let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));
-        let mut headers = vec![
-            (
-                "ratelimit-policy",
-                format!("\"{tier}\";q={limit};w={window}"),
-            ),
-            (
-                "ratelimit",
-                format!("\"{tier}\";r={};t={reset}", report.remaining),
-            ),
-            ("x-ratelimit-limit", limit.to_string()),
-            ("x-ratelimit-remaining", report.remaining.to_string()),
-            ("x-ratelimit-reset", reset.to_string()),
-        ];
-        if report.retry_after.is_some() {
-            headers.push(("retry-after", reset.max(1).to_string()));
-        }
-        headers
+    pub fn rate_limit_headers(&self) -> &[(&'static str, String)] {
+        &self.rate
     }
+}
+
+fn rate_limit_headers(
+    (tier, limit, window, report): (&str, u32, u32, RateReport),
+) -> Vec<(&'static str, String)> {
+    // Built by hand: these run on every response of a limited tier, and `format!` costs several
+    // times more than the pushes below inside a Wasm VM.
+    let mut numbers = itoa::Buffer::new();
+    // On a refusal the reset points at the same instant as Retry-After (draft §4).
+    let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));
+    let reset_text = numbers.format(reset).to_owned();
+    let limit_text = numbers.format(limit).to_owned();
+    let remaining_text = numbers.format(report.remaining).to_owned();
+    let quoted = |extra: usize| {
+        let mut s = String::with_capacity(tier.len() + 24 + extra);
+        s.push('"');
+        s.push_str(tier);
+        s.push('"');
+        s
+    };
+    let mut policy = quoted(0);
+    policy.push_str(";q=");
+    policy.push_str(&limit_text);
+    policy.push_str(";w=");
+    policy.push_str(numbers.format(window));
+    let mut current = quoted(0);
+    current.push_str(";r=");
+    current.push_str(&remaining_text);
+    current.push_str(";t=");
+    current.push_str(&reset_text);
+    let mut headers = Vec::with_capacity(6);
+    headers.push(("ratelimit-policy", policy));
+    headers.push(("ratelimit", current));
+    headers.push(("x-ratelimit-limit", limit_text));
+    headers.push(("x-ratelimit-remaining", remaining_text));
+    if report.retry_after.is_some() {
+        headers.push(("retry-after", reset_text.clone()));
+    }
+    headers.push(("x-ratelimit-reset", reset_text));
+    headers
 }

@@ -3,22 +3,24 @@
 //! Hand-written because the `Location` we build must be provably free of anything but
 //! `[a-z0-9.-_]` and bracketed IPv6: general URL crates accept (and re-encode) far more.
 
+use std::borrow::Cow;
 use std::net::Ipv6Addr;
 
-/// A validated, lowercased host name or IP literal (IPv6 kept without brackets).
+/// A validated, lowercased host name or IP literal (IPv6 kept without brackets). Borrowed from
+/// the request when it is already in that form, which is almost always.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Host {
-    name: String,
+pub struct Host<'a> {
+    name: Cow<'a, str>,
     ipv6: bool,
 }
 
-impl Host {
+impl Host<'_> {
     /// The host as it is written in a URL authority (IPv6 in brackets).
     pub fn url_form(&self) -> String {
         if self.ipv6 {
             format!("[{}]", self.name)
         } else {
-            self.name.clone()
+            self.name.clone().into_owned()
         }
     }
 }
@@ -26,7 +28,7 @@ impl Host {
 const MAX_HOST_LEN: usize = 253;
 
 /// Parses `host[:port]` from an authority; `None` for anything malformed.
-pub fn parse_authority(authority: &[u8]) -> Option<Host> {
+pub fn parse_authority(authority: &[u8]) -> Option<Host<'_>> {
     let text = std::str::from_utf8(authority).ok()?;
     if let Some(rest) = text.strip_prefix('[') {
         let (literal, after) = rest.split_once(']')?;
@@ -35,7 +37,7 @@ pub fn parse_authority(authority: &[u8]) -> Option<Host> {
         }
         let addr: Ipv6Addr = literal.parse().ok()?;
         return Some(Host {
-            name: addr.to_string(),
+            name: Cow::Owned(addr.to_string()),
             ipv6: true,
         });
     }
@@ -55,7 +57,7 @@ fn valid_port(port: &str) -> bool {
 }
 
 /// A DNS name or IPv4 literal: letters, digits, `-`, `_` and non-empty dot-separated labels.
-fn parse_host_name(name: &str) -> Option<String> {
+fn parse_host_name(name: &str) -> Option<Cow<'_, str>> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() || name.len() > MAX_HOST_LEN {
         return None;
@@ -67,9 +69,14 @@ fn parse_host_name(name: &str) -> Option<String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    name.split('.')
-        .all(label_ok)
-        .then(|| name.to_ascii_lowercase())
+    if !name.split('.').all(label_ok) {
+        return None;
+    }
+    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
 }
 
 /// One entry of `allowed_hosts`.
@@ -88,16 +95,16 @@ impl HostPattern {
         }
         if let Some(parent) = pattern.strip_prefix("*.") {
             return parse_host_name(parent)
-                .map(Self::Subdomains)
+                .map(|p| Self::Subdomains(p.into_owned()))
                 .ok_or_else(|| format!("{pattern:?} is not a host name, *.domain or *"));
         }
         parse_authority(pattern.as_bytes())
             .filter(|_| !pattern.contains(':') || pattern.starts_with('['))
-            .map(|host| Self::Exact(host.name))
+            .map(|host| Self::Exact(host.name.into_owned()))
             .ok_or_else(|| format!("{pattern:?} is not a host name (without port), *.domain or *"))
     }
 
-    pub(crate) fn matches(&self, host: &Host) -> bool {
+    pub(crate) fn matches(&self, host: &Host<'_>) -> bool {
         match self {
             Self::Any => true,
             Self::Exact(name) => *name == host.name,
@@ -153,7 +160,9 @@ mod tests {
 
     #[test]
     fn patterns_match_exact_wildcard_and_any() {
-        let h = |s: &str| parse_authority(s.as_bytes()).unwrap();
+        fn h(s: &str) -> Host<'_> {
+            parse_authority(s.as_bytes()).unwrap()
+        }
         let exact = HostPattern::parse("Example.com").unwrap();
         assert!(exact.matches(&h("example.com:443")));
         assert!(!exact.matches(&h("www.example.com")));

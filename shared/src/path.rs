@@ -4,17 +4,26 @@
 //! doubt it merges spellings (treating a decoded `%2F` as a separator, dropping `;params`) —
 //! matching too much only limits more, matching too little opens a bypass.
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode;
 
 /// Canonical form of a request target's path: percent-decoded to a fixed point, lowercased,
 /// `\` read as `/`, `;params` cut from each segment, empty and `.` segments dropped, `..`
 /// resolved (never above the root), no trailing slash. Always starts with `/`.
-pub fn canonicalize(target: &[u8]) -> String {
+pub fn canonicalize(target: &[u8]) -> Cow<'_, str> {
     let end = target
         .iter()
         .position(|&b| b == b'?' || b == b'#')
         .unwrap_or(target.len());
-    let mut bytes = target[..end].to_vec();
+    match already_canonical(&target[..end]) {
+        Some(plain) => Cow::Borrowed(plain),
+        None => Cow::Owned(canonicalize_slowly(&target[..end])),
+    }
+}
+
+fn canonicalize_slowly(path: &[u8]) -> String {
+    let mut bytes = path.to_vec();
     // Each pass that changes anything shortens the input, so this ends; decoding to a fixed
     // point defeats double encoding (`%252e` → `%2e` → `.`).
     loop {
@@ -48,6 +57,37 @@ pub fn canonicalize(target: &[u8]) -> String {
         canonical.push('/');
     }
     canonical
+}
+
+/// The common case, without allocating: `/` followed by segments of lowercase letters, digits,
+/// `-`, `_` and non-leading `.`, single slashes, optionally one trailing slash.
+fn already_canonical(path: &[u8]) -> Option<&str> {
+    let body = path.strip_prefix(b"/")?;
+    let body = body.strip_suffix(b"/").unwrap_or(body);
+    let mut segment_start = true;
+    for &b in body {
+        let ok = match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => true,
+            b'.' => !segment_start,
+            b'/' => !segment_start,
+            _ => false,
+        };
+        if !ok {
+            return None;
+        }
+        segment_start = b == b'/';
+    }
+    if segment_start && !body.is_empty() {
+        return None;
+    }
+    let canonical = &path[..1 + body.len()];
+    // A lone "/" stays "/"; otherwise no trailing slash.
+    std::str::from_utf8(if body.is_empty() {
+        &path[..1]
+    } else {
+        canonical
+    })
+    .ok()
 }
 
 /// Whether canonical `path` lies under canonical `prefix`, on a segment boundary.
@@ -150,6 +190,51 @@ mod tests {
         assert_eq!(canonicalize(b"/%"), "/%");
         assert_eq!(canonicalize(b"/%zz"), "/%zz");
         assert_eq!(canonicalize(b"/\xff"), "/\u{fffd}");
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_one() {
+        let paths = [
+            "/",
+            "/a",
+            "/a/",
+            "/api/v1/jobs/5b7e-x_y.json",
+            "/a.b/c",
+            "//",
+            "/a//b",
+            "/./a",
+            "/a/.",
+            "/.a",
+            "/a/b/",
+        ];
+        for path in paths {
+            if let Some(fast) = already_canonical(path.as_bytes()) {
+                assert_eq!(fast, canonicalize_slowly(path.as_bytes()), "{path}");
+            }
+        }
+        assert_eq!(already_canonical(b"/a/b/"), Some("/a/b"));
+        assert_eq!(already_canonical(b"/"), Some("/"));
+        for refused in [
+            &b"//a"[..],
+            b"/a/./b",
+            b"/a/../b",
+            b"/A",
+            b"/a%2f",
+            b"/a;b",
+            b"a",
+            b"/a//",
+        ] {
+            assert_eq!(already_canonical(refused), None, "{refused:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_never_disagrees(raw in "[/a.\\-]{0,12}") {
+            if let Some(fast) = super::already_canonical(raw.as_bytes()) {
+                proptest::prop_assert_eq!(fast, super::canonicalize_slowly(raw.as_bytes()));
+            }
+        }
     }
 
     #[test]

@@ -108,7 +108,10 @@ impl Policy {
                 None => default_profile.clone(),
             };
             compiled.apply_overrides(&profile.headers, &format!("profiles[{i}].headers"))?;
-            profiles.push((canonicalize(profile.path_prefix.as_bytes()), compiled));
+            profiles.push((
+                canonicalize(profile.path_prefix.as_bytes()).into_owned(),
+                compiled,
+            ));
         }
         profiles.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         if profiles.len() >= usize::from(u16::MAX) {
@@ -137,7 +140,7 @@ impl Policy {
                 .https_redirect
                 .exempt_prefixes
                 .iter()
-                .map(|p| canonicalize(p.as_bytes()))
+                .map(|p| canonicalize(p.as_bytes()).into_owned())
                 .collect(),
         });
         if redirect.as_ref().is_some_and(|r| r.https_port == 0) {
@@ -299,11 +302,7 @@ impl Policy {
                 let (gcra, _) = tier.limit.as_ref()?;
                 Some((tier.name.as_str(), gcra.limit(), gcra.period_secs(), report))
             });
-        ResponseEdits {
-            profile,
-            https: plan.https,
-            rate,
-        }
+        ResponseEdits::new(profile, plan.https, rate)
     }
 
     /// A plan for responses the host produces without a request decision (e.g. a codec error).

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 ROOT = os.environ["PORTCULLIS_ROOT"]
@@ -149,6 +150,18 @@ def counter(name):
     raise AssertionError(f"no stat ending in {name}: {sorted(values)}")
 
 
+def eventually(check, seconds=5.0):
+    """The filter flushes its counters to Envoy once a second; wait for them."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 class EnvoyFilter(unittest.TestCase):
     origin = None
 
@@ -209,21 +222,26 @@ class EnvoyFilter(unittest.TestCase):
         self.assertEqual(headers["ratelimit-policy"], ['"login";q=5;w=60'])
         self.assertIn("retry-after", headers)
         self.assert_seed(headers, True, "429")
-        self.assertGreaterEqual(counter("portcullis.rate_limited"), 195)
+        eventually(lambda: self.assertGreaterEqual(counter("portcullis.rate_limited"), 195))
 
     def test_06_counters_move(self):
+        time.sleep(1.2)  # let earlier tests' counts flush
         before = stats()
         send("GET", "/", https=False, host="localhost:8080")
         send("GET", "/", host="evil.example")
-        after = stats()
 
-        def delta(name):
-            key = next(k for k in after if k.endswith(name))
-            return after[key] - before.get(key, 0)
+        def moved():
+            after = stats()
 
-        self.assertEqual(delta("portcullis.requests"), 2)
-        self.assertEqual(delta("portcullis.redirected"), 1)
-        self.assertEqual(delta("portcullis.bad_host"), 1)
+            def delta(name):
+                key = next(k for k in after if k.endswith(name))
+                return after[key] - before.get(key, 0)
+
+            self.assertEqual(delta("portcullis.requests"), 2)
+            self.assertEqual(delta("portcullis.redirected"), 1)
+            self.assertEqual(delta("portcullis.bad_host"), 1)
+
+        eventually(moved)
 
     def test_07_conformance_vectors(self):
         """Cases that need no chosen peer, clock or Cloudflare, under the seed configuration

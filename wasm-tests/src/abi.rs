@@ -29,6 +29,10 @@ pub struct State {
     properties: HashMap<String, Vec<u8>>,
     pub local_response: Option<Response>,
     pub logs: Vec<(u32, String)>,
+    /// With `PORTCULLIS_FUEL_TRACE` set: fuel remaining at the previous host call, and the
+    /// instructions spent before each host call since — a cheap profile of the filter.
+    pub last_fuel: Option<u64>,
+    pub fuel_trace: Option<Vec<(&'static str, u64)>>,
 }
 
 impl State {
@@ -41,6 +45,8 @@ impl State {
             properties: HashMap::new(),
             local_response: None,
             logs: Vec::new(),
+            last_fuel: None,
+            fuel_trace: std::env::var_os("PORTCULLIS_FUEL_TRACE").map(|_| Vec::new()),
         }
     }
 
@@ -80,6 +86,7 @@ pub struct Exports {
     pub done: TypedFunc<u32, u32>,
     pub log: TypedFunc<u32, ()>,
     pub delete: TypedFunc<u32, ()>,
+    pub tick: TypedFunc<u32, ()>,
 }
 
 impl Exports {
@@ -99,7 +106,24 @@ impl Exports {
             done: instance.get_typed_func(&mut *store, "proxy_on_done")?,
             log: instance.get_typed_func(&mut *store, "proxy_on_log")?,
             delete: instance.get_typed_func(&mut *store, "proxy_on_delete")?,
+            tick: instance.get_typed_func(&mut *store, "proxy_on_tick")?,
         })
+    }
+}
+
+/// Records the instructions the filter ran since the previous host call.
+fn trace(caller: &mut Caller<'_, State>, call: &'static str) {
+    if caller.data().fuel_trace.is_none() {
+        return;
+    }
+    let Ok(now) = caller.get_fuel() else { return };
+    let state = caller.data_mut();
+    let spent = state
+        .last_fuel
+        .map_or(0, |before| before.saturating_sub(now));
+    state.last_fuel = Some(now);
+    if let Some(trace) = state.fuel_trace.as_mut() {
+        trace.push((call, spent));
     }
 }
 
@@ -218,6 +242,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "env",
         "proxy_log",
         |mut c: Caller<'_, State>, level: i32, ptr: i32, len: i32| -> Result<i32> {
+            trace(&mut c, "proxy_log");
             let message = String::from_utf8_lossy(&read(&mut c, ptr, len)?).into_owned();
             c.data_mut().logs.push((level as u32, message));
             Ok(OK)
@@ -227,6 +252,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: Caller<'_, State>, ptr: i32| -> Result<i32> {
+            trace(&mut c, "proxy_get_current_time_nanoseconds");
             let now = c.data().host.now_nanos();
             write(&mut c, ptr, &now.to_le_bytes())?;
             Ok(OK)
@@ -247,6 +273,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          data_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_get_buffer_bytes");
             if kind != PLUGIN_CONFIGURATION {
                 bail!("the filter read buffer type {kind}, which this host does not model");
             }
@@ -264,6 +291,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, State>, map: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
+            trace(&mut c, "proxy_get_header_map_pairs");
             let bytes = serialize_map(c.data_mut().map(map)?);
             give(&mut c, &bytes, data_ptr, size_ptr)?;
             Ok(OK)
@@ -273,6 +301,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "env",
         "proxy_set_header_map_pairs",
         |mut c: Caller<'_, State>, map: i32, ptr: i32, len: i32| -> Result<i32> {
+            trace(&mut c, "proxy_set_header_map_pairs");
             let pairs = deserialize_map(&read(&mut c, ptr, len)?)?;
             *c.data_mut().map(map)? = pairs;
             Ok(OK)
@@ -288,6 +317,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          data_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_get_header_map_value");
             let key = read_string(&mut c, kptr, klen)?;
             let value = c
                 .data_mut()
@@ -314,6 +344,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          vptr: i32,
          vlen: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_replace_header_map_value");
             let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
             let value = read(&mut c, vptr, vlen)?;
             let headers = c.data_mut().map(map)?;
@@ -332,6 +363,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          vptr: i32,
          vlen: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_add_header_map_value");
             let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
             let value = read(&mut c, vptr, vlen)?;
             c.data_mut().map(map)?.push((key, value));
@@ -342,6 +374,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32| -> Result<i32> {
+            trace(&mut c, "proxy_remove_header_map_value");
             let key = read_string(&mut c, kptr, klen)?;
             c.data_mut()
                 .map(map)?
@@ -358,6 +391,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          data_ptr: i32,
          size_ptr: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_get_property");
             let path = read_string(&mut c, pptr, plen)?;
             match c.data().properties.get(&path).cloned() {
                 Some(value) => {
@@ -378,6 +412,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          size_ptr: i32,
          cas_ptr: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_get_shared_data");
             let key = read_string(&mut c, kptr, klen)?;
             let value = c
                 .data()
@@ -407,6 +442,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          vlen: i32,
          cas: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_set_shared_data");
             let key = read_string(&mut c, kptr, klen)?;
             let bytes = read(&mut c, vptr, vlen)?;
             let host = c.data().host.clone();
@@ -437,6 +473,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
          headers_len: i32,
          _grpc: i32|
          -> Result<i32> {
+            trace(&mut c, "proxy_send_local_response");
             let body = read(&mut c, body_ptr, body_len)?;
             let mut headers = deserialize_map(&read(&mut c, headers_ptr, headers_len)?)?;
             let status =
@@ -457,6 +494,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "env",
         "proxy_define_metric",
         |mut c: Caller<'_, State>, kind: i32, nptr: i32, nlen: i32, id_ptr: i32| -> Result<i32> {
+            trace(&mut c, "proxy_define_metric");
             if kind != 0 {
                 bail!("the filter defined a metric of type {kind}; only counters are modelled");
             }
@@ -484,7 +522,8 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_increment_metric",
-        |c: Caller<'_, State>, id: i32, offset: i64| -> Result<i32> {
+        |mut c: Caller<'_, State>, id: i32, offset: i64| -> Result<i32> {
+            trace(&mut c, "proxy_increment_metric");
             let mut metrics = c
                 .data()
                 .host

@@ -299,6 +299,8 @@ pub struct Exchange {
     pub upstream_request: Option<Vec<(String, Vec<u8>)>>,
     /// Wasm instructions (fuel) the filter spent on this request, both phases.
     pub fuel: u64,
+    /// The part of `fuel` spent in the request phase.
+    pub request_fuel: u64,
 }
 
 /// One VM of the filter.
@@ -358,6 +360,11 @@ impl Plugin {
         &self.store.data().logs
     }
 
+    /// Fires the root context's timer, as Envoy does every tick period.
+    pub fn tick(&mut self) -> Result<()> {
+        self.calls.tick.call(&mut self.store, self.root_id)
+    }
+
     /// Sends one request through the filter; a forwarded one is answered by `request.upstream`.
     pub fn send(&mut self, request: &HttpRequest) -> Result<Exchange> {
         let id = self.next_id;
@@ -366,6 +373,10 @@ impl Plugin {
         {
             let state = self.store.data_mut();
             state.begin(request);
+            if let Some(trace) = state.fuel_trace.as_mut() {
+                trace.clear();
+                state.last_fuel = Some(fuel_before);
+            }
         }
         self.calls
             .context_create
@@ -376,6 +387,7 @@ impl Plugin {
             .calls
             .request_headers
             .call(&mut self.store, (id, count(&request.headers), 1))?;
+        let request_fuel = fuel_before.saturating_sub(self.store.get_fuel()?);
 
         let exchange = if let Some(local) = self.store.data_mut().local_response.take() {
             let mut response = local;
@@ -391,6 +403,7 @@ impl Plugin {
                 response,
                 upstream_request: None,
                 fuel: 0,
+                request_fuel,
             }
         } else {
             if action != 0 {
@@ -422,13 +435,20 @@ impl Plugin {
                 },
                 upstream_request: Some(upstream_request),
                 fuel: 0,
+                request_fuel,
             }
         };
 
         self.calls.done.call(&mut self.store, id)?;
         self.calls.log.call(&mut self.store, id)?;
         self.calls.delete.call(&mut self.store, id)?;
-        let fuel = fuel_before.saturating_sub(self.store.get_fuel()?);
+        let fuel_after = self.store.get_fuel()?;
+        let fuel = fuel_before.saturating_sub(fuel_after);
+        let state = self.store.data_mut();
+        if let (Some(trace), Some(last)) = (state.fuel_trace.as_mut(), state.last_fuel) {
+            trace.push(("(end of request)", last.saturating_sub(fuel_after)));
+            eprintln!("fuel trace, instructions before each host call: {trace:?}");
+        }
         Ok(Exchange { fuel, ..exchange })
     }
 }

@@ -247,6 +247,12 @@ fn counters_move() {
         host.metric(name)
             .unwrap_or_else(|| panic!("{name} defined"))
     };
+    assert_eq!(
+        metric("portcullis.requests"),
+        0,
+        "counts reach Envoy on the timer"
+    );
+    filter.tick().unwrap();
     assert_eq!(metric("portcullis.requests"), 9);
     assert_eq!(metric("portcullis.forwarded"), 6);
     assert_eq!(metric("portcullis.redirected"), 1);
@@ -264,6 +270,8 @@ fn counters_move() {
             .local
         );
     }
+    shadow.tick().unwrap();
+    shadow.tick().unwrap();
     assert_eq!(metric("portcullis.shadow_limited"), 2);
 }
 
@@ -276,10 +284,13 @@ fn fuel_per_forwarded_request() {
     let untiered = HttpRequest::get("/static/app.js");
     // Warm up allocator state, then measure.
     send(&mut filter, &tiered);
-    let tiered_fuel = send(&mut filter, &tiered).fuel;
-    let untiered_fuel = send(&mut filter, &untiered).fuel;
+    let tiered = send(&mut filter, &tiered);
+    let untiered = send(&mut filter, &untiered);
+    let (tiered_fuel, untiered_fuel) = (tiered.fuel, untiered.fuel);
     println!(
-        "fuel per forwarded request: {tiered_fuel} (rate-limited tier), {untiered_fuel} (no tier)"
+        "fuel per forwarded request: {tiered_fuel} (rate-limited tier; request phase {}), \
+         {untiered_fuel} (no tier; request phase {})",
+        tiered.request_fuel, untiered.request_fuel
     );
     assert!(
         tiered_fuel < 150_000,

@@ -10,6 +10,8 @@ use crate::stage::{cmd, exec, stage, target_dir};
 pub enum Suite {
     /// ns per decision of portcullis-core (criterion).
     Core,
+    /// Envoy CPU per request: router only vs native equivalent vs the filter; fuel; sizes.
+    Envoy,
     /// Every suite.
     All,
 }
@@ -28,11 +30,34 @@ pub fn run(suite: Suite) -> Result<()> {
     if matches!(suite, Suite::Core | Suite::All) {
         rows.extend(core()?);
     }
+    if matches!(suite, Suite::Envoy | Suite::All) {
+        rows.extend(envoy()?);
+    }
     println!("\n| benchmark | result |\n| --- | --- |");
     for (name, value) in rows {
         println!("| {name} | {value} |");
     }
     Ok(())
+}
+
+fn envoy() -> Result<Vec<(String, String)>> {
+    let filter = stage("build: the Envoy filter", crate::envoy::build_filter)?;
+    let size = std::fs::metadata(&filter)?.len();
+    let envoy = crate::tools::ensure_envoy()?;
+    crate::envoy::ensure_ports_free(&[
+        (18000, "bench upstream"),
+        (18080, "bench proxy"),
+        (18901, "bench admin"),
+    ])?;
+    let mut rows = stage(
+        "bench: Envoy CPU per request, three configurations side by side",
+        || crate::bench_envoy::run(&envoy),
+    )?;
+    rows.push((
+        "envoy: filter .wasm size".into(),
+        format!("{:.1} KiB", size as f64 / 1024.0),
+    ));
+    Ok(rows)
 }
 
 fn core() -> Result<Vec<(String, String)>> {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: one entry point for setting up a machine, testing and benchmarking Portcullis.
 
 mod bench;
+mod bench_envoy;
 mod certs;
 mod envoy;
 mod setup;
@@ -27,7 +28,7 @@ enum Command {
     Lint,
     /// Run benchmarks and print their results as a table.
     Bench {
-        /// Which benchmarks: `core` (ns per decision) or `all`.
+        /// Which benchmarks: `core` (ns per decision), `envoy` (CPU per request), or `all`.
         #[arg(default_value = "all")]
         suite: bench::Suite,
     },

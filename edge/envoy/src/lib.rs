@@ -11,7 +11,9 @@ mod shared_data;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use portcullis_core::{Decision, HeaderSink, Outcome, Peer, Policy, Request, ResponsePlan, Scheme};
+use portcullis_core::{
+    Decision, Outcome, Peer, Policy, Request, RequestHeaders, ResponsePlan, Scheme,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -61,7 +63,14 @@ impl RootContext for Root {
         }
         self.metrics = Some(Rc::new(Metrics::define()));
         self.policy = Some(Rc::new(policy));
+        self.set_tick_period(metrics::FLUSH_EVERY);
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.flush();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -91,28 +100,24 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let method = request_header(":method");
+        let authority = request_header(":authority");
+        let path = request_header(":path");
         let peer_bytes = property(&["source", "address"]);
         let peer = match peer_bytes.as_deref().map(std::str::from_utf8) {
             Some(Ok(addr)) => Peer::Socket(addr),
             _ => Peer::Unknown,
         };
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_slice())
-        };
+        let headers = RequestHeaderMap::default();
         let request = Request {
-            method: pseudo(":method").unwrap_or_default(),
+            method: method.as_deref().unwrap_or_default(),
             scheme: connection_scheme(),
-            authority: pseudo(":authority"),
-            path: pseudo(":path"),
+            authority: authority.as_deref(),
+            path: path.as_deref(),
             peer,
             headers: &headers,
         };
-        let store = SharedDataStore;
-        let decision = self.policy.decide(&request, now_nanos(), &store);
+        let decision = self.policy.decide(&request, now_nanos(), &SharedDataStore);
         self.metrics.count(decision.outcome());
         self.plan = Some(decision.plan());
         match decision {
@@ -142,53 +147,43 @@ impl HttpContext for Filter {
             self.policy
                 .fallback_plan(connection_scheme() == Scheme::Https)
         });
-        let mut headers =
-            hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
-        let mut sink = Tracked {
-            headers: &mut headers,
-            changed: false,
-        };
-        self.policy.response_edits(&plan).apply(&mut sink);
-        if sink.changed {
-            let pairs: Vec<(&str, &[u8])> = headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_slice()))
-                .collect();
-            if let Err(status) = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs) {
-                log(
-                    LogLevel::Error,
-                    &format!("portcullis: setting response headers failed: {status:?}"),
-                );
-            }
+        let edits = self.policy.response_edits(&plan);
+        // One read and one write of the whole map: each host call costs far more than
+        // rebuilding a dozen headers inside the VM.
+        let upstream = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        if let Err(status) =
+            hostcalls::set_map_bytes(MapType::HttpResponseHeaders, edits.rewrite(&upstream))
+        {
+            log(
+                LogLevel::Error,
+                &format!("portcullis: setting response headers failed: {status:?}"),
+            );
         }
         Action::Continue
     }
 }
 
-/// A header list that remembers whether an edit changed anything, so an unchanged map (a local
-/// reply Envoy runs through this filter again) costs no write.
-struct Tracked<'a> {
-    headers: &'a mut Vec<(String, Vec<u8>)>,
-    changed: bool,
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
 }
 
-impl HeaderSink for Tracked<'_> {
-    fn set(&mut self, name: &str, value: &str) {
-        let mut matching = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
-        let already = matches!((matching.next(), matching.next()), (Some((_, v)), None) if v == value.as_bytes());
-        if !already {
-            self.headers.set(name, value);
-            self.changed = true;
-        }
-    }
+/// Request headers beyond the three pseudo-headers the filter always reads. The core asks for
+/// them only when forwarding headers are trusted, so the common path never copies the whole
+/// map; when it does, the whole map is read once, because a client may repeat a header and
+/// every value matters (the last `X-Forwarded-For` line is the one a trusted proxy wrote).
+#[derive(Default)]
+struct RequestHeaderMap {
+    all: std::cell::OnceCell<Vec<(String, Vec<u8>)>>,
+}
 
-    fn remove(&mut self, name: &str) {
-        let before = self.headers.len();
-        HeaderSink::remove(self.headers, name);
-        self.changed |= self.headers.len() != before;
+impl RequestHeaders for RequestHeaderMap {
+    fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        let all = self.all.get_or_init(|| {
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        });
+        all.as_slice().for_each_value(name, visit);
     }
 }
 
@@ -218,7 +213,7 @@ fn log(level: LogLevel, message: &str) {
 
 impl Metrics {
     fn count(&self, outcome: Outcome) {
-        self.increment(metrics::Counter::Requests);
-        self.increment(metrics::Counter::from(outcome));
+        self.add(metrics::Counter::Requests);
+        self.add(metrics::Counter::from(outcome));
     }
 }

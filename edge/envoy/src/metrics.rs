@@ -1,4 +1,10 @@
 //! Counters in Envoy's stats (`/stats` shows them as `wasmcustom.portcullis.*`).
+//!
+//! Requests are counted in the VM and flushed to Envoy once a second: two host calls per
+//! request would cost more than the rest of the filter's bookkeeping together.
+
+use std::cell::Cell;
+use std::time::Duration;
 
 use portcullis_core::Outcome;
 use proxy_wasm::hostcalls;
@@ -38,9 +44,14 @@ impl From<Outcome> for Counter {
     }
 }
 
-/// Metric ids, defined once per VM (Envoy returns the same stat for the same name).
+/// How often counts reach Envoy's stats.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Metric ids, defined once per VM (Envoy returns the same stat for the same name), and the
+/// counts not yet flushed.
 pub struct Metrics {
     ids: [Option<u32>; ALL.len()],
+    pending: [Cell<i64>; ALL.len()],
 }
 
 impl Metrics {
@@ -49,13 +60,24 @@ impl Metrics {
         for (slot, (_, name)) in ids.iter_mut().zip(ALL) {
             *slot = hostcalls::define_metric(MetricType::Counter, name).ok();
         }
-        Self { ids }
+        Self {
+            ids,
+            pending: Default::default(),
+        }
     }
 
-    pub fn increment(&self, counter: Counter) {
-        if let Some(id) = self.ids[counter as usize] {
-            // A lost increment is better than a failed request.
-            let _ = hostcalls::increment_metric(id, 1);
+    pub fn add(&self, counter: Counter) {
+        let pending = &self.pending[counter as usize];
+        pending.set(pending.get() + 1);
+    }
+
+    pub fn flush(&self) {
+        for (id, pending) in self.ids.iter().zip(&self.pending) {
+            let count = pending.take();
+            if let (Some(id), true) = (id, count > 0) {
+                // A lost increment is better than a failed request.
+                let _ = hostcalls::increment_metric(*id, count);
+            }
         }
     }
 }
