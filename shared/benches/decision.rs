@@ -13,23 +13,17 @@ const NOW: u64 = 1_700_000_000_000_000_000;
 fn decisions(c: &mut Criterion) {
     let policy = Policy::from_json(br#"{"https_redirect": {"https_port": 8443}}"#).unwrap();
     let headers: Vec<(&str, &str)> = vec![("user-agent", "bench"), ("accept", "application/json")];
-    let request =
-        |method: &'static [u8], scheme, path: &'static [u8], peer: &'static str| Request {
-            method,
-            scheme,
-            authority: Some(b"localhost:8443"),
-            path: Some(path),
-            peer: Peer::Socket(peer),
-            headers: &headers,
-        };
+    let request = |method: &'static [u8], scheme, path: &'static [u8], peer: &'static str| Request {
+        method,
+        scheme,
+        authority: Some(b"localhost:8443"),
+        path: Some(path),
+        peer: Peer::Socket(peer),
+        headers: &headers,
+    };
 
     // 60/minute with a clock that advances a second per request: always forwarded.
-    let forwarded = request(
-        b"GET",
-        Scheme::Https,
-        b"/api/v1/videos?limit=20",
-        "203.0.113.1:5000",
-    );
+    let forwarded = request(b"GET", Scheme::Https, b"/api/v1/videos?limit=20", "203.0.113.1:5000");
     let store = MemoryStore::new();
     let mut now = NOW;
     c.bench_function("decide/forwarded (limited tier)", |b| {
@@ -41,12 +35,7 @@ fn decisions(c: &mut Criterion) {
         })
     });
 
-    let limited = request(
-        b"POST",
-        Scheme::Https,
-        b"/api/v1/auth/login",
-        "203.0.113.2:5000",
-    );
+    let limited = request(b"POST", Scheme::Https, b"/api/v1/auth/login", "203.0.113.2:5000");
     let store = MemoryStore::new();
     for _ in 0..5 {
         policy.decide(&limited, NOW, &store);
@@ -60,18 +49,12 @@ fn decisions(c: &mut Criterion) {
     });
 
     let untiered = request(b"GET", Scheme::Https, b"/static/app.js", "203.0.113.3:5000");
-    c.bench_function("decide/forwarded (no tier)", |b| {
-        b.iter(|| policy.decide(black_box(&untiered), NOW, &store))
-    });
+    c.bench_function("decide/forwarded (no tier)", |b| b.iter(|| policy.decide(black_box(&untiered), NOW, &store)));
 
     let plain = request(b"GET", Scheme::Http, b"/api/v1/videos", "203.0.113.4:5000");
-    c.bench_function("decide/redirect (301)", |b| {
-        b.iter(|| policy.decide(black_box(&plain), NOW, &store))
-    });
+    c.bench_function("decide/redirect (301)", |b| b.iter(|| policy.decide(black_box(&plain), NOW, &store)));
 
-    let Decision::Forward(forward) =
-        policy.decide(&forwarded, NOW + 3_600_000_000_000, &MemoryStore::new())
-    else {
+    let Decision::Forward(forward) = policy.decide(&forwarded, NOW + 3_600_000_000_000, &MemoryStore::new()) else {
         unreachable!("a fresh client is forwarded")
     };
     c.bench_function("response edits", |b| {
@@ -80,9 +63,7 @@ fn decisions(c: &mut Criterion) {
                 ("content-type".to_owned(), "application/json".to_owned()),
                 ("server".to_owned(), "uvicorn".to_owned()),
             ];
-            policy
-                .response_edits(black_box(&forward.plan))
-                .apply(&mut upstream);
+            policy.response_edits(black_box(&forward.plan)).apply(&mut upstream);
             upstream
         })
     });

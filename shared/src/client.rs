@@ -74,10 +74,7 @@ impl ClientIdentity {
         if !(1..=128).contains(&config.ipv6_prefix) {
             return Err(ConfigError::at(
                 "client_ip.ipv6_prefix",
-                format!(
-                    "{} is not a prefix length between 1 and 128",
-                    config.ipv6_prefix
-                ),
+                format!("{} is not a prefix length between 1 and 128", config.ipv6_prefix),
             ));
         }
         Ok(Self {
@@ -103,21 +100,13 @@ impl ClientIdentity {
         hop < usize::from(self.trusted_hops) || self.trusted.iter().any(|net| net.contains(&ip))
     }
 
-    pub(crate) fn identify<H: RequestHeaders + ?Sized>(
-        &self,
-        peer: &Peer<'_>,
-        headers: &H,
-    ) -> ClientKey {
+    pub(crate) fn identify<H: RequestHeaders + ?Sized>(&self, peer: &Peer<'_>, headers: &H) -> ClientKey {
         let start = match peer {
             Peer::Socket(addr) => parse_ip(addr),
             Peer::Cloudflare => {
                 let mut found = None;
                 headers.for_each_value("cf-connecting-ip", &mut |value| {
-                    found = found.or_else(|| {
-                        std::str::from_utf8(value)
-                            .ok()
-                            .and_then(|v| parse_ip(v.trim()))
-                    });
+                    found = found.or_else(|| std::str::from_utf8(value).ok().and_then(|v| parse_ip(v.trim())));
                 });
                 // Cloudflare sets exactly this header; nothing else is consulted.
                 return found.map_or(ClientKey::Unknown, |ip| self.key(ip));
@@ -188,9 +177,7 @@ impl ClientIdentity {
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// An address as hosts and proxies write it: `ip`, `ip:port`, `[v6]`, `[v6]:port`.
@@ -201,11 +188,7 @@ pub(crate) fn parse_ip(text: &str) -> Option<IpAddr> {
     if let Ok(socket) = text.parse::<SocketAddr>() {
         return Some(socket.ip());
     }
-    text.strip_prefix('[')?
-        .strip_suffix(']')?
-        .parse::<Ipv6Addr>()
-        .ok()
-        .map(IpAddr::V6)
+    text.strip_prefix('[')?.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 /// The `for=` node of one RFC 7239 element; `unknown` and obfuscated names give `None`.
@@ -216,10 +199,7 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
             return None;
         }
         let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
         parse_ip(value)
     })
 }
@@ -239,64 +219,37 @@ mod tests {
 
     fn key(id: &ClientIdentity, peer: &str, xff: &[&str]) -> String {
         let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
-        id.identify(&Peer::Socket(peer), headers.as_slice())
-            .to_string()
+        id.identify(&Peer::Socket(peer), headers.as_slice()).to_string()
     }
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_xff_says() {
         let id = identity(&["10.0.0.0/8"], 0);
         assert_eq!(key(&id, "203.0.113.9:5555", &["1.2.3.4"]), "203.0.113.9");
-        assert_eq!(
-            key(&identity(&[], 0), "203.0.113.9", &["1.2.3.4"]),
-            "203.0.113.9"
-        );
+        assert_eq!(key(&identity(&[], 0), "203.0.113.9", &["1.2.3.4"]), "203.0.113.9");
     }
 
     #[test]
     fn walks_right_to_left_across_trusted_cidrs_only() {
         let id = identity(&["10.0.0.0/8"], 0);
-        assert_eq!(
-            key(&id, "10.0.0.1", &["6.6.6.6, 198.51.100.4, 10.1.1.1"]),
-            "198.51.100.4"
-        );
-        assert_eq!(
-            key(&id, "10.0.0.1", &["6.6.6.6", "198.51.100.4"]),
-            "198.51.100.4"
-        );
-        assert_eq!(
-            key(&id, "10.0.0.1", &["10.9.9.9"]),
-            "10.9.9.9",
-            "chain exhausted"
-        );
-        assert_eq!(
-            key(&id, "10.0.0.1", &["1.1.1.1, garbage"]),
-            "10.0.0.1",
-            "malformed stops"
-        );
+        assert_eq!(key(&id, "10.0.0.1", &["6.6.6.6, 198.51.100.4, 10.1.1.1"]), "198.51.100.4");
+        assert_eq!(key(&id, "10.0.0.1", &["6.6.6.6", "198.51.100.4"]), "198.51.100.4");
+        assert_eq!(key(&id, "10.0.0.1", &["10.9.9.9"]), "10.9.9.9", "chain exhausted");
+        assert_eq!(key(&id, "10.0.0.1", &["1.1.1.1, garbage"]), "10.0.0.1", "malformed stops");
         assert_eq!(key(&id, "10.0.0.1", &[]), "10.0.0.1");
     }
 
     #[test]
     fn trusted_hops_count_from_the_peer() {
         let id = identity(&[], 2);
-        assert_eq!(
-            key(&id, "192.0.2.1", &["6.6.6.6, 203.0.113.5, 192.0.2.2"]),
-            "203.0.113.5"
-        );
-        assert_eq!(
-            key(&identity(&[], 1), "192.0.2.1", &["6.6.6.6, 203.0.113.5"]),
-            "203.0.113.5"
-        );
+        assert_eq!(key(&id, "192.0.2.1", &["6.6.6.6, 203.0.113.5, 192.0.2.2"]), "203.0.113.5");
+        assert_eq!(key(&identity(&[], 1), "192.0.2.1", &["6.6.6.6, 203.0.113.5"]), "203.0.113.5");
     }
 
     #[test]
     fn ipv6_is_keyed_by_its_64_and_mapped_v4_by_the_v4() {
         let id = identity(&[], 0);
-        assert_eq!(
-            key(&id, "[2001:db8:1:2:aaaa::1]:443", &[]),
-            "2001:db8:1:2::"
-        );
+        assert_eq!(key(&id, "[2001:db8:1:2:aaaa::1]:443", &[]), "2001:db8:1:2::");
         assert_eq!(key(&id, "2001:db8:1:2:bbbb::9", &[]), "2001:db8:1:2::");
         assert_eq!(key(&id, "::ffff:192.0.2.7", &[]), "192.0.2.7");
     }
@@ -305,28 +258,16 @@ mod tests {
     fn unusable_peers_share_the_unknown_key() {
         let id = identity(&[], 0);
         assert_eq!(key(&id, "envoy://internal", &[]), "unknown");
-        assert_eq!(
-            id.identify(&Peer::Unknown, &[] as &[(&str, &str)]),
-            ClientKey::Unknown
-        );
+        assert_eq!(id.identify(&Peer::Unknown, &[] as &[(&str, &str)]), ClientKey::Unknown);
     }
 
     #[test]
     fn cloudflare_peer_reads_cf_connecting_ip_only() {
         let id = identity(&[], 0);
-        let headers = [
-            ("cf-connecting-ip", "198.51.100.77"),
-            ("x-forwarded-for", "1.1.1.1"),
-        ];
-        assert_eq!(
-            id.identify(&Peer::Cloudflare, &headers[..]).to_string(),
-            "198.51.100.77"
-        );
+        let headers = [("cf-connecting-ip", "198.51.100.77"), ("x-forwarded-for", "1.1.1.1")];
+        assert_eq!(id.identify(&Peer::Cloudflare, &headers[..]).to_string(), "198.51.100.77");
         let garbage = [("cf-connecting-ip", "nope")];
-        assert_eq!(
-            id.identify(&Peer::Cloudflare, &garbage[..]),
-            ClientKey::Unknown
-        );
+        assert_eq!(id.identify(&Peer::Cloudflare, &garbage[..]), ClientKey::Unknown);
     }
 
     #[test]
@@ -337,21 +278,10 @@ mod tests {
             ..ClientIpConfig::default()
         })
         .unwrap();
-        let headers = [(
-            "forwarded",
-            r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#,
-        )];
-        assert_eq!(
-            id.identify(&Peer::Socket("10.0.0.2"), &headers[..])
-                .to_string(),
-            "2001:db8::"
-        );
+        let headers = [("forwarded", r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#)];
+        assert_eq!(id.identify(&Peer::Socket("10.0.0.2"), &headers[..]).to_string(), "2001:db8::");
         let hidden = [("forwarded", "for=_hidden")];
-        assert_eq!(
-            id.identify(&Peer::Socket("10.0.0.2"), &hidden[..])
-                .to_string(),
-            "10.0.0.2"
-        );
+        assert_eq!(id.identify(&Peer::Socket("10.0.0.2"), &hidden[..]).to_string(), "10.0.0.2");
     }
 
     #[test]

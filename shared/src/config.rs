@@ -84,11 +84,7 @@ pub struct RedirectConfig {
 
 impl Default for RedirectConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            https_port: 443,
-            exempt_prefixes: vec!["/.well-known/acme-challenge/".to_owned()],
-        }
+        Self { enabled: true, https_port: 443, exempt_prefixes: vec!["/.well-known/acme-challenge/".to_owned()] }
     }
 }
 
@@ -164,12 +160,7 @@ pub struct LimiterConfig {
 
 impl Default for LimiterConfig {
     fn default() -> Self {
-        Self {
-            capacity_per_tier: 16_384,
-            max_cas_retries: 8,
-            on_store_error: StoreErrorMode::Allow,
-            hash_key: None,
-        }
+        Self { capacity_per_tier: 16_384, max_cas_retries: 8, on_store_error: StoreErrorMode::Allow, hash_key: None }
     }
 }
 
@@ -214,10 +205,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn at(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Self { path: path.into(), reason: reason.into() }
     }
 }
 
@@ -245,7 +233,6 @@ pub fn parse(json: &[u8]) -> Result<PolicyConfig, ConfigError> {
         }
         ConfigError::at(path, reason)
     })?;
-    de.end()
-        .map_err(|err| ConfigError::at(".", format!("trailing data after the document: {err}")))?;
+    de.end().map_err(|err| ConfigError::at(".", format!("trailing data after the document: {err}")))?;
     Ok(config)
 }

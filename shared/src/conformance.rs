@@ -22,29 +22,20 @@ pub struct Vectors {
 
 impl Vectors {
     pub fn load() -> Result<Self, String> {
-        let vectors: Self =
-            serde_json::from_str(VECTORS_JSON).map_err(|e| format!("vectors.json: {e}"))?;
+        let vectors: Self = serde_json::from_str(VECTORS_JSON).map_err(|e| format!("vectors.json: {e}"))?;
         for case in &vectors.cases {
             if !vectors.configs.contains_key(&case.config) {
-                return Err(format!(
-                    "case {:?} names unknown config {:?}",
-                    case.name, case.config
-                ));
+                return Err(format!("case {:?} names unknown config {:?}", case.name, case.config));
             }
             // A host that lacks a capability skips the cases requiring it, so the list must be true.
             let declared = |r: Requirement| case.requires.contains(&r);
             let peers = case.steps.iter().filter_map(|s| s.request.peer.as_deref());
-            let undeclared = (case.steps.iter().any(|s| s.at_ms > 0)
-                && !declared(Requirement::Clock))
-                || (case.steps.iter().any(|s| s.request.authority.is_none())
-                    && !declared(Requirement::RawRequest))
+            let undeclared = (case.steps.iter().any(|s| s.at_ms > 0) && !declared(Requirement::Clock))
+                || (case.steps.iter().any(|s| s.request.authority.is_none()) && !declared(Requirement::RawRequest))
                 || peers.clone().any(|p| p == "cloudflare") && !declared(Requirement::Cloudflare)
                 || peers.clone().any(|p| p != "cloudflare") && !declared(Requirement::Peer);
             if undeclared {
-                return Err(format!(
-                    "case {:?} does not declare everything it requires",
-                    case.name
-                ));
+                return Err(format!("case {:?} does not declare everything it requires", case.name));
             }
         }
         Ok(vectors)
@@ -52,10 +43,7 @@ impl Vectors {
 
     /// The policy document of `case`, as JSON bytes.
     pub fn config_json(&self, case: &Case) -> Vec<u8> {
-        self.configs
-            .get(&case.config)
-            .map(|v| v.to_string().into_bytes())
-            .unwrap_or_default()
+        self.configs.get(&case.config).map(|v| v.to_string().into_bytes()).unwrap_or_default()
     }
 }
 
@@ -192,11 +180,7 @@ pub struct Observed {
 
 impl Observed {
     fn values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 }
 
@@ -205,16 +189,10 @@ impl Expectation {
     pub fn check(&self, observed: &Observed) -> Result<(), String> {
         let mut problems = Vec::new();
         if observed.action != self.action {
-            problems.push(format!(
-                "action: expected {:?}, got {:?}",
-                self.action, observed.action
-            ));
+            problems.push(format!("action: expected {:?}, got {:?}", self.action, observed.action));
         }
         if observed.status != self.status {
-            problems.push(format!(
-                "status: expected {}, got {}",
-                self.status, observed.status
-            ));
+            problems.push(format!("status: expected {}, got {}", self.status, observed.status));
         }
         for (name, expected) in &self.headers {
             match observed.values(name).as_slice() {
@@ -234,20 +212,13 @@ impl Expectation {
                 Ok(body) => {
                     for (field, expected) in &self.body_json {
                         if body.get(field) != Some(expected) {
-                            problems.push(format!(
-                                "body.{field}: expected {expected}, got {:?}",
-                                body.get(field)
-                            ));
+                            problems.push(format!("body.{field}: expected {expected}, got {:?}", body.get(field)));
                         }
                     }
                 }
                 Err(err) => problems.push(format!("body is not JSON ({err}): {:?}", observed.body)),
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("\n"))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
     }
 }

@@ -81,10 +81,7 @@ pub struct LocalResponse {
 
 impl LocalResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -120,26 +117,12 @@ pub struct ResponseEdits<'p> {
     pub(crate) rate: Vec<(&'static str, String)>,
 }
 
-const RATE_LIMIT_HEADERS: [&str; 6] = [
-    "ratelimit-policy",
-    "ratelimit",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "retry-after",
-];
+const RATE_LIMIT_HEADERS: [&str; 6] =
+    ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after"];
 
 impl<'p> ResponseEdits<'p> {
-    pub(crate) fn new(
-        profile: &'p HeaderProfile,
-        https: bool,
-        rate: Option<(&str, u32, u32, RateReport)>,
-    ) -> Self {
-        Self {
-            profile,
-            https,
-            rate: rate.map_or_else(Vec::new, rate_limit_headers),
-        }
+    pub(crate) fn new(profile: &'p HeaderProfile, https: bool, rate: Option<(&str, u32, u32, RateReport)>) -> Self {
+        Self { profile, https, rate: rate.map_or_else(Vec::new, rate_limit_headers) }
     }
 
     /// Writes every edit into `sink`.
@@ -179,12 +162,8 @@ impl<'p> ResponseEdits<'p> {
     /// The whole response header list after the edits: the upstream headers the edits leave
     /// alone, in their order, then every header the edits set. For hosts that replace a header
     /// map in one call rather than editing it field by field.
-    pub fn rewrite<'s, V: AsRef<[u8]>>(
-        &'s self,
-        upstream: &'s [(String, V)],
-    ) -> Vec<(&'s str, &'s [u8])> {
-        let mut headers =
-            Vec::with_capacity(upstream.len() + self.profile.set.len() + self.rate.len() + 1);
+    pub fn rewrite<'s, V: AsRef<[u8]>>(&'s self, upstream: &'s [(String, V)]) -> Vec<(&'s str, &'s [u8])> {
+        let mut headers = Vec::with_capacity(upstream.len() + self.profile.set.len() + self.rate.len() + 1);
         for (name, value) in upstream {
             if !self.touches(name) {
                 headers.push((name.as_str(), value.as_ref()));
@@ -201,9 +180,7 @@ impl<'p> ResponseEdits<'p> {
     }
 }
 
-fn rate_limit_headers(
-    (tier, limit, window, report): (&str, u32, u32, RateReport),
-) -> Vec<(&'static str, String)> {
+fn rate_limit_headers((tier, limit, window, report): (&str, u32, u32, RateReport)) -> Vec<(&'static str, String)> {
     // Built by hand: these run on every response of a limited tier, and `format!` costs several
     // times more than the pushes below inside a Wasm VM.
     let mut numbers = itoa::Buffer::new();

@@ -8,8 +8,7 @@ const SEED_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; \
 style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'self'; \
 frame-ancestors 'none'; form-action 'self'";
 
-const PERMISSIONS: &str =
-    "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()";
+const PERMISSIONS: &str = "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()";
 
 const HSTS_VALUE: &str = "max-age=31536000; includeSubDomains; preload";
 
@@ -31,10 +30,7 @@ const STRICT: &[(&str, &str)] = &[
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
     ("x-xss-protection", "0"),
-    (
-        "content-security-policy",
-        "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    ),
+    ("content-security-policy", "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
     ("referrer-policy", "no-referrer"),
     ("permissions-policy", PERMISSIONS),
     ("cross-origin-opener-policy", "same-origin"),
@@ -73,11 +69,7 @@ pub(crate) struct HeaderProfile {
 
 impl HeaderProfile {
     pub(crate) fn from_preset(name: PresetName, remove: &[String]) -> Self {
-        let mut profile = Self {
-            set: Vec::new(),
-            hsts: None,
-            remove: remove.to_vec(),
-        };
+        let mut profile = Self { set: Vec::new(), hsts: None, remove: remove.to_vec() };
         for (header, value) in preset(name) {
             profile.put(header, Some((*value).to_owned()));
         }
@@ -85,11 +77,7 @@ impl HeaderProfile {
     }
 
     /// Applies user overrides; `path` is the field path of the override map, for errors.
-    pub(crate) fn apply_overrides(
-        &mut self,
-        overrides: &HeaderOverrides,
-        path: &str,
-    ) -> Result<(), ConfigError> {
+    pub(crate) fn apply_overrides(&mut self, overrides: &HeaderOverrides, path: &str) -> Result<(), ConfigError> {
         for (name, value) in overrides {
             let field = format!("{path}.{name}");
             let lower = validate_name(name).map_err(|reason| ConfigError::at(&field, reason))?;
@@ -129,13 +117,9 @@ pub(crate) fn validate_name(name: &str) -> Result<String, String> {
 
 /// Visible ASCII, spaces and tabs only: nothing that could split or smuggle a header.
 pub(crate) fn validate_value(value: &str) -> Result<(), String> {
-    let ok = value
-        .bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+    let ok = value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
     if !ok {
-        return Err(format!(
-            "{value:?} contains control or non-ASCII characters"
-        ));
+        return Err(format!("{value:?} contains control or non-ASCII characters"));
     }
     if value.trim() != value {
         return Err(format!("{value:?} has leading or trailing whitespace"));
@@ -168,24 +152,12 @@ mod tests {
     #[test]
     fn seed_preset_is_the_audited_header_table() {
         let profile = HeaderProfile::from_preset(PresetName::Seed, &[]);
-        assert_eq!(
-            profile.hsts.as_deref(),
-            Some("max-age=31536000; includeSubDomains; preload")
-        );
-        let get = |name: &str| {
-            profile
-                .set
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
+        assert_eq!(profile.hsts.as_deref(), Some("max-age=31536000; includeSubDomains; preload"));
+        let get = |name: &str| profile.set.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         assert_eq!(get("x-frame-options"), Some("DENY"));
         assert_eq!(get("x-content-type-options"), Some("nosniff"));
         assert_eq!(get("x-xss-protection"), Some("1; mode=block"));
-        assert_eq!(
-            get("referrer-policy"),
-            Some("strict-origin-when-cross-origin")
-        );
+        assert_eq!(get("referrer-policy"), Some("strict-origin-when-cross-origin"));
         assert_eq!(get("server"), Some("Unknown"));
         assert!(
             get("content-security-policy")
@@ -201,33 +173,21 @@ mod tests {
         let overrides = HeaderOverrides::from([
             ("X-XSS-Protection".to_owned(), Some("0".to_owned())),
             ("Permissions-Policy".to_owned(), None),
-            (
-                "Strict-Transport-Security".to_owned(),
-                Some("max-age=600".to_owned()),
-            ),
+            ("Strict-Transport-Security".to_owned(), Some("max-age=600".to_owned())),
             ("X-Powered-By".to_owned(), Some("Portcullis".to_owned())),
         ]);
         profile.apply_overrides(&overrides, "headers").unwrap();
         assert_eq!(profile.hsts.as_deref(), Some("max-age=600"));
-        assert!(
-            profile
-                .set
-                .contains(&("x-xss-protection".into(), "0".into()))
-        );
+        assert!(profile.set.contains(&("x-xss-protection".into(), "0".into())));
         assert!(!profile.set.iter().any(|(n, _)| n == "permissions-policy"));
-        assert!(
-            profile.remove.is_empty(),
-            "a header set explicitly is not also removed"
-        );
+        assert!(profile.remove.is_empty(), "a header set explicitly is not also removed");
     }
 
     #[test]
     fn bad_names_and_values_name_the_field() {
         let mut profile = HeaderProfile::from_preset(PresetName::Seed, &[]);
         let bad_value = HeaderOverrides::from([("X-A".into(), Some("a\r\nSet-Cookie: x".into()))]);
-        let err = profile
-            .apply_overrides(&bad_value, "profiles[0].headers")
-            .unwrap_err();
+        let err = profile.apply_overrides(&bad_value, "profiles[0].headers").unwrap_err();
         assert_eq!(err.path, "profiles[0].headers.X-A");
         let bad_name = HeaderOverrides::from([("Bad Name".into(), Some("x".into()))]);
         assert!(profile.apply_overrides(&bad_name, "headers").is_err());

@@ -17,11 +17,7 @@ pub struct Host<'a> {
 impl Host<'_> {
     /// The host as it is written in a URL authority (IPv6 in brackets).
     pub fn url_form(&self) -> String {
-        if self.ipv6 {
-            format!("[{}]", self.name)
-        } else {
-            self.name.clone().into_owned()
-        }
+        if self.ipv6 { format!("[{}]", self.name) } else { self.name.clone().into_owned() }
     }
 }
 
@@ -36,10 +32,7 @@ pub fn parse_authority(authority: &[u8]) -> Option<Host<'_>> {
             return None;
         }
         let addr: Ipv6Addr = literal.parse().ok()?;
-        return Some(Host {
-            name: Cow::Owned(addr.to_string()),
-            ipv6: true,
-        });
+        return Some(Host { name: Cow::Owned(addr.to_string()), ipv6: true });
     }
     let name = match text.rsplit_once(':') {
         Some((name, port)) if valid_port(port) => name,
@@ -50,10 +43,7 @@ pub fn parse_authority(authority: &[u8]) -> Option<Host<'_>> {
 }
 
 fn valid_port(port: &str) -> bool {
-    port.is_empty()
-        || (port.len() <= 5
-            && port.bytes().all(|b| b.is_ascii_digit())
-            && port.parse::<u16>().is_ok())
+    port.is_empty() || (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
 }
 
 /// A DNS name or IPv4 literal: letters, digits, `-`, `_` and non-empty dot-separated labels.
@@ -65,9 +55,7 @@ fn parse_host_name(name: &str) -> Option<Cow<'_, str>> {
     let label_ok = |label: &str| {
         !label.is_empty()
             && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if !name.split('.').all(label_ok) {
         return None;
@@ -173,10 +161,6 @@ mod tests {
         assert!(HostPattern::parse("*").unwrap().matches(&h("anything")));
         assert!(HostPattern::parse("example.com:80").is_err());
         assert!(HostPattern::parse("*.").is_err());
-        assert!(
-            HostPattern::parse("[::1]")
-                .unwrap()
-                .matches(&h("[::1]:8443"))
-        );
+        assert!(HostPattern::parse("[::1]").unwrap().matches(&h("[::1]:8443")));
     }
 }

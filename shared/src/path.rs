@@ -12,10 +12,7 @@ use percent_encoding::percent_decode;
 /// `\` read as `/`, `;params` cut from each segment, empty and `.` segments dropped, `..`
 /// resolved (never above the root), no trailing slash. Always starts with `/`.
 pub fn canonicalize(target: &[u8]) -> Cow<'_, str> {
-    let end = target
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(target.len());
+    let end = target.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(target.len());
     match already_canonical(&target[..end]) {
         Some(plain) => Cow::Borrowed(plain),
         None => Cow::Owned(canonicalize_slowly(&target[..end])),
@@ -33,9 +30,7 @@ fn canonicalize_slowly(path: &[u8]) -> String {
         }
         bytes = decoded;
     }
-    let text = String::from_utf8_lossy(&bytes)
-        .to_ascii_lowercase()
-        .replace('\\', "/");
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase().replace('\\', "/");
 
     let mut segments: Vec<&str> = Vec::new();
     for segment in text.split('/') {
@@ -82,19 +77,12 @@ fn already_canonical(path: &[u8]) -> Option<&str> {
     }
     let canonical = &path[..1 + body.len()];
     // A lone "/" stays "/"; otherwise no trailing slash.
-    std::str::from_utf8(if body.is_empty() {
-        &path[..1]
-    } else {
-        canonical
-    })
-    .ok()
+    std::str::from_utf8(if body.is_empty() { &path[..1] } else { canonical }).ok()
 }
 
 /// Whether canonical `path` lies under canonical `prefix`, on a segment boundary.
 pub(crate) fn has_prefix(path: &str, prefix: &str) -> bool {
-    prefix == "/"
-        || (path.starts_with(prefix)
-            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+    prefix == "/" || (path.starts_with(prefix) && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
 }
 
 /// A route such as `/api/v1/jobs/{job_id}`, compiled to canonical segments.
@@ -121,13 +109,8 @@ impl RouteTemplate {
             .map(|segment| {
                 if segment.starts_with('{') && segment.ends_with('}') && segment.len() > 2 {
                     Ok(TemplateSegment::Param)
-                } else if segment.contains(['{', '}', '%', ';', '\\', '?', '#'])
-                    || segment == "."
-                    || segment == ".."
-                {
-                    Err(format!(
-                        "{template:?}: segment {segment:?} is neither literal nor {{name}}"
-                    ))
+                } else if segment.contains(['{', '}', '%', ';', '\\', '?', '#']) || segment == "." || segment == ".." {
+                    Err(format!("{template:?}: segment {segment:?} is neither literal nor {{name}}"))
                 } else {
                     Ok(TemplateSegment::Literal(segment.to_ascii_lowercase()))
                 }
@@ -174,11 +157,7 @@ mod tests {
             "/../../api/v1/auth/login",
             "api/v1/auth/login",
         ] {
-            assert_eq!(
-                canonicalize(spelling.as_bytes()),
-                "/api/v1/auth/login",
-                "{spelling:?}"
-            );
+            assert_eq!(canonicalize(spelling.as_bytes()), "/api/v1/auth/login", "{spelling:?}");
         }
     }
 
@@ -194,19 +173,8 @@ mod tests {
 
     #[test]
     fn the_fast_path_agrees_with_the_full_one() {
-        let paths = [
-            "/",
-            "/a",
-            "/a/",
-            "/api/v1/jobs/5b7e-x_y.json",
-            "/a.b/c",
-            "//",
-            "/a//b",
-            "/./a",
-            "/a/.",
-            "/.a",
-            "/a/b/",
-        ];
+        let paths =
+            ["/", "/a", "/a/", "/api/v1/jobs/5b7e-x_y.json", "/a.b/c", "//", "/a//b", "/./a", "/a/.", "/.a", "/a/b/"];
         for path in paths {
             if let Some(fast) = already_canonical(path.as_bytes()) {
                 assert_eq!(fast, canonicalize_slowly(path.as_bytes()), "{path}");
@@ -214,16 +182,7 @@ mod tests {
         }
         assert_eq!(already_canonical(b"/a/b/"), Some("/a/b"));
         assert_eq!(already_canonical(b"/"), Some("/"));
-        for refused in [
-            &b"//a"[..],
-            b"/a/./b",
-            b"/a/../b",
-            b"/A",
-            b"/a%2f",
-            b"/a;b",
-            b"a",
-            b"/a//",
-        ] {
+        for refused in [&b"//a"[..], b"/a/./b", b"/a/../b", b"/A", b"/a%2f", b"/a;b", b"a", b"/a//"] {
             assert_eq!(already_canonical(refused), None, "{refused:?}");
         }
     }

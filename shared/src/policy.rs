@@ -4,9 +4,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::client::ClientIdentity;
 use crate::config::{self, ConfigError, LimitMode, PolicyConfig, StoreErrorMode, TierConfig};
-use crate::decision::{
-    Decision, Forward, LocalResponse, Outcome, RateReport, ResponseEdits, ResponsePlan,
-};
+use crate::decision::{Decision, Forward, LocalResponse, Outcome, RateReport, ResponseEdits, ResponsePlan};
 use crate::headers::HeaderProfile;
 use crate::host::{HostPattern, parse_authority};
 use crate::limiter::gcra::{Gcra, ceil_secs};
@@ -53,8 +51,7 @@ impl Tier {
             None => true,
             // HEAD is served by GET handlers, so it spends the GET tier's quota.
             Some(m) => {
-                method.eq_ignore_ascii_case(m.as_bytes())
-                    || (m == "GET" && method.eq_ignore_ascii_case(b"HEAD"))
+                method.eq_ignore_ascii_case(m.as_bytes()) || (m == "GET" && method.eq_ignore_ascii_case(b"HEAD"))
             }
         };
         method_ok && self.route.matches(canonical)
@@ -88,8 +85,7 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                crate::headers::validate_name(name)
-                    .map_err(|r| ConfigError::at(format!("remove_headers[{i}]"), r))
+                crate::headers::validate_name(name).map_err(|r| ConfigError::at(format!("remove_headers[{i}]"), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut default_profile = HeaderProfile::from_preset(config.preset, &remove);
@@ -108,10 +104,7 @@ impl Policy {
                 None => default_profile.clone(),
             };
             compiled.apply_overrides(&profile.headers, &format!("profiles[{i}].headers"))?;
-            profiles.push((
-                canonicalize(profile.path_prefix.as_bytes()).into_owned(),
-                compiled,
-            ));
+            profiles.push((canonicalize(profile.path_prefix.as_bytes()).into_owned(), compiled));
         }
         profiles.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         if profiles.len() >= usize::from(u16::MAX) {
@@ -123,15 +116,11 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, pattern)| {
-                HostPattern::parse(pattern)
-                    .map_err(|r| ConfigError::at(format!("allowed_hosts[{i}]"), r))
+                HostPattern::parse(pattern).map_err(|r| ConfigError::at(format!("allowed_hosts[{i}]"), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if allowed_hosts.is_empty() {
-            return Err(ConfigError::at(
-                "allowed_hosts",
-                "must list at least one host (use \"*\" to allow any)",
-            ));
+            return Err(ConfigError::at("allowed_hosts", "must list at least one host (use \"*\" to allow any)"));
         }
 
         let redirect = config.https_redirect.enabled.then(|| Redirect {
@@ -144,16 +133,10 @@ impl Policy {
                 .collect(),
         });
         if redirect.as_ref().is_some_and(|r| r.https_port == 0) {
-            return Err(ConfigError::at(
-                "https_redirect.https_port",
-                "must be between 1 and 65535",
-            ));
+            return Err(ConfigError::at("https_redirect.https_port", "must be between 1 and 65535"));
         }
 
-        let tier_configs = config
-            .rate_limits
-            .clone()
-            .unwrap_or_else(config::seed_tiers);
+        let tier_configs = config.rate_limits.clone().unwrap_or_else(config::seed_tiers);
         let tiers = compile_tiers(&tier_configs, config.rate_limit_mode)?;
         let limited = tiers.iter().filter(|t| t.limit.is_some()).count() as u32;
 
@@ -183,18 +166,11 @@ impl Policy {
         let raw_target = request.path.filter(|p| !p.is_empty()).unwrap_or(b"/");
         let path = canonicalize(raw_target);
         let https = request.scheme == Scheme::Https
-            || (self.identity.peer_is_trusted(&request.peer)
-                && forwarded_proto_is_https(request.headers));
-        let plan = ResponsePlan {
-            profile: self.profile_for(&path),
-            https,
-            rate: None,
-        };
+            || (self.identity.peer_is_trusted(&request.peer) && forwarded_proto_is_https(request.headers));
+        let plan = ResponsePlan { profile: self.profile_for(&path), https, rate: None };
 
-        let host = request
-            .authority
-            .and_then(parse_authority)
-            .filter(|h| self.allowed_hosts.iter().any(|p| p.matches(h)));
+        let host =
+            request.authority.and_then(parse_authority).filter(|h| self.allowed_hosts.iter().any(|p| p.matches(h)));
         let Some(host) = host else {
             return self.local_json(
                 400,
@@ -208,30 +184,17 @@ impl Policy {
 
         if let Some(redirect) = &self.redirect
             && !https
-            && !redirect
-                .exempt
-                .iter()
-                .any(|prefix| has_prefix(&path, prefix))
+            && !redirect.exempt.iter().any(|prefix| has_prefix(&path, prefix))
         {
             return self.redirect(redirect, request.method, &host.url_form(), raw_target, plan);
         }
 
-        let Some((ordinal, tier)) = self
-            .tiers
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.matches(request.method, &path))
+        let Some((ordinal, tier)) = self.tiers.iter().enumerate().find(|(_, t)| t.matches(request.method, &path))
         else {
-            return Decision::Forward(Forward {
-                plan,
-                outcome: Outcome::Forwarded,
-            });
+            return Decision::Forward(Forward { plan, outcome: Outcome::Forwarded });
         };
         let Some((gcra, limited_ordinal)) = &tier.limit else {
-            return Decision::Forward(Forward {
-                plan,
-                outcome: Outcome::Forwarded,
-            });
+            return Decision::Forward(Forward { plan, outcome: Outcome::Forwarded });
         };
         let client = self.identity.identify(&request.peer, request.headers);
         let slot = self.limiter.slot(&tier.name, *limited_ordinal, &client);
@@ -242,34 +205,18 @@ impl Policy {
             reset_after: verdict.reset_after,
             retry_after: refused.then_some(verdict.retry_after),
         };
-        let forward = |rate, outcome| {
-            Decision::Forward(Forward {
-                plan: ResponsePlan { rate, ..plan },
-                outcome,
-            })
-        };
+        let forward = |rate, outcome| Decision::Forward(Forward { plan: ResponsePlan { rate, ..plan }, outcome });
 
         match self.limiter.acquire(store, slot, gcra, now) {
             Acquire::Allowed(verdict) => forward(Some(report(verdict, false)), Outcome::Forwarded),
-            Acquire::Denied(verdict) if tier.shadow => {
-                forward(Some(report(verdict, false)), Outcome::ShadowLimited)
-            }
+            Acquire::Denied(verdict) if tier.shadow => forward(Some(report(verdict, false)), Outcome::ShadowLimited),
             Acquire::Denied(verdict) => self.too_many(tier, plan, report(verdict, true)),
             Acquire::Contended => {
                 // Every race for this bucket was lost, which only happens under a flood on it:
                 // count the request as over the limit and ask for one emission interval.
                 let wait = gcra.emission();
-                let refusal = RateReport {
-                    tier: tier_id,
-                    remaining: 0,
-                    reset_after: wait,
-                    retry_after: Some(wait),
-                };
-                if tier.shadow {
-                    forward(None, Outcome::ShadowLimited)
-                } else {
-                    self.too_many(tier, plan, refusal)
-                }
+                let refusal = RateReport { tier: tier_id, remaining: 0, reset_after: wait, retry_after: Some(wait) };
+                if tier.shadow { forward(None, Outcome::ShadowLimited) } else { self.too_many(tier, plan, refusal) }
             }
             Acquire::StoreFailed(_) => match self.limiter.on_store_error {
                 StoreErrorMode::Allow => forward(None, Outcome::StoreErrorAllowed),
@@ -289,88 +236,41 @@ impl Policy {
     pub fn response_edits(&self, plan: &ResponsePlan) -> ResponseEdits<'_> {
         let profile = match plan.profile {
             0 => &self.default_profile,
-            n => self
-                .profiles
-                .get(usize::from(n) - 1)
-                .map_or(&self.default_profile, |(_, p)| p),
+            n => self.profiles.get(usize::from(n) - 1).map_or(&self.default_profile, |(_, p)| p),
         };
-        let rate = plan
-            .rate
-            .filter(|r| r.retry_after.is_some() || self.headers_on_success)
-            .and_then(|report| {
-                let tier = self.tiers.get(usize::from(report.tier))?;
-                let (gcra, _) = tier.limit.as_ref()?;
-                Some((tier.name.as_str(), gcra.limit(), gcra.period_secs(), report))
-            });
+        let rate = plan.rate.filter(|r| r.retry_after.is_some() || self.headers_on_success).and_then(|report| {
+            let tier = self.tiers.get(usize::from(report.tier))?;
+            let (gcra, _) = tier.limit.as_ref()?;
+            Some((tier.name.as_str(), gcra.limit(), gcra.period_secs(), report))
+        });
         ResponseEdits::new(profile, plan.https, rate)
     }
 
     /// A plan for responses the host produces without a request decision (e.g. a codec error).
     pub fn fallback_plan(&self, https: bool) -> ResponsePlan {
-        ResponsePlan {
-            profile: 0,
-            https,
-            rate: None,
-        }
+        ResponsePlan { profile: 0, https, rate: None }
     }
 
     fn profile_for(&self, canonical: &str) -> u16 {
-        self.profiles
-            .iter()
-            .position(|(prefix, _)| has_prefix(canonical, prefix))
-            .map_or(0, |i| (i + 1) as u16)
+        self.profiles.iter().position(|(prefix, _)| has_prefix(canonical, prefix)).map_or(0, |i| (i + 1) as u16)
     }
 
-    fn redirect(
-        &self,
-        redirect: &Redirect,
-        method: &[u8],
-        host: &str,
-        target: &[u8],
-        plan: ResponsePlan,
-    ) -> Decision {
-        let status = if method.eq_ignore_ascii_case(b"GET") || method.eq_ignore_ascii_case(b"HEAD")
-        {
-            301
-        } else {
-            308
-        };
-        let port = if redirect.https_port == 443 {
-            String::new()
-        } else {
-            format!(":{}", redirect.https_port)
-        };
+    fn redirect(&self, redirect: &Redirect, method: &[u8], host: &str, target: &[u8], plan: ResponsePlan) -> Decision {
+        let status =
+            if method.eq_ignore_ascii_case(b"GET") || method.eq_ignore_ascii_case(b"HEAD") { 301 } else { 308 };
+        let port = if redirect.https_port == 443 { String::new() } else { format!(":{}", redirect.https_port) };
         let slash = if target.starts_with(b"/") { "" } else { "/" };
-        let location = format!(
-            "https://{host}{port}{slash}{}",
-            percent_encode(target, LOCATION_ESCAPE)
-        );
+        let location = format!("https://{host}{port}{slash}{}", percent_encode(target, LOCATION_ESCAPE));
         let mut headers = vec![("location".to_owned(), location)];
         self.response_edits(&plan).apply(&mut headers);
-        Decision::Respond(LocalResponse {
-            status,
-            headers,
-            body: String::new(),
-            plan,
-            outcome: Outcome::Redirected,
-        })
+        Decision::Respond(LocalResponse { status, headers, body: String::new(), plan, outcome: Outcome::Redirected })
     }
 
     fn too_many(&self, tier: &Tier, plan: ResponsePlan, report: RateReport) -> Decision {
-        let plan = ResponsePlan {
-            rate: Some(report),
-            ..plan
-        };
+        let plan = ResponsePlan { rate: Some(report), ..plan };
         let wait = ceil_secs(report.retry_after.unwrap_or(0)).max(1);
         let message = format!("Too many requests to {}; retry after {wait} s.", tier.name);
-        self.local_json(
-            429,
-            plan,
-            Outcome::RateLimited,
-            "rate_limited",
-            &message,
-            Vec::new(),
-        )
+        self.local_json(429, plan, Outcome::RateLimited, "rate_limited", &message, Vec::new())
     }
 
     fn local_json(
@@ -386,13 +286,7 @@ impl Policy {
         headers.push(("content-type".to_owned(), "application/json".to_owned()));
         headers.push(("cache-control".to_owned(), "no-store".to_owned()));
         self.response_edits(&plan).apply(&mut headers);
-        Decision::Respond(LocalResponse {
-            status,
-            headers,
-            body,
-            plan,
-            outcome,
-        })
+        Decision::Respond(LocalResponse { status, headers, body, plan, outcome })
     }
 }
 
@@ -400,10 +294,7 @@ impl Policy {
 fn forwarded_proto_is_https<H: RequestHeaders + ?Sized>(headers: &H) -> bool {
     let mut last = None;
     headers.for_each_value("x-forwarded-proto", &mut |value| {
-        last = value
-            .rsplit(|&b| b == b',')
-            .next()
-            .map(|v| v.trim_ascii().eq_ignore_ascii_case(b"https"));
+        last = value.rsplit(|&b| b == b',').next().map(|v| v.trim_ascii().eq_ignore_ascii_case(b"https"));
     });
     last.unwrap_or(false)
 }
@@ -415,32 +306,18 @@ fn compile_tiers(configs: &[TierConfig], mode: LimitMode) -> Result<Vec<Tier>, C
         let at = |field: &str| format!("rate_limits[{i}].{field}");
         let name_ok = !tier.name.is_empty()
             && tier.name.len() <= 64
-            && tier
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && tier.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !name_ok {
-            return Err(ConfigError::at(
-                at("name"),
-                format!("{:?} is not 1-64 characters of [a-z0-9_-]", tier.name),
-            ));
+            return Err(ConfigError::at(at("name"), format!("{:?} is not 1-64 characters of [a-z0-9_-]", tier.name)));
         }
         if tiers.iter().any(|t| t.name == tier.name) {
-            return Err(ConfigError::at(
-                at("name"),
-                format!("{:?} is used by an earlier tier", tier.name),
-            ));
+            return Err(ConfigError::at(at("name"), format!("{:?} is used by an earlier tier", tier.name)));
         }
         let method = match tier.method.as_str() {
             "*" => None,
-            m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
-                Some(m.to_ascii_uppercase())
-            }
+            m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => Some(m.to_ascii_uppercase()),
             m => {
-                return Err(ConfigError::at(
-                    at("method"),
-                    format!("{m:?} is not an HTTP method or *"),
-                ));
+                return Err(ConfigError::at(at("method"), format!("{m:?} is not an HTTP method or *")));
             }
         };
         let route = RouteTemplate::parse(&tier.path).map_err(|r| ConfigError::at(at("path"), r))?;
@@ -450,20 +327,12 @@ fn compile_tiers(configs: &[TierConfig], mode: LimitMode) -> Result<Vec<Tier>, C
             let rate: Rate = tier
                 .limit
                 .parse()
-                .map_err(|e: crate::rate::RateParseError| {
-                    ConfigError::at(at("limit"), e.to_string())
-                })?;
+                .map_err(|e: crate::rate::RateParseError| ConfigError::at(at("limit"), e.to_string()))?;
             limited += 1;
             Some((Gcra::new(rate), limited - 1))
         };
         let shadow = tier.mode.unwrap_or(mode) == LimitMode::Shadow;
-        tiers.push(Tier {
-            name: tier.name.clone(),
-            method,
-            route,
-            limit,
-            shadow,
-        });
+        tiers.push(Tier { name: tier.name.clone(), method, route, limit, shadow });
     }
     if tiers.len() >= usize::from(u16::MAX) {
         return Err(ConfigError::at("rate_limits", "too many tiers"));

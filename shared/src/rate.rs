@@ -15,8 +15,7 @@ pub const MAX_LIMIT: u32 = 1_000_000;
 
 impl Rate {
     pub fn new(limit: u32, period_secs: u32) -> Option<Self> {
-        ((1..=MAX_LIMIT).contains(&limit) && period_secs >= 1)
-            .then_some(Self { limit, period_secs })
+        ((1..=MAX_LIMIT).contains(&limit) && period_secs >= 1).then_some(Self { limit, period_secs })
     }
 
     pub fn limit(self) -> u32 {
@@ -68,16 +67,11 @@ impl FromStr for Rate {
             "day" | "days" | "d" => 86_400,
             _ => return Err(shape()),
         };
-        let limit: u32 = count.parse().map_err(|_| {
-            RateParseError(format!(
-                "{input:?} has a count above the maximum of {MAX_LIMIT}"
-            ))
-        })?;
-        Rate::new(limit, period_secs).ok_or_else(|| {
-            RateParseError(format!(
-                "{input:?} must allow between 1 and {MAX_LIMIT} requests"
-            ))
-        })
+        let limit: u32 = count
+            .parse()
+            .map_err(|_| RateParseError(format!("{input:?} has a count above the maximum of {MAX_LIMIT}")))?;
+        Rate::new(limit, period_secs)
+            .ok_or_else(|| RateParseError(format!("{input:?} must allow between 1 and {MAX_LIMIT} requests")))
     }
 }
 
@@ -87,43 +81,16 @@ mod tests {
 
     #[test]
     fn parses_every_unit_of_the_seed() {
-        assert_eq!(
-            "5/minute".parse(),
-            Ok(Rate {
-                limit: 5,
-                period_secs: 60
-            })
-        );
-        assert_eq!(
-            "10/second".parse(),
-            Ok(Rate {
-                limit: 10,
-                period_secs: 1
-            })
-        );
-        assert_eq!(
-            "100/hour".parse(),
-            Ok(Rate {
-                limit: 100,
-                period_secs: 3600
-            })
-        );
-        assert_eq!(
-            "1000 / days".parse(),
-            Ok(Rate {
-                limit: 1000,
-                period_secs: 86_400
-            })
-        );
+        assert_eq!("5/minute".parse(), Ok(Rate { limit: 5, period_secs: 60 }));
+        assert_eq!("10/second".parse(), Ok(Rate { limit: 10, period_secs: 1 }));
+        assert_eq!("100/hour".parse(), Ok(Rate { limit: 100, period_secs: 3600 }));
+        assert_eq!("1000 / days".parse(), Ok(Rate { limit: 1000, period_secs: 86_400 }));
     }
 
     #[test]
     fn rejects_misspellings_and_zero_with_the_input_quoted() {
         let err = "5/minit".parse::<Rate>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            r#""5/minit" is not N/second|minute|hour|day"#
-        );
+        assert_eq!(err.to_string(), r#""5/minit" is not N/second|minute|hour|day"#);
         assert!("0/minute".parse::<Rate>().is_err());
         assert!("-1/minute".parse::<Rate>().is_err());
         assert!("five/minute".parse::<Rate>().is_err());

@@ -25,11 +25,7 @@ fn core_meets_every_conformance_vector() {
             };
             let request = Request {
                 method: r.method.as_bytes(),
-                scheme: if r.scheme == "https" {
-                    Scheme::Https
-                } else {
-                    Scheme::Http
-                },
+                scheme: if r.scheme == "https" { Scheme::Https } else { Scheme::Http },
                 authority: r.authority.as_deref().map(str::as_bytes),
                 path: r.path.as_deref().map(str::as_bytes),
                 peer,
@@ -57,22 +53,11 @@ fn core_meets_every_conformance_vector() {
                     }
                 };
                 if let Err(problems) = step.expect.check(&observed) {
-                    failures.push(format!(
-                        "{} / step {index} / attempt {attempt}:\n{problems}",
-                        case.name
-                    ));
+                    failures.push(format!("{} / step {index} / attempt {attempt}:\n{problems}", case.name));
                 }
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
-    println!(
-        "{} cases, {requests} requests, all met",
-        vectors.cases.len()
-    );
+    assert!(failures.is_empty(), "{} failures:\n\n{}", failures.len(), failures.join("\n\n"));
+    println!("{} cases, {requests} requests, all met", vectors.cases.len());
 }

@@ -4,19 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use portcullis_core::{
-    BucketStore, Decision, Loaded, MemoryStore, Outcome, Peer, Policy, Request, Scheme, StoreError,
-    Swap, Version,
+    BucketStore, Decision, Loaded, MemoryStore, Outcome, Peer, Policy, Request, Scheme, StoreError, Swap, Version,
 };
 
 const NOW: u64 = 1_700_000_000_000_000_000;
 
-fn decide(
-    policy: &Policy,
-    scheme: Scheme,
-    method: &str,
-    authority: Option<&[u8]>,
-    path: &[u8],
-) -> Decision {
+fn decide(policy: &Policy, scheme: Scheme, method: &str, authority: Option<&[u8]>, path: &[u8]) -> Decision {
     let headers: Vec<(&str, &str)> = Vec::new();
     let request = Request {
         method: method.as_bytes(),
@@ -40,52 +33,32 @@ fn config_errors_name_the_field_and_the_reason() {
         {"name": "b", "method": "GET", "path": "/b", "limit": "1/minute"},
         {"name": "c", "method": "GET", "path": "/c", "limit": "1/minute"},
         {"name": "d", "method": "GET", "path": "/d", "limit": "5/minit"}]}"#;
-    assert_eq!(
-        config_error(tiers),
-        r#"rate_limits[3].limit: "5/minit" is not N/second|minute|hour|day"#
-    );
-    assert!(
-        config_error(r#"{"presett": "seed"}"#)
-            .starts_with("presett: unknown field `presett`, expected one of")
-    );
+    assert_eq!(config_error(tiers), r#"rate_limits[3].limit: "5/minit" is not N/second|minute|hour|day"#);
+    assert!(config_error(r#"{"presett": "seed"}"#).starts_with("presett: unknown field `presett`, expected one of"));
     assert!(config_error(r#"{"preset": "lax"}"#).starts_with("preset: unknown variant `lax`"));
-    assert!(
-        config_error(r#"{"https_redirect": {"https_port": 70000}}"#)
-            .starts_with("https_redirect.https_port:")
-    );
-    assert!(
-        config_error(r#"{"https_redirect": {"https_port": 0}}"#)
-            .starts_with("https_redirect.https_port:")
-    );
-    assert!(
-        config_error(r#"{"allowed_hosts": ["ok.com", "bad host"]}"#)
-            .starts_with("allowed_hosts[1]:")
-    );
+    assert!(config_error(r#"{"https_redirect": {"https_port": 70000}}"#).starts_with("https_redirect.https_port:"));
+    assert!(config_error(r#"{"https_redirect": {"https_port": 0}}"#).starts_with("https_redirect.https_port:"));
+    assert!(config_error(r#"{"allowed_hosts": ["ok.com", "bad host"]}"#).starts_with("allowed_hosts[1]:"));
     assert!(config_error(r#"{"allowed_hosts": []}"#).starts_with("allowed_hosts:"));
     assert!(config_error(r#"{"headers": {"X-Evil": "a\nb"}}"#).starts_with("headers.X-Evil:"));
+    assert!(config_error(r#"{"profiles": [{"path_prefix": "docs"}]}"#).starts_with("profiles[0].path_prefix:"));
     assert!(
-        config_error(r#"{"profiles": [{"path_prefix": "docs"}]}"#)
-            .starts_with("profiles[0].path_prefix:")
+        config_error(r#"{"client_ip": {"trusted_proxies": ["nope"]}}"#).starts_with("client_ip.trusted_proxies[0]:")
+    );
+    assert!(config_error(r#"{"client_ip": {"ipv6_prefix": 0}}"#).starts_with("client_ip.ipv6_prefix:"));
+    assert!(config_error(r#"{"limiter": {"capacity_per_tier": 0}}"#).starts_with("limiter.capacity_per_tier:"));
+    assert!(
+        config_error(r#"{"rate_limits": [{"name": "A!", "method": "GET", "path": "/", "limit": "1/second"}]}"#)
+            .starts_with("rate_limits[0].name:")
     );
     assert!(
-        config_error(r#"{"client_ip": {"trusted_proxies": ["nope"]}}"#)
-            .starts_with("client_ip.trusted_proxies[0]:")
+        config_error(r#"{"rate_limits": [{"name": "a", "method": "G T", "path": "/", "limit": "1/second"}]}"#)
+            .starts_with("rate_limits[0].method:")
     );
     assert!(
-        config_error(r#"{"client_ip": {"ipv6_prefix": 0}}"#).starts_with("client_ip.ipv6_prefix:")
+        config_error(r#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/a/{x", "limit": "1/second"}]}"#)
+            .starts_with("rate_limits[0].path:")
     );
-    assert!(
-        config_error(r#"{"limiter": {"capacity_per_tier": 0}}"#)
-            .starts_with("limiter.capacity_per_tier:")
-    );
-    assert!(config_error(r#"{"rate_limits": [{"name": "A!", "method": "GET", "path": "/", "limit": "1/second"}]}"#).starts_with("rate_limits[0].name:"));
-    assert!(
-        config_error(
-            r#"{"rate_limits": [{"name": "a", "method": "G T", "path": "/", "limit": "1/second"}]}"#
-        )
-        .starts_with("rate_limits[0].method:")
-    );
-    assert!(config_error(r#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/a/{x", "limit": "1/second"}]}"#).starts_with("rate_limits[0].path:"));
     assert_eq!(
         config_error(r#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/a"}]}"#),
         "rate_limits[0]: missing field `limit`"
@@ -97,16 +70,11 @@ fn config_errors_name_the_field_and_the_reason() {
 #[test]
 fn an_empty_document_is_the_seed_policy() {
     let policy = Policy::from_json(b"").unwrap();
-    let Decision::Respond(reply) = decide(&policy, Scheme::Http, "GET", Some(b"localhost"), b"/x")
-    else {
+    let Decision::Respond(reply) = decide(&policy, Scheme::Http, "GET", Some(b"localhost"), b"/x") else {
         panic!("redirect expected");
     };
     assert_eq!(reply.header("location"), Some("https://localhost/x"));
-    assert_eq!(
-        policy.bucket_count(),
-        8 * 4096,
-        "eight limited seed tiers of 16384 keys"
-    );
+    assert_eq!(policy.bucket_count(), 8 * 4096, "eight limited seed tiers of 16384 keys");
 }
 
 #[test]
@@ -121,20 +89,13 @@ fn nothing_a_client_sends_reaches_location_unescaped() {
         b"no-leading-slash",
     ];
     for path in hostile {
-        let Decision::Respond(reply) =
-            decide(&policy, Scheme::Http, "GET", Some(b"localhost:8080"), path)
-        else {
+        let Decision::Respond(reply) = decide(&policy, Scheme::Http, "GET", Some(b"localhost:8080"), path) else {
             panic!("redirect expected for {path:?}");
         };
         let location = reply.header("location").unwrap();
+        assert!(location.starts_with("https://localhost:8443/"), "{location}");
         assert!(
-            location.starts_with("https://localhost:8443/"),
-            "{location}"
-        );
-        assert!(
-            location
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}#".contains(&b)),
+            location.bytes().all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}#".contains(&b)),
             "{path:?} gave {location:?}"
         );
     }
@@ -143,37 +104,21 @@ fn nothing_a_client_sends_reaches_location_unescaped() {
 #[test]
 fn hostile_hosts_are_refused_not_redirected() {
     let policy = Policy::from_json(br#"{"allowed_hosts": ["*"]}"#).unwrap();
-    for authority in [
-        &b"evil.com\r\nx: y"[..],
-        b"a@evil.com",
-        b"evil.com/x",
-        b"\xff",
-        b"",
-        b"[::1",
-    ] {
+    for authority in [&b"evil.com\r\nx: y"[..], b"a@evil.com", b"evil.com/x", b"\xff", b"", b"[::1"] {
         let decision = decide(&policy, Scheme::Http, "GET", Some(authority), b"/");
         assert_eq!(decision.outcome(), Outcome::BadHost, "{authority:?}");
     }
-    assert_eq!(
-        decide(&policy, Scheme::Https, "GET", None, b"/").outcome(),
-        Outcome::BadHost
-    );
+    assert_eq!(decide(&policy, Scheme::Https, "GET", None, b"/").outcome(), Outcome::BadHost);
 }
 
 #[test]
 fn redirects_can_be_switched_off() {
     let policy = Policy::from_json(br#"{"https_redirect": {"enabled": false}}"#).unwrap();
     let decision = decide(&policy, Scheme::Http, "GET", Some(b"localhost"), b"/");
-    let Decision::Forward(forward) = decision else {
-        panic!("forward expected")
-    };
+    let Decision::Forward(forward) = decision else { panic!("forward expected") };
     let mut headers: Vec<(String, String)> = Vec::new();
     policy.response_edits(&forward.plan).apply(&mut headers);
-    assert!(
-        !headers
-            .iter()
-            .any(|(n, _)| n == "strict-transport-security")
-    );
+    assert!(!headers.iter().any(|(n, _)| n == "strict-transport-security"));
 }
 
 /// A store whose host calls fail.
@@ -200,18 +145,10 @@ fn store_failure_follows_on_store_error() {
         headers: &headers,
     };
     let allow = Policy::from_json(b"{}").unwrap();
-    assert_eq!(
-        allow.decide(&request, NOW, &Down).outcome(),
-        Outcome::StoreErrorAllowed
-    );
+    assert_eq!(allow.decide(&request, NOW, &Down).outcome(), Outcome::StoreErrorAllowed);
     let deny = Policy::from_json(br#"{"limiter": {"on_store_error": "deny"}}"#).unwrap();
-    let Decision::Respond(reply) = deny.decide(&request, NOW, &Down) else {
-        panic!("refusal expected")
-    };
-    assert_eq!(
-        (reply.status, reply.outcome),
-        (503, Outcome::StoreErrorDenied)
-    );
+    let Decision::Respond(reply) = deny.decide(&request, NOW, &Down) else { panic!("refusal expected") };
+    assert_eq!((reply.status, reply.outcome), (503, Outcome::StoreErrorDenied));
     assert_eq!(reply.header("x-frame-options"), Some("DENY"));
 }
 
@@ -219,10 +156,7 @@ fn store_failure_follows_on_store_error() {
 fn local_replies_are_stable_under_a_second_response_phase() {
     // Envoy runs a filter's own local reply through its response phase again.
     let policy = Policy::from_json(b"{}").unwrap();
-    let Decision::Respond(reply) = decide(&policy, Scheme::Https, "GET", Some(b"evil"), b"/")
-    else {
-        panic!()
-    };
+    let Decision::Respond(reply) = decide(&policy, Scheme::Https, "GET", Some(b"evil"), b"/") else { panic!() };
     let mut again = reply.headers.clone();
     policy.response_edits(&reply.plan).apply(&mut again);
     let sorted = |mut v: Vec<(String, String)>| {
@@ -236,13 +170,7 @@ fn local_replies_are_stable_under_a_second_response_phase() {
 fn the_fallback_plan_covers_host_generated_responses() {
     let policy = Policy::from_json(b"{}").unwrap();
     let mut headers = vec![("server".to_owned(), "envoy".to_owned())];
-    policy
-        .response_edits(&policy.fallback_plan(true))
-        .apply(&mut headers);
+    policy.response_edits(&policy.fallback_plan(true)).apply(&mut headers);
     assert!(headers.contains(&("server".to_owned(), "Unknown".to_owned())));
-    assert!(
-        headers
-            .iter()
-            .any(|(n, _)| n == "strict-transport-security")
-    );
+    assert!(headers.iter().any(|(n, _)| n == "strict-transport-security"));
 }

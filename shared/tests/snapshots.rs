@@ -15,18 +15,10 @@ fn render(status: u16, headers: &[(String, String)], body: &str) -> String {
 
 /// Sends `requests` identical requests and renders the last response, forwarded ones answered
 /// by an upstream that leaks its stack.
-fn last_response(
-    preset: &str,
-    scheme: Scheme,
-    method: &str,
-    authority: &str,
-    path: &str,
-    requests: usize,
-) -> String {
-    let policy = Policy::from_json(
-        format!(r#"{{"preset": "{preset}", "https_redirect": {{"https_port": 8443}}}}"#).as_bytes(),
-    )
-    .unwrap();
+fn last_response(preset: &str, scheme: Scheme, method: &str, authority: &str, path: &str, requests: usize) -> String {
+    let policy =
+        Policy::from_json(format!(r#"{{"preset": "{preset}", "https_redirect": {{"https_port": 8443}}}}"#).as_bytes())
+            .unwrap();
     let store = MemoryStore::new();
     let headers: Vec<(&str, &str)> = Vec::new();
     let request = Request {
@@ -57,14 +49,7 @@ fn last_response(
 
 #[test]
 fn seed_preset_over_https() {
-    insta::assert_snapshot!(last_response(
-        "seed",
-        Scheme::Https,
-        "GET",
-        "localhost:8443",
-        "/api/v1/videos",
-        1
-    ));
+    insta::assert_snapshot!(last_response("seed", Scheme::Https, "GET", "localhost:8443", "/api/v1/videos", 1));
 }
 
 #[test]
@@ -81,14 +66,7 @@ fn seed_preset_over_http_acme() {
 
 #[test]
 fn strict_preset_over_https() {
-    insta::assert_snapshot!(last_response(
-        "strict",
-        Scheme::Https,
-        "GET",
-        "localhost:8443",
-        "/api/v1/videos",
-        1
-    ));
+    insta::assert_snapshot!(last_response("strict", Scheme::Https, "GET", "localhost:8443", "/api/v1/videos", 1));
 }
 
 #[test]
@@ -105,48 +83,20 @@ fn strict_preset_over_http_acme() {
 
 #[test]
 fn seed_redirect_308() {
-    insta::assert_snapshot!(last_response(
-        "seed",
-        Scheme::Http,
-        "POST",
-        "localhost:8080",
-        "/api/v1/auth/login?x=1",
-        1
-    ));
+    insta::assert_snapshot!(last_response("seed", Scheme::Http, "POST", "localhost:8080", "/api/v1/auth/login?x=1", 1));
 }
 
 #[test]
 fn strict_redirect_301() {
-    insta::assert_snapshot!(last_response(
-        "strict",
-        Scheme::Http,
-        "GET",
-        "localhost:8080",
-        "/api/v1/videos",
-        1
-    ));
+    insta::assert_snapshot!(last_response("strict", Scheme::Http, "GET", "localhost:8080", "/api/v1/videos", 1));
 }
 
 #[test]
 fn seed_rate_limited_429() {
-    insta::assert_snapshot!(last_response(
-        "seed",
-        Scheme::Https,
-        "POST",
-        "localhost:8443",
-        "/api/v1/auth/login",
-        6
-    ));
+    insta::assert_snapshot!(last_response("seed", Scheme::Https, "POST", "localhost:8443", "/api/v1/auth/login", 6));
 }
 
 #[test]
 fn strict_bad_host_400() {
-    insta::assert_snapshot!(last_response(
-        "strict",
-        Scheme::Https,
-        "GET",
-        "attacker.example:8443",
-        "/",
-        1
-    ));
+    insta::assert_snapshot!(last_response("strict", Scheme::Https, "GET", "attacker.example:8443", "/", 1));
 }

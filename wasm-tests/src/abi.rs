@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use wasmtime::{
-    Caller, Extern, Instance, Linker, Memory, Result, Store, TypedFunc, bail, format_err,
-};
+use wasmtime::{Caller, Extern, Instance, Linker, Memory, Result, Store, TypedFunc, bail, format_err};
 
 use crate::{Call2, Host, HttpRequest, Response, SharedValue};
 
@@ -56,12 +54,10 @@ impl State {
         self.local_response = None;
         self.properties.clear();
         if let Some(peer) = &request.peer {
-            self.properties
-                .insert("source\0address".into(), peer.as_bytes().to_vec());
+            self.properties.insert("source\0address".into(), peer.as_bytes().to_vec());
         }
         if request.tls {
-            self.properties
-                .insert("connection\0tls_version".into(), b"TLSv1.3".to_vec());
+            self.properties.insert("connection\0tls_version".into(), b"TLSv1.3".to_vec());
         }
     }
 
@@ -69,9 +65,7 @@ impl State {
         match map_type {
             REQUEST_HEADERS => Ok(&mut self.request_headers),
             RESPONSE_HEADERS => Ok(&mut self.response_headers),
-            other => bail!(
-                "the filter asked for header map type {other}, which this host does not model"
-            ),
+            other => bail!("the filter asked for header map type {other}, which this host does not model"),
         }
     }
 }
@@ -91,10 +85,7 @@ pub struct Exports {
 
 impl Exports {
     pub fn find(instance: &Instance, store: &mut Store<State>) -> Result<Self> {
-        if instance
-            .get_func(&mut *store, "proxy_abi_version_0_2_1")
-            .is_none()
-        {
+        if instance.get_func(&mut *store, "proxy_abi_version_0_2_1").is_none() {
             bail!("the module does not export proxy_abi_version_0_2_1");
         }
         Ok(Self {
@@ -118,9 +109,7 @@ fn trace(caller: &mut Caller<'_, State>, call: &'static str) {
     }
     let Ok(now) = caller.get_fuel() else { return };
     let state = caller.data_mut();
-    let spent = state
-        .last_fuel
-        .map_or(0, |before| before.saturating_sub(now));
+    let spent = state.last_fuel.map_or(0, |before| before.saturating_sub(now));
     state.last_fuel = Some(now);
     if let Some(trace) = state.fuel_trace.as_mut() {
         trace.push((call, spent));
@@ -145,8 +134,7 @@ fn read(caller: &mut Caller<'_, State>, ptr: i32, len: i32) -> Result<Vec<u8>> {
 }
 
 fn read_string(caller: &mut Caller<'_, State>, ptr: i32, len: i32) -> Result<String> {
-    String::from_utf8(read(caller, ptr, len)?)
-        .map_err(|_| format_err!("the filter passed a non-UTF-8 name"))
+    String::from_utf8(read(caller, ptr, len)?).map_err(|_| format_err!("the filter passed a non-UTF-8 name"))
 }
 
 fn write(caller: &mut Caller<'_, State>, ptr: i32, bytes: &[u8]) -> Result<()> {
@@ -155,12 +143,7 @@ fn write(caller: &mut Caller<'_, State>, ptr: i32, bytes: &[u8]) -> Result<()> {
     memory
         .data_mut(&mut *caller)
         .get_mut(start..start.saturating_add(bytes.len()))
-        .ok_or_else(|| {
-            format_err!(
-                "write of {} bytes at {start} is outside guest memory",
-                bytes.len()
-            )
-        })?
+        .ok_or_else(|| format_err!("write of {} bytes at {start} is outside guest memory", bytes.len()))?
         .copy_from_slice(bytes);
     Ok(())
 }
@@ -212,9 +195,7 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         return Ok(Vec::new());
     }
     let word = |at: usize| -> Result<usize> {
-        let slice = bytes
-            .get(at..at + 4)
-            .ok_or_else(|| format_err!("truncated header map"))?;
+        let slice = bytes.get(at..at + 4).ok_or_else(|| format_err!("truncated header map"))?;
         Ok(u32::from_le_bytes([slice[0], slice[1], slice[2], slice[3]]) as usize)
     };
     let count = word(0)?;
@@ -222,16 +203,11 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut map = Vec::with_capacity(count);
     for i in 0..count {
         let (klen, vlen) = (word(4 + i * 8)?, word(8 + i * 8)?);
-        let key = bytes
-            .get(data..data + klen)
-            .ok_or_else(|| format_err!("truncated header map"))?;
+        let key = bytes.get(data..data + klen).ok_or_else(|| format_err!("truncated header map"))?;
         data += klen + 1;
-        let value = bytes
-            .get(data..data + vlen)
-            .ok_or_else(|| format_err!("truncated header map"))?;
+        let value = bytes.get(data..data + vlen).ok_or_else(|| format_err!("truncated header map"))?;
         data += vlen + 1;
-        let key =
-            String::from_utf8(key.to_vec()).map_err(|_| format_err!("non-UTF-8 header name"))?;
+        let key = String::from_utf8(key.to_vec()).map_err(|_| format_err!("non-UTF-8 header name"))?;
         map.push((key, value.to_vec()));
     }
     Ok(map)
@@ -258,21 +234,13 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
             Ok(OK)
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_tick_period_milliseconds",
-        |_: Caller<'_, State>, _: i32| -> Result<i32> { Ok(OK) },
-    )?;
+    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |_: Caller<'_, State>, _: i32| -> Result<i32> {
+        Ok(OK)
+    })?;
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, State>,
-         kind: i32,
-         start: i32,
-         max: i32,
-         data_ptr: i32,
-         size_ptr: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, kind: i32, start: i32, max: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
             trace(&mut c, "proxy_get_buffer_bytes");
             if kind != PLUGIN_CONFIGURATION {
                 bail!("the filter read buffer type {kind}, which this host does not model");
@@ -310,21 +278,11 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut c: Caller<'_, State>,
-         map: i32,
-         kptr: i32,
-         klen: i32,
-         data_ptr: i32,
-         size_ptr: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
             trace(&mut c, "proxy_get_header_map_value");
             let key = read_string(&mut c, kptr, klen)?;
-            let value = c
-                .data_mut()
-                .map(map)?
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&key))
-                .map(|(_, v)| v.clone());
+            let value =
+                c.data_mut().map(map)?.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone());
             match value {
                 Some(value) => {
                     give(&mut c, &value, data_ptr, size_ptr)?;
@@ -337,13 +295,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_replace_header_map_value",
-        |mut c: Caller<'_, State>,
-         map: i32,
-         kptr: i32,
-         klen: i32,
-         vptr: i32,
-         vlen: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
             trace(&mut c, "proxy_replace_header_map_value");
             let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
             let value = read(&mut c, vptr, vlen)?;
@@ -356,13 +308,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_add_header_map_value",
-        |mut c: Caller<'_, State>,
-         map: i32,
-         kptr: i32,
-         klen: i32,
-         vptr: i32,
-         vlen: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
             trace(&mut c, "proxy_add_header_map_value");
             let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
             let value = read(&mut c, vptr, vlen)?;
@@ -376,21 +322,14 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32| -> Result<i32> {
             trace(&mut c, "proxy_remove_header_map_value");
             let key = read_string(&mut c, kptr, klen)?;
-            c.data_mut()
-                .map(map)?
-                .retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+            c.data_mut().map(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
             Ok(OK)
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_property",
-        |mut c: Caller<'_, State>,
-         pptr: i32,
-         plen: i32,
-         data_ptr: i32,
-         size_ptr: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, pptr: i32, plen: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
             trace(&mut c, "proxy_get_property");
             let path = read_string(&mut c, pptr, plen)?;
             match c.data().properties.get(&path).cloned() {
@@ -405,23 +344,11 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut c: Caller<'_, State>,
-         kptr: i32,
-         klen: i32,
-         data_ptr: i32,
-         size_ptr: i32,
-         cas_ptr: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, kptr: i32, klen: i32, data_ptr: i32, size_ptr: i32, cas_ptr: i32| -> Result<i32> {
             trace(&mut c, "proxy_get_shared_data");
             let key = read_string(&mut c, kptr, klen)?;
-            let value = c
-                .data()
-                .host
-                .shared
-                .lock()
-                .map_err(|_| format_err!("shared data poisoned"))?
-                .get(&key)
-                .cloned();
+            let value =
+                c.data().host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?.get(&key).cloned();
             match value {
                 Some(SharedValue { bytes, cas }) => {
                     give(&mut c, &bytes, data_ptr, size_ptr)?;
@@ -435,21 +362,12 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_shared_data",
-        |mut c: Caller<'_, State>,
-         kptr: i32,
-         klen: i32,
-         vptr: i32,
-         vlen: i32,
-         cas: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| -> Result<i32> {
             trace(&mut c, "proxy_set_shared_data");
             let key = read_string(&mut c, kptr, klen)?;
             let bytes = read(&mut c, vptr, vlen)?;
             let host = c.data().host.clone();
-            let mut shared = host
-                .shared
-                .lock()
-                .map_err(|_| format_err!("shared data poisoned"))?;
+            let mut shared = host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?;
             // Envoy's semantics: CAS 0 writes unconditionally; otherwise it must match.
             let current = shared.get(&key).map(|v| v.cas);
             if cas != 0 && current != Some(cas as u32) {
@@ -476,17 +394,12 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
             trace(&mut c, "proxy_send_local_response");
             let body = read(&mut c, body_ptr, body_len)?;
             let mut headers = deserialize_map(&read(&mut c, headers_ptr, headers_len)?)?;
-            let status =
-                u16::try_from(status).map_err(|_| format_err!("status {status} out of range"))?;
+            let status = u16::try_from(status).map_err(|_| format_err!("status {status} out of range"))?;
             headers.insert(0, (":status".into(), status.to_string().into_bytes()));
             if c.data().local_response.is_some() {
                 return Ok(BAD_ARGUMENT);
             }
-            c.data_mut().local_response = Some(Response {
-                status,
-                headers,
-                body,
-            });
+            c.data_mut().local_response = Some(Response { status, headers, body });
             Ok(OK)
         },
     )?;
@@ -501,10 +414,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
             let name = read_string(&mut c, nptr, nlen)?;
             let host = c.data().host.clone();
             let id = {
-                let mut metrics = host
-                    .metrics
-                    .lock()
-                    .map_err(|_| format_err!("metrics poisoned"))?;
+                let mut metrics = host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
                 match metrics.by_name.get(&name) {
                     Some(id) => *id,
                     None => {
@@ -524,12 +434,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
         "proxy_increment_metric",
         |mut c: Caller<'_, State>, id: i32, offset: i64| -> Result<i32> {
             trace(&mut c, "proxy_increment_metric");
-            let mut metrics = c
-                .data()
-                .host
-                .metrics
-                .lock()
-                .map_err(|_| format_err!("metrics poisoned"))?;
+            let mut metrics = c.data().host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
             match metrics.values.get_mut(id as u32 as usize) {
                 Some((_, value)) => {
                     *value += offset;
@@ -559,12 +464,7 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
     linker.func_wrap(
         "wasi_snapshot_preview1",
         "fd_write",
-        |mut c: Caller<'_, State>,
-         _fd: i32,
-         iovs: i32,
-         iovs_len: i32,
-         written_ptr: i32|
-         -> Result<i32> {
+        |mut c: Caller<'_, State>, _fd: i32, iovs: i32, iovs_len: i32, written_ptr: i32| -> Result<i32> {
             let mut written = 0u32;
             let mut text = Vec::new();
             for i in 0..iovs_len {
@@ -574,22 +474,13 @@ pub fn define(linker: &mut Linker<State>) -> Result<()> {
                 text.extend(read(&mut c, ptr, len)?);
                 written += len as u32;
             }
-            c.data_mut()
-                .logs
-                .push((5, String::from_utf8_lossy(&text).into_owned()));
+            c.data_mut().logs.push((5, String::from_utf8_lossy(&text).into_owned()));
             write_u32(&mut c, written_ptr, written)?;
             Ok(0)
         },
     )?;
-    linker.func_wrap(
-        "wasi_snapshot_preview1",
-        "proc_exit",
-        |c: Caller<'_, State>, code: i32| -> Result<()> {
-            bail!(
-                "the filter called proc_exit({code}); log: {:?}",
-                c.data().logs
-            )
-        },
-    )?;
+    linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |c: Caller<'_, State>, code: i32| -> Result<()> {
+        bail!("the filter called proc_exit({code}); log: {:?}", c.data().logs)
+    })?;
     Ok(())
 }

@@ -34,13 +34,9 @@ impl FilterModule {
         let mut config = Config::new();
         config.consume_fuel(true);
         let engine = Engine::new(&config)?;
-        let module = Module::from_file(&engine, path)
-            .map_err(|e| wasmtime::format_err!("loading {}: {e}", path.display()))?;
-        Ok(Self {
-            engine,
-            module,
-            path: path.to_owned(),
-        })
+        let module =
+            Module::from_file(&engine, path).map_err(|e| wasmtime::format_err!("loading {}: {e}", path.display()))?;
+        Ok(Self { engine, module, path: path.to_owned() })
     }
 
     /// The filter `cargo xtask test` builds: `$PORTCULLIS_FILTER_WASM`, else the workspace
@@ -48,14 +44,12 @@ impl FilterModule {
     pub fn built() -> &'static FilterModule {
         static MODULE: OnceLock<FilterModule> = OnceLock::new();
         MODULE.get_or_init(|| {
-            let path = std::env::var_os("PORTCULLIS_FILTER_WASM")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let target = std::env::var_os("CARGO_TARGET_DIR")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-                    target.join(FILTER_RELATIVE)
-                });
+            let path = std::env::var_os("PORTCULLIS_FILTER_WASM").map(PathBuf::from).unwrap_or_else(|| {
+                let target = std::env::var_os("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+                target.join(FILTER_RELATIVE)
+            });
             if !path.exists() {
                 panic!(
                     "the filter is not built at {}: run `cargo xtask test`, or build it with \
@@ -116,10 +110,7 @@ impl Host {
     }
 
     pub fn advance(&self, by: Duration) {
-        self.clock.fetch_add(
-            u64::try_from(by.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::SeqCst,
-        );
+        self.clock.fetch_add(u64::try_from(by.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     pub fn set_time_nanos(&self, nanos: u64) {
@@ -137,9 +128,7 @@ impl Host {
 
     /// Bytes of all shared-data keys and values.
     pub fn shared_data_bytes(&self) -> usize {
-        self.shared
-            .lock()
-            .map_or(0, |m| m.iter().map(|(k, v)| k.len() + v.bytes.len()).sum())
+        self.shared.lock().map_or(0, |m| m.iter().map(|(k, v)| k.len() + v.bytes.len()).sum())
     }
 
     /// The value of a metric the plugins defined, by name.
@@ -216,8 +205,7 @@ impl HttpRequest {
     }
 
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers
-            .push((name.to_owned(), value.as_ref().to_vec()));
+        self.headers.push((name.to_owned(), value.as_ref().to_vec()));
         self
     }
 
@@ -264,18 +252,12 @@ impl Response {
 
     /// The first value of `name` as text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// Every value of `name`.
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
     }
 
     /// Headers as text pairs, without pseudo-headers.
@@ -331,24 +313,14 @@ impl Plugin {
         calls.context_create.call(&mut store, (root_id, 0))?;
         let vm_ok = calls.vm_start.call(&mut store, (root_id, 0))?;
         if vm_ok == 0 {
-            wasmtime::bail!(
-                "proxy_on_vm_start returned false; log: {:?}",
-                store.data().logs
-            );
+            wasmtime::bail!("proxy_on_vm_start returned false; log: {:?}", store.data().logs);
         }
-        let config_len =
-            u32::try_from(config.len()).map_err(|_| wasmtime::format_err!("config too large"))?;
+        let config_len = u32::try_from(config.len()).map_err(|_| wasmtime::format_err!("config too large"))?;
         let configured = calls.configure.call(&mut store, (root_id, config_len))?;
         if configured == 0 {
             wasmtime::bail!("configuration rejected; log: {:?}", store.data().logs);
         }
-        Ok(Self {
-            store,
-            calls,
-            root_id,
-            next_id: root_id + 1,
-            host,
-        })
+        Ok(Self { store, calls, root_id, next_id: root_id + 1, host })
     }
 
     pub fn host(&self) -> &Host {
@@ -378,47 +350,28 @@ impl Plugin {
                 state.last_fuel = Some(fuel_before);
             }
         }
-        self.calls
-            .context_create
-            .call(&mut self.store, (id, self.root_id))?;
-        let count =
-            |headers: &[(String, Vec<u8>)]| u32::try_from(headers.len()).unwrap_or(u32::MAX);
-        let action = self
-            .calls
-            .request_headers
-            .call(&mut self.store, (id, count(&request.headers), 1))?;
+        self.calls.context_create.call(&mut self.store, (id, self.root_id))?;
+        let count = |headers: &[(String, Vec<u8>)]| u32::try_from(headers.len()).unwrap_or(u32::MAX);
+        let action = self.calls.request_headers.call(&mut self.store, (id, count(&request.headers), 1))?;
         let request_fuel = fuel_before.saturating_sub(self.store.get_fuel()?);
 
         let exchange = if let Some(local) = self.store.data_mut().local_response.take() {
             let mut response = local;
             if self.host.local_reply_through_response_phase {
                 self.store.data_mut().response_headers = response.headers.clone();
-                self.calls
-                    .response_headers
-                    .call(&mut self.store, (id, count(&response.headers), 0))?;
+                self.calls.response_headers.call(&mut self.store, (id, count(&response.headers), 0))?;
                 response.headers = std::mem::take(&mut self.store.data_mut().response_headers);
             }
-            Exchange {
-                local: true,
-                response,
-                upstream_request: None,
-                fuel: 0,
-                request_fuel,
-            }
+            Exchange { local: true, response, upstream_request: None, fuel: 0, request_fuel }
         } else {
             if action != 0 {
                 wasmtime::bail!("the filter paused the request without answering it");
             }
             let upstream_request = self.store.data().request_headers.clone();
             let mut upstream = request.upstream.clone();
-            upstream.headers.insert(
-                0,
-                (":status".into(), upstream.status.to_string().into_bytes()),
-            );
+            upstream.headers.insert(0, (":status".into(), upstream.status.to_string().into_bytes()));
             self.store.data_mut().response_headers = upstream.headers.clone();
-            self.calls
-                .response_headers
-                .call(&mut self.store, (id, count(&upstream.headers), 0))?;
+            self.calls.response_headers.call(&mut self.store, (id, count(&upstream.headers), 0))?;
             let mut headers = std::mem::take(&mut self.store.data_mut().response_headers);
             let status = headers
                 .iter()
@@ -428,11 +381,7 @@ impl Plugin {
             headers.retain(|(n, _)| n != ":status");
             Exchange {
                 local: false,
-                response: Response {
-                    status,
-                    headers,
-                    body: upstream.body,
-                },
+                response: Response { status, headers, body: upstream.body },
                 upstream_request: Some(upstream_request),
                 fuel: 0,
                 request_fuel,

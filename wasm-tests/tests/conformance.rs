@@ -7,11 +7,7 @@ use wasm_tests::{FilterModule, Host, HttpRequest, Response};
 
 /// What this host can do: choose peers, move the clock and send requests without a Host.
 /// Cloudflare's `CF-Connecting-IP` is the Worker's identity, never the Envoy filter's.
-const SUPPORTED: [Requirement; 3] = [
-    Requirement::Peer,
-    Requirement::Clock,
-    Requirement::RawRequest,
-];
+const SUPPORTED: [Requirement; 3] = [Requirement::Peer, Requirement::Clock, Requirement::RawRequest];
 
 #[test]
 fn filter_meets_every_conformance_vector() {
@@ -29,9 +25,7 @@ fn filter_meets_every_conformance_vector() {
         replayed += 1;
         let host = Host::new();
         let config = String::from_utf8(vectors.config_json(case)).unwrap();
-        let mut plugin = host
-            .plugin(module, &config)
-            .unwrap_or_else(|e| panic!("{}: {e:?}", case.name));
+        let mut plugin = host.plugin(module, &config).unwrap_or_else(|e| panic!("{}: {e:?}", case.name));
         for (index, step) in case.steps.iter().enumerate() {
             host.set_time_nanos((EPOCH_MS + step.at_ms) * 1_000_000);
             let r = &step.request;
@@ -50,49 +44,24 @@ fn filter_meets_every_conformance_vector() {
             }
             request.upstream = Response {
                 status: step.upstream.status,
-                headers: step
-                    .upstream
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
-                    .collect(),
+                headers: step.upstream.headers.iter().map(|(n, v)| (n.clone(), v.clone().into_bytes())).collect(),
                 body: step.upstream.body.clone().into_bytes(),
             };
             for attempt in 0..step.repeat {
-                let exchange = plugin
-                    .send(&request)
-                    .unwrap_or_else(|e| panic!("{} trapped: {e:?}", case.name));
+                let exchange = plugin.send(&request).unwrap_or_else(|e| panic!("{} trapped: {e:?}", case.name));
                 let observed = Observed {
-                    action: if exchange.local {
-                        Action::Respond
-                    } else {
-                        Action::Forward
-                    },
+                    action: if exchange.local { Action::Respond } else { Action::Forward },
                     status: exchange.response.status,
                     headers: exchange.response.text_headers(),
                     body: String::from_utf8_lossy(&exchange.response.body).into_owned(),
                 };
                 if let Err(problems) = step.expect.check(&observed) {
-                    failures.push(format!(
-                        "{} / step {index} / attempt {attempt}:\n{problems}",
-                        case.name
-                    ));
+                    failures.push(format!("{} / step {index} / attempt {attempt}:\n{problems}", case.name));
                 }
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
-    assert!(
-        replayed >= vectors.cases.len() - 2,
-        "too few cases replayed: {replayed}"
-    );
-    println!(
-        "replayed {replayed} cases; not applicable to Envoy: {}",
-        not_applicable.join(", ")
-    );
+    assert!(failures.is_empty(), "{} failures:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(replayed >= vectors.cases.len() - 2, "too few cases replayed: {replayed}");
+    println!("replayed {replayed} cases; not applicable to Envoy: {}", not_applicable.join(", "));
 }

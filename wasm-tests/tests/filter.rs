@@ -14,9 +14,7 @@ fn plugin(host: &Host, config: &str) -> Plugin {
 }
 
 fn send(plugin: &mut Plugin, request: &HttpRequest) -> Exchange {
-    plugin
-        .send(request)
-        .unwrap_or_else(|e| panic!("the filter trapped: {e:?}\nlog: {:?}", plugin.logs()))
+    plugin.send(request).unwrap_or_else(|e| panic!("the filter trapped: {e:?}\nlog: {:?}", plugin.logs()))
 }
 
 const SEED_HEADERS: [(&str, &str); 7] = [
@@ -24,10 +22,7 @@ const SEED_HEADERS: [(&str, &str); 7] = [
     ("x-content-type-options", "nosniff"),
     ("x-xss-protection", "1; mode=block"),
     ("referrer-policy", "strict-origin-when-cross-origin"),
-    (
-        "permissions-policy",
-        "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()",
-    ),
+    ("permissions-policy", "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()"),
     ("server", "Unknown"),
     (
         "content-security-policy",
@@ -41,31 +36,17 @@ fn assert_seed_headers(response: &Response, https: bool, what: &str) {
         assert_eq!(response.header(name), Some(value), "{name} on {what}");
         assert_eq!(response.header_count(name), 1, "{name} once on {what}");
     }
-    assert_eq!(
-        response.header("strict-transport-security"),
-        https.then_some(HSTS),
-        "HSTS on {what}"
-    );
-    assert_eq!(
-        response.header("x-powered-by"),
-        None,
-        "x-powered-by on {what}"
-    );
+    assert_eq!(response.header("strict-transport-security"), https.then_some(HSTS), "HSTS on {what}");
+    assert_eq!(response.header("x-powered-by"), None, "x-powered-by on {what}");
 }
 
 #[test]
 fn a_bad_configuration_is_rejected_naming_the_field() {
     let host = Host::new();
     let bad = r#"{"rate_limits": [{"name": "login", "method": "POST", "path": "/l", "limit": "5/minit"}]}"#;
-    let err = host
-        .plugin(FilterModule::built(), bad)
-        .err()
-        .expect("configuration must be rejected");
+    let err = host.plugin(FilterModule::built(), bad).err().expect("configuration must be rejected");
     let text = format!("{err:?}");
-    assert!(
-        text.contains(r#"rate_limits[0].limit: \"5/minit\" is not N/second|minute|hour|day"#),
-        "{text}"
-    );
+    assert!(text.contains(r#"rate_limits[0].limit: \"5/minit\" is not N/second|minute|hour|day"#), "{text}");
     assert!(host.plugin(FilterModule::built(), "{not json").is_err());
 }
 
@@ -91,16 +72,9 @@ fn every_endpoint_gets_every_seed_header() {
         assert!(!exchange.local, "{method} {path} forwarded");
         assert_seed_headers(&exchange.response, true, &format!("{method} {path}"));
         for status in [404, 500, 503] {
-            let exchange = send(
-                &mut filter,
-                &HttpRequest::new(method, path).upstream(Response::with_status(status)),
-            );
+            let exchange = send(&mut filter, &HttpRequest::new(method, path).upstream(Response::with_status(status)));
             assert_eq!(exchange.response.status, status);
-            assert_seed_headers(
-                &exchange.response,
-                true,
-                &format!("{status} of {method} {path}"),
-            );
+            assert_seed_headers(&exchange.response, true, &format!("{status} of {method} {path}"));
         }
     }
 }
@@ -111,22 +85,13 @@ fn local_replies_carry_the_headers_whether_or_not_envoy_reruns_the_response_phas
         let mut host = Host::new();
         host.local_reply_through_response_phase = rerun;
         let mut filter = plugin(&host, CONFIG);
-        let redirect = send(
-            &mut filter,
-            &HttpRequest::get("/x?y=1").plain("localhost:8080"),
-        );
+        let redirect = send(&mut filter, &HttpRequest::get("/x?y=1").plain("localhost:8080"));
         assert!(redirect.local);
         assert_eq!(redirect.response.status, 301);
-        assert_eq!(
-            redirect.response.header("location"),
-            Some("https://localhost:8443/x?y=1")
-        );
+        assert_eq!(redirect.response.header("location"), Some("https://localhost:8443/x?y=1"));
         assert_seed_headers(&redirect.response, false, "redirect");
 
-        let bad_host = send(
-            &mut filter,
-            &HttpRequest::get("/").authority("evil.example"),
-        );
+        let bad_host = send(&mut filter, &HttpRequest::get("/").authority("evil.example"));
         assert_eq!(bad_host.response.status, 400);
         assert_seed_headers(&bad_host.response, true, "400");
 
@@ -155,20 +120,14 @@ fn two_vms_share_one_exact_count() {
         .count();
     assert_eq!(allowed, 5, "the limit holds across VMs");
     host.advance(Duration::from_secs(12));
-    assert!(
-        !send(&mut b, &login).local,
-        "one request back after 12 s, on either VM"
-    );
+    assert!(!send(&mut b, &login).local, "one request back after 12 s, on either VM");
     assert!(send(&mut a, &login).local);
 }
 
 #[test]
 fn hostile_bytes_never_trap_the_vm() {
     let host = Host::new();
-    let mut filter = plugin(
-        &host,
-        r#"{"allowed_hosts": ["*"], "client_ip": {"trusted_proxies": ["0.0.0.0/0"]}}"#,
-    );
+    let mut filter = plugin(&host, r#"{"allowed_hosts": ["*"], "client_ip": {"trusted_proxies": ["0.0.0.0/0"]}}"#);
     let huge = vec![b'a'; 1 << 20];
     let requests = vec![
         HttpRequest::get("/").header("x-forwarded-for", b"\xff\xfe, 1.2.3.4"),
@@ -183,31 +142,18 @@ fn hostile_bytes_never_trap_the_vm() {
         HttpRequest::get("/").header("x-huge", &huge),
         HttpRequest::post("/api/v1/auth/login").header("x-forwarded-for", ",".repeat(100_000)),
         HttpRequest::get("/%ff%00/../..;/%252e").plain("localhost"),
-        (0..5_000).fold(HttpRequest::get("/"), |r, i| {
-            r.header(&format!("x-h{i}"), b"v")
-        }),
+        (0..5_000).fold(HttpRequest::get("/"), |r, i| r.header(&format!("x-h{i}"), b"v")),
     ];
     let mut bad_bytes = HttpRequest::get("/");
-    bad_bytes
-        .headers
-        .push((":path".into(), b"/a\xff\r\nb".to_vec()));
-    bad_bytes
-        .headers
-        .push((":authority".into(), b"localhost\xff".to_vec()));
+    bad_bytes.headers.push((":path".into(), b"/a\xff\r\nb".to_vec()));
+    bad_bytes.headers.push((":authority".into(), b"localhost\xff".to_vec()));
     for request in requests.iter().chain([&bad_bytes]) {
         let exchange = send(&mut filter, request);
         assert!(exchange.response.status >= 200, "got an answer");
     }
     // The VM is still healthy afterwards.
-    assert_eq!(
-        send(&mut filter, &HttpRequest::get("/")).response.status,
-        200
-    );
-    assert!(
-        filter.logs().iter().all(|(level, _)| *level < 4),
-        "no error logs: {:?}",
-        filter.logs()
-    );
+    assert_eq!(send(&mut filter, &HttpRequest::get("/")).response.status, 200);
+    assert!(filter.logs().iter().all(|(level, _)| *level < 4), "no error logs: {:?}", filter.logs());
 }
 
 #[test]
@@ -216,21 +162,14 @@ fn shared_data_stays_within_the_configured_bound() {
     let config = r#"{"limiter": {"capacity_per_tier": 64}}"#;
     let mut filter = plugin(&host, config);
     let keys_at_start = host.shared_data_keys();
-    assert_eq!(
-        keys_at_start,
-        8 * 16,
-        "eight limited tiers × 64/4 buckets, created at start"
-    );
+    assert_eq!(keys_at_start, 8 * 16, "eight limited tiers × 64/4 buckets, created at start");
     for i in 0..20_000u32 {
         let [_, b, c, d] = i.to_be_bytes();
         let peer = format!("10.{b}.{c}.{d}:1");
         send(&mut filter, &HttpRequest::get("/api/v1/videos").peer(&peer));
     }
     assert_eq!(host.shared_data_keys(), keys_at_start, "no key per client");
-    println!(
-        "shared data for 8 tiers × 64 keys: {} bytes",
-        host.shared_data_bytes()
-    );
+    println!("shared data for 8 tiers × 64 keys: {} bytes", host.shared_data_bytes());
 }
 
 #[test]
@@ -243,15 +182,8 @@ fn counters_move() {
     for _ in 0..6 {
         send(&mut filter, &HttpRequest::post("/api/v1/auth/login"));
     }
-    let metric = |name: &str| {
-        host.metric(name)
-            .unwrap_or_else(|| panic!("{name} defined"))
-    };
-    assert_eq!(
-        metric("portcullis.requests"),
-        0,
-        "counts reach Envoy on the timer"
-    );
+    let metric = |name: &str| host.metric(name).unwrap_or_else(|| panic!("{name} defined"));
+    assert_eq!(metric("portcullis.requests"), 0, "counts reach Envoy on the timer");
     filter.tick().unwrap();
     assert_eq!(metric("portcullis.requests"), 9);
     assert_eq!(metric("portcullis.forwarded"), 6);
@@ -262,13 +194,7 @@ fn counters_move() {
 
     let mut shadow = plugin(&host, r#"{"rate_limit_mode": "shadow"}"#);
     for _ in 0..7 {
-        assert!(
-            !send(
-                &mut shadow,
-                &HttpRequest::post("/api/v1/auth/login").peer("198.51.100.99:1")
-            )
-            .local
-        );
+        assert!(!send(&mut shadow, &HttpRequest::post("/api/v1/auth/login").peer("198.51.100.99:1")).local);
     }
     shadow.tick().unwrap();
     shadow.tick().unwrap();
@@ -292,14 +218,8 @@ fn fuel_per_forwarded_request() {
          {untiered_fuel} (no tier; request phase {})",
         tiered.request_fuel, untiered.request_fuel
     );
-    assert!(
-        tiered_fuel < 150_000,
-        "tiered request cost {tiered_fuel} instructions"
-    );
-    assert!(
-        untiered_fuel < 100_000,
-        "untiered request cost {untiered_fuel} instructions"
-    );
+    assert!(tiered_fuel < 150_000, "tiered request cost {tiered_fuel} instructions");
+    assert!(untiered_fuel < 100_000, "untiered request cost {untiered_fuel} instructions");
 }
 
 fn render(exchange: &Exchange) -> String {
@@ -314,11 +234,7 @@ fn render(exchange: &Exchange) -> String {
     format!(
         "{} {}\n{}\n\n{}",
         exchange.response.status,
-        if exchange.local {
-            "(local reply)"
-        } else {
-            "(forwarded)"
-        },
+        if exchange.local { "(local reply)" } else { "(forwarded)" },
         lines.join("\n"),
         String::from_utf8_lossy(&exchange.response.body)
     )
@@ -328,27 +244,15 @@ fn render(exchange: &Exchange) -> String {
 fn full_responses() {
     let host = Host::new();
     let mut filter = plugin(&host, CONFIG);
-    insta::assert_snapshot!(
-        "forwarded_https",
-        render(&send(&mut filter, &HttpRequest::get("/api/v1/videos")))
-    );
+    insta::assert_snapshot!("forwarded_https", render(&send(&mut filter, &HttpRequest::get("/api/v1/videos"))));
     insta::assert_snapshot!(
         "redirect_308",
-        render(&send(
-            &mut filter,
-            &HttpRequest::post("/api/v1/auth/login?next=%2F").plain("localhost:8080")
-        ))
+        render(&send(&mut filter, &HttpRequest::post("/api/v1/auth/login?next=%2F").plain("localhost:8080")))
     );
     let login = HttpRequest::post("/api/v1/auth/login");
     for _ in 0..5 {
         send(&mut filter, &login);
     }
     insta::assert_snapshot!("rate_limited_429", render(&send(&mut filter, &login)));
-    insta::assert_snapshot!(
-        "bad_host_400",
-        render(&send(
-            &mut filter,
-            &HttpRequest::get("/").authority("evil:8443")
-        ))
-    );
+    insta::assert_snapshot!("bad_host_400", render(&send(&mut filter, &HttpRequest::get("/").authority("evil:8443"))));
 }

@@ -44,19 +44,10 @@ fn envoy() -> Result<Vec<(String, String)>> {
     let filter = stage("build: the Envoy filter", crate::envoy::build_filter)?;
     let size = std::fs::metadata(&filter)?.len();
     let envoy = crate::tools::ensure_envoy()?;
-    crate::envoy::ensure_ports_free(&[
-        (18000, "bench upstream"),
-        (18080, "bench proxy"),
-        (18901, "bench admin"),
-    ])?;
-    let mut rows = stage(
-        "bench: Envoy CPU per request, three configurations side by side",
-        || crate::bench_envoy::run(&envoy),
-    )?;
-    rows.push((
-        "envoy: filter .wasm size".into(),
-        format!("{:.1} KiB", size as f64 / 1024.0),
-    ));
+    crate::envoy::ensure_ports_free(&[(18000, "bench upstream"), (18080, "bench proxy"), (18901, "bench admin")])?;
+    let mut rows =
+        stage("bench: Envoy CPU per request, three configurations side by side", || crate::bench_envoy::run(&envoy))?;
+    rows.push(("envoy: filter .wasm size".into(), format!("{:.1} KiB", size as f64 / 1024.0)));
     Ok(rows)
 }
 
@@ -92,21 +83,10 @@ fn core() -> Result<Vec<(String, String)>> {
 fn mean_ns(criterion: &Path, id: &str) -> Result<f64> {
     // Criterion stores each benchmark under its id with `/` kept as a directory separator and
     // other unsafe characters replaced by `_`.
-    let dir: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '/' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let dir: String =
+        id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '/' || c == '-' { c } else { '_' }).collect();
     let file = criterion.join(dir).join("new").join("estimates.json");
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)?;
-    value["mean"]["point_estimate"]
-        .as_f64()
-        .with_context(|| format!("no mean in {}", file.display()))
+    value["mean"]["point_estimate"].as_f64().with_context(|| format!("no mean in {}", file.display()))
 }

@@ -54,10 +54,7 @@ const SEED_HEADERS: [(&str, &str); 7] = [
         "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
     ),
     ("referrer-policy", "strict-origin-when-cross-origin"),
-    (
-        "permissions-policy",
-        "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()",
-    ),
+    ("permissions-policy", "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()"),
     ("server", "Unknown"),
 ];
 
@@ -70,7 +67,8 @@ fn proxy_config(variant: Variant) -> String {
                 .iter()
                 .map(|(k, v)| {
                     format!(
-                        "\n{0}- header: {{ key: {k}, value: \"{v}\" }}\n{0}  append_action: OVERWRITE_IF_EXISTS_OR_ADD", " ".repeat(28)
+                        "\n{0}- header: {{ key: {k}, value: \"{v}\" }}\n{0}  append_action: OVERWRITE_IF_EXISTS_OR_ADD",
+                        " ".repeat(28)
                     )
                 })
                 .collect();
@@ -204,12 +202,7 @@ fn ticks_per_second() -> Result<f64> {
 fn wrk(seconds: u32) -> Result<u64> {
     let out = output(&mut cmd(
         "wrk",
-        &[
-            "-t1",
-            "-c16",
-            &format!("-d{seconds}s"),
-            &format!("http://127.0.0.1:{PROXY_PORT}/bench"),
-        ],
+        &["-t1", "-c16", &format!("-d{seconds}s"), &format!("http://127.0.0.1:{PROXY_PORT}/bench")],
     ))?;
     let non_2xx = out.lines().any(|l| l.contains("Non-2xx"));
     if non_2xx {
@@ -217,11 +210,7 @@ fn wrk(seconds: u32) -> Result<u64> {
     }
     let requests = out
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .map(|(n, _)| n.trim().to_owned())
-        })
+        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().to_owned()))
         .with_context(|| format!("no request count in wrk output:\n{out}"))?;
     Ok(requests.parse()?)
 }
@@ -232,16 +221,7 @@ fn measure(envoy: &Path, variant: Variant, dir: &Path) -> Result<(f64, u64)> {
     let mut proxy = Daemon::spawn(
         "bench-proxy",
         Command::new(envoy)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "error",
-                "--base-id",
-                "52",
-                "-c",
-            ])
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "error", "--base-id", "52", "-c"])
             .arg(&config)
             .current_dir(root()),
     )?;
@@ -257,9 +237,7 @@ fn measure(envoy: &Path, variant: Variant, dir: &Path) -> Result<(f64, u64)> {
 
 pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
     if Command::new("wrk").arg("--version").output().is_err() {
-        bail!(
-            "wrk is not installed: `apt-get install -y wrk` (cargo xtask setup does it when run as root)"
-        );
+        bail!("wrk is not installed: `apt-get install -y wrk` (cargo xtask setup does it when run as root)");
     }
     let dir = state_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -268,54 +246,27 @@ pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
     let mut upstream = Daemon::spawn(
         "bench-upstream",
         Command::new(envoy)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "error",
-                "--base-id",
-                "51",
-                "-c",
-            ])
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "error", "--base-id", "51", "-c"])
             .arg(&upstream_config_path)
             .current_dir(root()),
     )?;
-    upstream.wait_until(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", UPSTREAM_PORT)).is_ok()
-    })?;
+    upstream
+        .wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", UPSTREAM_PORT)).is_ok())?;
 
     exec(&mut cmd(
         "cargo",
-        &[
-            "build",
-            "--quiet",
-            "-p",
-            "baseline-filter",
-            "--target",
-            "wasm32-wasip1",
-            "--profile",
-            "filter",
-        ],
+        &["build", "--quiet", "-p", "baseline-filter", "--target", "wasm32-wasip1", "--profile", "filter"],
     ))?;
     std::fs::copy(
         crate::stage::target_dir()?.join("wasm32-wasip1/filter/baseline_filter.wasm"),
         root().join(BASELINE_FILTER),
     )?;
-    let variants = [
-        Variant::RouterOnly,
-        Variant::Native,
-        Variant::EmptyWasm,
-        Variant::Portcullis,
-    ];
+    let variants = [Variant::RouterOnly, Variant::Native, Variant::EmptyWasm, Variant::Portcullis];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 1..=ROUNDS {
         for (i, variant) in variants.iter().enumerate() {
             let (micros, requests) = measure(envoy, *variant, &dir)?;
-            println!(
-                "    round {round}: {:<50} {micros:7.2} µs CPU/request ({requests} requests)",
-                variant.name()
-            );
+            println!("    round {round}: {:<50} {micros:7.2} µs CPU/request ({requests} requests)", variant.name());
             samples[i].push(micros);
         }
     }
@@ -327,30 +278,13 @@ pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
     let mut rows: Vec<(String, String)> = variants
         .iter()
         .zip(&medians)
-        .map(|(v, m)| {
-            (
-                format!("envoy: {}", v.name()),
-                format!("{m:.2} µs CPU/request"),
-            )
-        })
+        .map(|(v, m)| (format!("envoy: {}", v.name()), format!("{m:.2} µs CPU/request")))
         .collect();
     let [router, native, empty, filter] = [medians[0], medians[1], medians[2], medians[3]];
-    rows.push((
-        "envoy: filter / native".into(),
-        format!("{:.2}×", filter / native),
-    ));
-    rows.push((
-        "envoy: filter / router only".into(),
-        format!("{:.2}×", filter / router),
-    ));
-    rows.push((
-        "envoy: native / router only".into(),
-        format!("{:.2}×", native / router),
-    ));
-    rows.push((
-        "envoy: empty Wasm filter / router only".into(),
-        format!("{:.2}×", empty / router),
-    ));
+    rows.push(("envoy: filter / native".into(), format!("{:.2}×", filter / native)));
+    rows.push(("envoy: filter / router only".into(), format!("{:.2}×", filter / router)));
+    rows.push(("envoy: native / router only".into(), format!("{:.2}×", native / router)));
+    rows.push(("envoy: empty Wasm filter / router only".into(), format!("{:.2}×", empty / router)));
     rows.push((
         "envoy: Portcullis work above the empty Wasm filter".into(),
         format!("{:.2} µs CPU/request", filter - empty),

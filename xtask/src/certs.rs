@@ -13,29 +13,15 @@ pub fn dir() -> PathBuf {
 }
 
 /// The leaves: file stem, extended key usage.
-const LEAVES: [(&str, &str); 3] = [
-    ("envoy", "serverAuth"),
-    ("origin", "serverAuth"),
-    ("envoy-client", "clientAuth"),
-];
+const LEAVES: [(&str, &str); 4] =
+    [("envoy", "serverAuth"), ("origin", "serverAuth"), ("postgres", "serverAuth"), ("envoy-client", "clientAuth")];
 
 pub fn ensure() -> Result<PathBuf> {
     let dir = dir();
     std::fs::create_dir_all(&dir)?;
     let ca = dir.join("ca.crt");
     if !ca.exists() {
-        openssl(
-            &dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                "ca.key",
-            ],
-        )?;
+        openssl(&dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ca.key"])?;
         openssl(
             &dir,
             &[
@@ -66,31 +52,8 @@ pub fn ensure() -> Result<PathBuf> {
         let csr = format!("{name}.csr");
         let ext = format!("{name}.ext");
         // genpkey writes PKCS#8, which Envoy and rustls both read.
-        openssl(
-            &dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &key,
-            ],
-        )?;
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &key,
-                "-subj",
-                &format!("/CN={name}"),
-                "-out",
-                &csr,
-            ],
-        )?;
+        openssl(&dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key])?;
+        openssl(&dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={name}"), "-out", &csr])?;
         std::fs::write(
             dir.join(&ext),
             format!(
@@ -126,7 +89,5 @@ pub fn ensure() -> Result<PathBuf> {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    output(cmd("openssl", args).current_dir(dir))
-        .map(|_| ())
-        .with_context(|| format!("openssl {}", args.join(" ")))
+    output(cmd("openssl", args).current_dir(dir)).map(|_| ()).with_context(|| format!("openssl {}", args.join(" ")))
 }

@@ -18,16 +18,7 @@ pub const INSTALLED_FILTER: &str = ".portcullis/envoy/portcullis_envoy.wasm";
 pub fn build_filter() -> Result<PathBuf> {
     exec(&mut cmd(
         "cargo",
-        &[
-            "build",
-            "--quiet",
-            "-p",
-            "portcullis-envoy",
-            "--target",
-            "wasm32-wasip1",
-            "--profile",
-            "filter",
-        ],
+        &["build", "--quiet", "-p", "portcullis-envoy", "--target", "wasm32-wasip1", "--profile", "filter"],
     ))?;
     let built = target_dir()?.join("wasm32-wasip1/filter/portcullis_envoy.wasm");
     let installed = root().join(INSTALLED_FILTER);
@@ -35,11 +26,7 @@ pub fn build_filter() -> Result<PathBuf> {
     std::fs::copy(&built, &installed)
         .with_context(|| format!("copying {} to {}", built.display(), installed.display()))?;
     let size = std::fs::metadata(&built)?.len();
-    println!(
-        "    filter: {} ({:.1} KiB)",
-        built.display(),
-        size as f64 / 1024.0
-    );
+    println!("    filter: {} ({:.1} KiB)", built.display(), size as f64 / 1024.0);
     Ok(built)
 }
 
@@ -55,12 +42,8 @@ pub fn validate(envoy: &Path, config: &Path) -> Result<()> {
 }
 
 /// The fixed local ports (DESIGN.md) a test or stack run needs free.
-pub const PORTS: [(u16, &str); 4] = [
-    (8080, "Envoy HTTP"),
-    (8443, "Envoy HTTPS"),
-    (9901, "Envoy admin"),
-    (9443, "origin"),
-];
+pub const PORTS: [(u16, &str); 4] =
+    [(8080, "Envoy HTTP"), (8443, "Envoy HTTPS"), (9901, "Envoy admin"), (9443, "origin")];
 
 pub fn ensure_ports_free(ports: &[(u16, &str)]) -> Result<()> {
     for (port, what) in ports {
@@ -93,11 +76,7 @@ impl Daemon {
             .stderr(file)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            log,
-        })
+        Ok(Self { name: name.to_owned(), child, log })
     }
 
     /// The last lines of the log, for error messages.
@@ -112,24 +91,14 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited with {status}; its log ({}):\n{}",
-                    self.name,
-                    self.log.display(),
-                    self.tail(30)
-                );
+                bail!("{} exited with {status}; its log ({}):\n{}", self.name, self.log.display(), self.tail(30));
             }
             if probe() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "{} not ready after {timeout:?}; its log ({}):\n{}",
-            self.name,
-            self.log.display(),
-            self.tail(30)
-        )
+        bail!("{} not ready after {timeout:?}; its log ({}):\n{}", self.name, self.log.display(), self.tail(30))
     }
 }
 
@@ -145,14 +114,7 @@ pub fn start_envoy(envoy: &Path, config: &Path, name: &str, base_id: u32) -> Res
     let mut daemon = Daemon::spawn(
         name,
         Command::new(envoy)
-            .args([
-                "--concurrency",
-                "2",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-                "--base-id",
-            ])
+            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn", "--base-id"])
             .arg(base_id.to_string())
             .arg("-c")
             .arg(config)
@@ -170,10 +132,7 @@ pub fn admin_ready(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream
-        .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
+    if stream.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
         return false;
     }
     let mut response = String::new();

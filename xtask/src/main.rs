@@ -3,6 +3,7 @@
 mod bench;
 mod bench_envoy;
 mod certs;
+mod db;
 mod envoy;
 mod setup;
 mod stage;
@@ -26,6 +27,11 @@ enum Command {
     Test,
     /// Formatting and clippy, as CI runs them.
     Lint,
+    /// The hardened dev PostgreSQL on 127.0.0.1:55432: start, stop, reset or psql.
+    Db {
+        #[arg(value_parser = ["start", "stop", "reset", "psql"])]
+        action: String,
+    },
     /// Run benchmarks and print their results as a table.
     Bench {
         /// Which benchmarks: `core` (ns per decision), `envoy` (CPU per request), or `all`.
@@ -40,6 +46,7 @@ fn main() {
         Command::Setup => setup::run(),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),
+        Command::Db { action } => setup::run().and_then(|()| db::command(&action)),
         Command::Bench { suite } => setup::run().and_then(|()| bench::run(suite)),
     };
     if let Err(err) = result {

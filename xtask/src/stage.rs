@@ -35,9 +35,7 @@ pub fn cmd(program: &str, args: &[&str]) -> Command {
 /// Runs a command with inherited output; fails naming the command and its exit status.
 pub fn exec(command: &mut Command) -> Result<()> {
     let shown = format!("{command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("could not start {shown}"))?;
+    let status = command.status().with_context(|| format!("could not start {shown}"))?;
     if !status.success() {
         bail!("{shown} exited with {status}");
     }
@@ -47,29 +45,16 @@ pub fn exec(command: &mut Command) -> Result<()> {
 /// Runs a command and returns its standard output; fails with its standard error.
 pub fn output(command: &mut Command) -> Result<String> {
     let shown = format!("{command:?}");
-    let out = command
-        .output()
-        .with_context(|| format!("could not start {shown}"))?;
+    let out = command.output().with_context(|| format!("could not start {shown}"))?;
     if !out.status.success() {
-        bail!(
-            "{shown} exited with {}:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{shown} exited with {}:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The directory cargo builds into (honours `CARGO_TARGET_DIR`).
 pub fn target_dir() -> Result<PathBuf> {
-    let metadata = output(&mut cmd(
-        "cargo",
-        &["metadata", "--format-version", "1", "--no-deps"],
-    ))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&metadata).context("cargo metadata output")?;
-    value["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("cargo metadata has no target_directory")
+    let metadata = output(&mut cmd("cargo", &["metadata", "--format-version", "1", "--no-deps"]))?;
+    let value: serde_json::Value = serde_json::from_str(&metadata).context("cargo metadata output")?;
+    value["target_directory"].as_str().map(PathBuf::from).context("cargo metadata has no target_directory")
 }

@@ -24,37 +24,23 @@ pub fn venv_python() -> PathBuf {
 /// Creates the project-local Python environment and installs the pinned packages into it.
 pub fn ensure_venv(packages: &[&str]) -> Result<()> {
     if !venv_python().exists() {
-        exec(&mut cmd(
-            "python3",
-            &["-m", "venv", &venv().to_string_lossy()],
-        ))
-        .context("creating .portcullis/venv (needs python3 with the venv module)")?;
+        exec(&mut cmd("python3", &["-m", "venv", &venv().to_string_lossy()]))
+            .context("creating .portcullis/venv (needs python3 with the venv module)")?;
     }
     let python = venv_python();
-    let installed = output(&mut cmd(
-        &python.to_string_lossy(),
-        &["-m", "pip", "freeze", "--all"],
-    ))?;
+    let installed = output(&mut cmd(&python.to_string_lossy(), &["-m", "pip", "freeze", "--all"]))?;
     let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|spec| {
             let want = spec.to_ascii_lowercase().replace('_', "-");
-            !installed
-                .lines()
-                .any(|line| line.to_ascii_lowercase().replace('_', "-") == want)
+            !installed.lines().any(|line| line.to_ascii_lowercase().replace('_', "-") == want)
         })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let mut args = vec![
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-    ];
+    let mut args = vec!["-m", "pip", "install", "--quiet", "--disable-pip-version-check"];
     args.extend(&missing);
     exec(&mut cmd(&python.to_string_lossy(), &args))
 }
@@ -78,8 +64,5 @@ pub fn envoy_binary() -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!(
-        "no envoy binary under {}: run `cargo xtask setup`",
-        lib.display()
-    )
+    bail!("no envoy binary under {}: run `cargo xtask setup`", lib.display())
 }

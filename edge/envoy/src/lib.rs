@@ -11,9 +11,7 @@ mod shared_data;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use portcullis_core::{
-    Decision, Outcome, Peer, Policy, Request, RequestHeaders, ResponsePlan, Scheme,
-};
+use portcullis_core::{Decision, Outcome, Peer, Policy, Request, RequestHeaders, ResponsePlan, Scheme};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -36,29 +34,19 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let config = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let policy = match Policy::from_json(&config) {
             Ok(policy) => policy,
             Err(err) => {
-                log(
-                    LogLevel::Critical,
-                    &format!("portcullis: invalid configuration: {err}"),
-                );
+                log(LogLevel::Critical, &format!("portcullis: invalid configuration: {err}"));
                 return false;
             }
         };
         if let Err(err) = SharedDataStore::prepare(policy.bucket_count()) {
-            log(
-                LogLevel::Critical,
-                &format!("portcullis: cannot prepare shared data: {err:?}"),
-            );
+            log(LogLevel::Critical, &format!("portcullis: cannot prepare shared data: {err:?}"));
             return false;
         }
         self.metrics = Some(Rc::new(Metrics::define()));
@@ -76,11 +64,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
         let metrics = self.metrics.clone()?;
-        Some(Box::new(Filter {
-            policy,
-            metrics,
-            plan: None,
-        }))
+        Some(Box::new(Filter { policy, metrics, plan: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -123,19 +107,10 @@ impl HttpContext for Filter {
         match decision {
             Decision::Forward(_) => Action::Continue,
             Decision::Respond(reply) => {
-                let headers: Vec<(&str, &str)> = reply
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
+                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
                 let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-                if let Err(status) =
-                    hostcalls::send_http_response(u32::from(reply.status), headers, body)
-                {
-                    log(
-                        LogLevel::Error,
-                        &format!("portcullis: local reply failed: {status:?}"),
-                    );
+                if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
+                    log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
                 }
                 Action::Pause
             }
@@ -143,30 +118,20 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let plan = self.plan.unwrap_or_else(|| {
-            self.policy
-                .fallback_plan(connection_scheme() == Scheme::Https)
-        });
+        let plan = self.plan.unwrap_or_else(|| self.policy.fallback_plan(connection_scheme() == Scheme::Https));
         let edits = self.policy.response_edits(&plan);
         // One read and one write of the whole map: each host call costs far more than
         // rebuilding a dozen headers inside the VM.
         let upstream = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
-        if let Err(status) =
-            hostcalls::set_map_bytes(MapType::HttpResponseHeaders, edits.rewrite(&upstream))
-        {
-            log(
-                LogLevel::Error,
-                &format!("portcullis: setting response headers failed: {status:?}"),
-            );
+        if let Err(status) = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, edits.rewrite(&upstream)) {
+            log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
         }
         Action::Continue
     }
 }
 
 fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
 /// Request headers beyond the three pseudo-headers the filter always reads. The core asks for
@@ -180,9 +145,7 @@ struct RequestHeaderMap {
 
 impl RequestHeaders for RequestHeaderMap {
     fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
-        let all = self.all.get_or_init(|| {
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
-        });
+        let all = self.all.get_or_init(|| hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default());
         all.as_slice().for_each_value(name, visit);
     }
 }

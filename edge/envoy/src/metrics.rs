@@ -60,10 +60,7 @@ impl Metrics {
         for (slot, (_, name)) in ids.iter_mut().zip(ALL) {
             *slot = hostcalls::define_metric(MetricType::Counter, name).ok();
         }
-        Self {
-            ids,
-            pending: Default::default(),
-        }
+        Self { ids, pending: Default::default() }
     }
 
     pub fn add(&self, counter: Counter) {

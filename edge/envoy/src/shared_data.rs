@@ -41,20 +41,11 @@ impl SharedDataStore {
 
 impl BucketStore for SharedDataStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError> {
-        let (bytes, cas) = hostcalls::get_shared_data(&key(index))
-            .map_err(|s| StoreError(format!("get: {s:?}")))?;
-        Ok(Loaded {
-            bytes,
-            version: Version(cas.unwrap_or(0)),
-        })
+        let (bytes, cas) = hostcalls::get_shared_data(&key(index)).map_err(|s| StoreError(format!("get: {s:?}")))?;
+        Ok(Loaded { bytes, version: Version(cas.unwrap_or(0)) })
     }
 
-    fn compare_and_swap(
-        &self,
-        index: u32,
-        expected: Version,
-        bytes: &[u8],
-    ) -> Result<Swap, StoreError> {
+    fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
         // A key prepared at start always has a non-zero CAS; 0 would mean an unconditional write.
         if expected.0 == 0 {
             return Err(StoreError(format!("bucket {index} was never prepared")));

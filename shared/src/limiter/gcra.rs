@@ -36,12 +36,7 @@ impl Gcra {
         let period = u64::from(rate.period_secs()) * NANOS_PER_SEC;
         let limit = u64::from(rate.limit());
         let emission = period.div_ceil(limit);
-        Self {
-            emission,
-            window: emission * limit,
-            limit: rate.limit(),
-            period_secs: rate.period_secs(),
-        }
+        Self { emission, window: emission * limit, limit: rate.limit(), period_secs: rate.period_secs() }
     }
 
     pub fn limit(&self) -> u32 {
@@ -73,12 +68,8 @@ impl Gcra {
             };
             (verdict, Some(next))
         } else {
-            let verdict = Verdict {
-                allowed: false,
-                remaining: 0,
-                reset_after: tat - now,
-                retry_after: allowed_from - now,
-            };
+            let verdict =
+                Verdict { allowed: false, remaining: 0, reset_after: tat - now, retry_after: allowed_from - now };
             (verdict, None)
         }
     }
@@ -119,10 +110,7 @@ mod tests {
         assert_eq!(denied.retry_after, 12 * NANOS_PER_SEC);
         assert_eq!(denied.reset_after, 60 * NANOS_PER_SEC);
         let (later, _) = gcra.check(tat, now + 12 * NANOS_PER_SEC);
-        assert!(
-            later.allowed,
-            "one request back after one emission interval"
-        );
+        assert!(later.allowed, "one request back after one emission interval");
     }
 
     #[test]
@@ -132,10 +120,7 @@ mod tests {
         let (first, tat) = gcra.check(0, now);
         assert_eq!(first.remaining, 59);
         let (after_an_hour, _) = gcra.check(tat.unwrap(), now + 3600 * NANOS_PER_SEC);
-        assert_eq!(
-            after_an_hour.remaining, 59,
-            "idle time never banks more than the burst"
-        );
+        assert_eq!(after_an_hour.remaining, 59, "idle time never banks more than the burst");
     }
 
     #[test]

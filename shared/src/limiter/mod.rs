@@ -51,15 +51,11 @@ impl Limiter {
     pub(crate) fn compile(config: &LimiterConfig, limited_tiers: u32) -> Result<Self, ConfigError> {
         let key = match &config.hash_key {
             None => DEFAULT_KEY,
-            Some(hex) => parse_key(hex).ok_or_else(|| {
-                ConfigError::at("limiter.hash_key", "must be exactly 32 hexadecimal digits")
-            })?,
+            Some(hex) => parse_key(hex)
+                .ok_or_else(|| ConfigError::at("limiter.hash_key", "must be exactly 32 hexadecimal digits"))?,
         };
         if config.capacity_per_tier == 0 {
-            return Err(ConfigError::at(
-                "limiter.capacity_per_tier",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::at("limiter.capacity_per_tier", "must be at least 1"));
         }
         let buckets_per_tier = config.capacity_per_tier.div_ceil(WAYS as u32);
         if u64::from(buckets_per_tier) * u64::from(limited_tiers.max(1)) > u64::from(u32::MAX) {
@@ -94,19 +90,10 @@ impl Limiter {
         hasher.write(&bytes);
         let hash = hasher.finish128();
         let bucket = (hash.h1 % u64::from(self.buckets_per_tier)) as u32;
-        Slot {
-            index: tier_ordinal * self.buckets_per_tier + bucket,
-            fingerprint: hash.h2.max(1),
-        }
+        Slot { index: tier_ordinal * self.buckets_per_tier + bucket, fingerprint: hash.h2.max(1) }
     }
 
-    pub(crate) fn acquire<S: BucketStore + ?Sized>(
-        &self,
-        store: &S,
-        slot: Slot,
-        gcra: &Gcra,
-        now: u64,
-    ) -> Acquire {
+    pub(crate) fn acquire<S: BucketStore + ?Sized>(&self, store: &S, slot: Slot, gcra: &Gcra, now: u64) -> Acquire {
         for _ in 0..=self.max_retries {
             let loaded = match store.load(slot.index) {
                 Ok(loaded) => loaded,
@@ -144,11 +131,8 @@ mod tests {
     use std::cell::Cell;
 
     fn limiter(capacity: u32, retries: u8) -> Limiter {
-        let config = LimiterConfig {
-            capacity_per_tier: capacity,
-            max_cas_retries: retries,
-            ..LimiterConfig::default()
-        };
+        let config =
+            LimiterConfig { capacity_per_tier: capacity, max_cas_retries: retries, ..LimiterConfig::default() };
         Limiter::compile(&config, 2).unwrap()
     }
 
@@ -178,18 +162,9 @@ mod tests {
         )
         .unwrap();
         let client = ClientKey::V4([192, 0, 2, 1]);
-        assert_ne!(
-            default.slot("login", 0, &client),
-            keyed.slot("login", 0, &client)
-        );
-        let bad = LimiterConfig {
-            hash_key: Some("xyz".into()),
-            ..LimiterConfig::default()
-        };
-        assert_eq!(
-            Limiter::compile(&bad, 1).unwrap_err().path,
-            "limiter.hash_key"
-        );
+        assert_ne!(default.slot("login", 0, &client), keyed.slot("login", 0, &client));
+        let bad = LimiterConfig { hash_key: Some("xyz".into()), ..LimiterConfig::default() };
+        assert_eq!(Limiter::compile(&bad, 1).unwrap_err().path, "limiter.hash_key");
     }
 
     /// A store that loses the first `conflicts` races, like a busy Envoy with many workers.
@@ -202,12 +177,7 @@ mod tests {
         fn load(&self, index: u32) -> Result<Loaded, StoreError> {
             self.inner.load(index)
         }
-        fn compare_and_swap(
-            &self,
-            index: u32,
-            expected: Version,
-            bytes: &[u8],
-        ) -> Result<Swap, StoreError> {
+        fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
             if self.conflicts.get() > 0 {
                 self.conflicts.set(self.conflicts.get() - 1);
                 return Ok(Swap::Conflict);
@@ -221,14 +191,8 @@ mod tests {
         let limiter = limiter(64, 3);
         let gcra = Gcra::new(Rate::new(5, 60).unwrap());
         let slot = limiter.slot("login", 0, &ClientKey::Unknown);
-        let store = Contended {
-            inner: MemoryStore::new(),
-            conflicts: Cell::new(3),
-        };
-        assert!(
-            matches!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Allowed(_)),
-            "won on the last retry"
-        );
+        let store = Contended { inner: MemoryStore::new(), conflicts: Cell::new(3) };
+        assert!(matches!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Allowed(_)), "won on the last retry");
         store.conflicts.set(4);
         assert_eq!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Contended);
     }
@@ -247,9 +211,6 @@ mod tests {
         let limiter = limiter(64, 3);
         let gcra = Gcra::new(Rate::new(5, 60).unwrap());
         let slot = limiter.slot("login", 0, &ClientKey::Unknown);
-        assert!(matches!(
-            limiter.acquire(&Broken, slot, &gcra, 1),
-            Acquire::StoreFailed(_)
-        ));
+        assert!(matches!(limiter.acquire(&Broken, slot, &gcra, 1), Acquire::StoreFailed(_)));
     }
 }

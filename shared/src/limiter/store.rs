@@ -37,12 +37,7 @@ impl std::error::Error for StoreError {}
 pub trait BucketStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError>;
     /// Writes `bytes` only if the bucket is still at `expected`.
-    fn compare_and_swap(
-        &self,
-        index: u32,
-        expected: Version,
-        bytes: &[u8],
-    ) -> Result<Swap, StoreError>;
+    fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError>;
 }
 
 const SHARDS: usize = 16;
@@ -70,10 +65,7 @@ impl MemoryStore {
 
     /// Buckets written so far.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
-            .sum()
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,23 +76,12 @@ impl MemoryStore {
 impl BucketStore for MemoryStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError> {
         Ok(match self.shard(index)?.get(&index) {
-            Some((version, bytes)) => Loaded {
-                bytes: Some(bytes.clone()),
-                version: Version(*version),
-            },
-            None => Loaded {
-                bytes: None,
-                version: Version(0),
-            },
+            Some((version, bytes)) => Loaded { bytes: Some(bytes.clone()), version: Version(*version) },
+            None => Loaded { bytes: None, version: Version(0) },
         })
     }
 
-    fn compare_and_swap(
-        &self,
-        index: u32,
-        expected: Version,
-        bytes: &[u8],
-    ) -> Result<Swap, StoreError> {
+    fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
         let mut shard = self.shard(index)?;
         let current = shard.get(&index).map_or(0, |(version, _)| *version);
         if current != expected.0 {

@@ -49,15 +49,9 @@ impl Bucket {
             buf.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
             u64::from_le_bytes(buf)
         };
-        let mut bucket = Self {
-            floor: word(0),
-            ways: [Way::default(); WAYS],
-        };
+        let mut bucket = Self { floor: word(0), ways: [Way::default(); WAYS] };
         for (i, way) in bucket.ways.iter_mut().enumerate() {
-            *way = Way {
-                fingerprint: word(1 + 2 * i),
-                tat: word(2 + 2 * i),
-            };
+            *way = Way { fingerprint: word(1 + 2 * i), tat: word(2 + 2 * i) };
         }
         bucket
     }
@@ -80,48 +74,25 @@ impl Bucket {
             if let Some(next) = next {
                 way.tat = next;
             }
-            return Admission {
-                verdict,
-                changed: next.is_some(),
-                evicted: false,
-            };
+            return Admission { verdict, changed: next.is_some(), evicted: false };
         }
 
         // A newcomer takes an empty way, else an idle one, else evicts the least indebted.
-        let target = self
-            .ways
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, w)| (w.fingerprint != 0, w.tat))
-            .map_or(0, |(i, _)| i);
+        let target =
+            self.ways.iter().enumerate().min_by_key(|(_, w)| (w.fingerprint != 0, w.tat)).map_or(0, |(i, _)| i);
         let victim = self.ways[target];
         let evicted = victim.fingerprint != 0 && !Gcra::is_idle(victim.tat, now);
-        let floor = if evicted {
-            self.floor.max(victim.tat)
-        } else {
-            self.floor
-        };
+        let floor = if evicted { self.floor.max(victim.tat) } else { self.floor };
 
         let (verdict, next) = gcra.check(floor, now);
         match next {
             Some(next) => {
                 self.floor = floor;
-                self.ways[target] = Way {
-                    fingerprint,
-                    tat: next,
-                };
-                Admission {
-                    verdict,
-                    changed: true,
-                    evicted,
-                }
+                self.ways[target] = Way { fingerprint, tat: next };
+                Admission { verdict, changed: true, evicted }
             }
             // Denied newcomers leave no trace: they would be denied the same way next time.
-            None => Admission {
-                verdict,
-                changed: false,
-                evicted: false,
-            },
+            None => Admission { verdict, changed: false, evicted: false },
         }
     }
 
