@@ -1,5 +1,16 @@
 //! The Portcullis origin API server: the seed's endpoints behind the edge, over TLS, backed by a
 //! hardened PostgreSQL.
 
+pub mod auth;
+pub mod configuration;
 pub mod db;
+pub mod edge;
+pub mod error;
+pub mod executor;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
 pub mod secrets;
+pub mod startup;
+pub mod telemetry;
+pub mod tls;

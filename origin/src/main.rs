@@ -1,8 +1,16 @@
 //! `portcullis-origin`: the API server and its administrative commands.
 
+use std::io::BufRead;
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+use portcullis_origin::auth::Passwords;
+use portcullis_origin::configuration::Settings;
+use portcullis_origin::executor::{self, Engine, HttpSpeechToText};
 use portcullis_origin::secrets::{self, ProcessEnvironment, Secrets};
-use secrecy::ExposeSecret;
+use portcullis_origin::{db, startup, telemetry};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(name = "portcullis-origin", version, about = "The Portcullis origin API server")]
@@ -13,15 +21,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the API over TLS until SIGTERM or Ctrl-C.
+    Serve,
     /// Apply the database migrations as the owner role (PORTCULLIS_MIGRATION_DATABASE_URL).
     Migrate,
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Validate settings and secrets, naming every problem; exits non-zero if any.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user; the password is read from standard input (one line).
+    Add {
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve => serve().await,
         Command::Migrate => migrate().await,
+        Command::User { action: UserAction::Add { username } } => add_user(username).await,
+        Command::CheckConfig => check_config().await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -32,13 +61,127 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+fn settings() -> anyhow::Result<Settings> {
+    Settings::from_env(&ProcessEnvironment).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("- {e}")).collect();
+        anyhow::anyhow!("invalid settings:\n{}", lines.join("\n"))
+    })
+}
+
+async fn serve() -> anyhow::Result<()> {
+    telemetry::init();
+    let settings = settings()?;
+    let secrets =
+        Secrets::load(&secrets::SERVE, &ProcessEnvironment).await.map_err(|e| anyhow::anyhow!("secrets:\n{e}"))?;
+    let stt = settings.stt_url.clone().map(|base_url| {
+        Arc::new(HttpSpeechToText { base_url, model: settings.stt_model.clone(), client: reqwest::Client::new() })
+            as Arc<dyn Engine>
+    });
+    let poll = settings.job_poll;
+    let (app, state) = startup::build(settings, &secrets).await.map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(address = %app.local_addr()?, "serving");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let jobs = tokio::spawn(executor::run(state.pool.clone(), stt, state.data_key.clone(), poll, stopped.clone()));
+    let server = tokio::spawn(app.serve(stopped));
+    startup::shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop.send(true);
+    let _ = server.await;
+    let _ = jobs.await;
+    state.pool.close().await;
+    Ok(())
+}
+
 async fn migrate() -> anyhow::Result<()> {
-    let secrets = Secrets::load(&secrets::MIGRATE, &ProcessEnvironment).await?;
+    let secrets =
+        Secrets::load(&secrets::MIGRATE, &ProcessEnvironment).await.map_err(|e| anyhow::anyhow!("secrets:\n{e}"))?;
     let url = secrets
         .get(secrets::MIGRATION_DATABASE_URL)
         .ok_or_else(|| anyhow::anyhow!("{} was not loaded", secrets::MIGRATION_DATABASE_URL.name))?;
-    let pool = portcullis_origin::db::connect(url.expose_secret(), 1).await?;
-    portcullis_origin::db::MIGRATOR.run(&pool).await?;
+    let pool = db::connect(url.expose_secret(), 1).await?;
+    db::MIGRATOR.run(&pool).await?;
     println!("migrations applied");
     Ok(())
+}
+
+async fn add_user(username: String) -> anyhow::Result<()> {
+    if !(1..=128).contains(&username.chars().count()) {
+        anyhow::bail!("--username must be 1 to 128 characters");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.chars().count() < 12 {
+        anyhow::bail!("the password (read from standard input) must be at least 12 characters");
+    }
+    let secrets = Secrets::load(&[secrets::DATABASE_URL], &ProcessEnvironment)
+        .await
+        .map_err(|e| anyhow::anyhow!("secrets:\n{e}"))?;
+    let url = secrets.get(secrets::DATABASE_URL).ok_or_else(|| anyhow::anyhow!("database URL not loaded"))?;
+    let hash = Passwords::hash(SecretString::from(password)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = db::connect(url.expose_secret(), 1).await?;
+    let id = Uuid::new_v4();
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.user_id', $1, true)").bind(id.to_string()).execute(&mut *tx).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3) ON CONFLICT (username) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&username)
+    .bind(hash)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if inserted.rows_affected() == 0 {
+        anyhow::bail!("a user named {username:?} already exists");
+    }
+    println!("created user {username} ({id})");
+    Ok(())
+}
+
+async fn check_config() -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    let settings = match Settings::from_env(&ProcessEnvironment) {
+        Ok(settings) => Some(settings),
+        Err(errors) => {
+            problems.extend(errors.iter().map(ToString::to_string));
+            None
+        }
+    };
+    let secrets = match Secrets::load(&secrets::SERVE, &ProcessEnvironment).await {
+        Ok(secrets) => Some(secrets),
+        Err(err) => {
+            problems.extend(err.to_string().lines().map(|l| l.trim_start_matches("- ").to_owned()));
+            None
+        }
+    };
+    if let Some(settings) = &settings {
+        if let Err(err) = startup::Application::edge(settings) {
+            problems.push(err);
+        }
+        if let Some(secrets) = &secrets {
+            if let Some(key) = secrets.get(secrets::TLS_KEY)
+                && let Err(err) =
+                    portcullis_origin::tls::server_config(&settings.tls_cert, key, settings.client_ca.as_deref())
+            {
+                problems.push(format!("TLS: {err}"));
+            }
+            if let Some(keys) = secrets.get(secrets::JWT_KEYS)
+                && let Err(err) =
+                    portcullis_origin::auth::JwtKeys::parse(keys, &settings.jwt_issuer, &settings.jwt_audience)
+            {
+                problems.push(format!("{}: {err}", secrets::JWT_KEYS.name));
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("configuration OK");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} problem(s):\n{}",
+            problems.len(),
+            problems.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n")
+        )
+    }
 }

@@ -9,6 +9,7 @@ mod setup;
 mod stage;
 mod test;
 mod tools;
+mod worker;
 
 use clap::{Parser, Subcommand};
 

@@ -25,5 +25,6 @@ pub fn run() -> Result<()> {
         Ok(())
     })?;
     stage("setup: development certificates", || crate::certs::ensure().map(|_| ()))?;
-    stage("setup: PostgreSQL 15 with pgaudit", crate::db::ensure_packages)
+    stage("setup: PostgreSQL 15 with pgaudit", crate::db::ensure_packages)?;
+    crate::worker::setup()
 }

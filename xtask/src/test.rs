@@ -39,6 +39,7 @@ pub fn run() -> Result<()> {
         })?;
     }
     stage("test: the filter inside real Envoy 1.40", real_envoy)?;
+    crate::worker::test()?;
     println!("\nall tests passed");
     Ok(())
 }

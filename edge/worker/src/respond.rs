@@ -1,0 +1,127 @@
+//! Responses: the core's local replies, the origin's response with the core's edits, and the
+//! Worker's own 502 and 500, which carry the same security headers.
+
+use portcullis_core::{LocalResponse, Policy, ResponsePlan};
+use worker::wasm_bindgen::JsValue;
+use worker::{
+    Fetch, Headers, Request, RequestInit, RequestRedirect, Response, ResponseBody, Result, Url, console_error,
+};
+
+use crate::incoming::Incoming;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and `host`, which the fetch sets from the origin URL.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Sends the core's local reply as is: its security headers are already included.
+pub fn local(reply: &LocalResponse) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in &reply.headers {
+        headers.append(name, value)?;
+    }
+    let builder = Response::builder().with_status(reply.status).with_headers(headers);
+    Ok(if reply.body.is_empty() { builder.empty() } else { builder.fixed(reply.body.clone().into_bytes()) })
+}
+
+/// A JSON reply of the Worker's own, with the edits of `plan` applied like any other response.
+pub fn json_error(
+    policy: Option<&Policy>,
+    plan: Option<ResponsePlan>,
+    status: u16,
+    error: &str,
+    message: &str,
+) -> Result<Response> {
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("cache-control".to_owned(), "no-store".to_owned()),
+    ];
+    if let (Some(policy), Some(plan)) = (policy, plan) {
+        policy.response_edits(&plan).apply(&mut headers);
+    }
+    let body = serde_json::json!({ "error": error, "message": message }).to_string();
+    let out = Headers::new();
+    for (name, value) in &headers {
+        out.append(name, value)?;
+    }
+    Ok(Response::builder().with_status(status).with_headers(out).fixed(body.into_bytes()))
+}
+
+/// The origin URL for `incoming`: the configured origin (and its path prefix) + the target.
+pub fn upstream_url(origin: &Url, incoming: &Incoming) -> String {
+    let base = origin.as_str().trim_end_matches('/');
+    format!("{base}{}", incoming.target)
+}
+
+/// Forwards the request (method, headers minus hop-by-hop, streamed body) to the origin and
+/// returns its response with the core's edits applied, or a 502 when it cannot be reached.
+pub async fn forward(
+    req: &Request,
+    incoming: &Incoming,
+    origin: &Url,
+    policy: &Policy,
+    plan: ResponsePlan,
+) -> Result<Response> {
+    let upstream = match send_upstream(req, incoming, origin).await {
+        Ok(response) => response,
+        Err(err) => {
+            console_error!("portcullis: origin {origin} unreachable: {err}");
+            return json_error(Some(policy), Some(plan), 502, "bad_gateway", "The origin could not be reached.");
+        }
+    };
+    edit(upstream, policy, plan)
+}
+
+async fn send_upstream(req: &Request, incoming: &Incoming, origin: &Url) -> Result<Response> {
+    let connection_listed: Vec<String> = incoming
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, value)| value.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let headers = Headers::new();
+    for (name, value) in &incoming.headers {
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) || connection_listed.contains(&lower) {
+            continue;
+        }
+        headers.append(name, value)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(worker::Method::from(incoming.method.clone()))
+        .with_headers(headers)
+        // The client follows the origin's redirects itself, and sees them with our headers.
+        .with_redirect(RequestRedirect::Manual);
+    let bodiless = incoming.method.eq_ignore_ascii_case("GET") || incoming.method.eq_ignore_ascii_case("HEAD");
+    if !bodiless && let Some(body) = req.inner().body() {
+        init.with_body(Some(JsValue::from(body)));
+    }
+    let outbound = Request::new_with_init(&upstream_url(origin, incoming), &init)?;
+    Fetch::Request(outbound).send().await
+}
+
+/// Copies the origin's response with the edits applied (fetched headers are immutable).
+fn edit(upstream: Response, policy: &Policy, plan: ResponsePlan) -> Result<Response> {
+    let status = upstream.status_code();
+    let received: Vec<(String, String)> = upstream.headers().entries().collect();
+    let edits = policy.response_edits(&plan);
+    let headers = Headers::new();
+    for (name, value) in edits.rewrite(&received) {
+        headers.append(name, &String::from_utf8_lossy(value))?;
+    }
+    let (_, body) = upstream.into_parts();
+    let builder = Response::builder().with_status(status).with_headers(headers);
+    Ok(match body {
+        ResponseBody::Empty => builder.empty(),
+        body => builder.body(body),
+    })
+}

@@ -1,0 +1,283 @@
+//! The Worker's settings, read from its bindings once per isolate (and again only if they change).
+//!
+//! Only the policy document goes to the core; Worker-only settings live in their own variables,
+//! because the core rejects fields it does not know.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use portcullis_core::rate::Rate;
+use portcullis_core::{Policy, config};
+use worker::{Env, Url};
+
+/// The policy document: a JSON string, or a JSON object (a `[vars]` table in wrangler.toml).
+pub const POLICY_VAR: &str = "PORTCULLIS_POLICY";
+/// Where allowed requests go: `https://origin.example.com` (a path prefix is kept).
+pub const ORIGIN_VAR: &str = "ORIGIN_URL";
+/// `durable_object` (default, exact) or `ratelimits` (the native binding, approximate).
+pub const LIMITER_VAR: &str = "PORTCULLIS_LIMITER";
+/// The Durable Object namespace holding rate-limit buckets.
+pub const RATE_LIMITER_BINDING: &str = "RATE_LIMITER";
+
+/// Where rate-limit state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimiterMode {
+    /// One Durable Object per bucket of the core's table: exact across isolates and locations.
+    DurableObject,
+    /// Cloudflare's `ratelimits` binding, one per limited tier: per location, eventually
+    /// consistent, and it reports neither remaining quota nor reset time.
+    Ratelimits,
+}
+
+/// Everything a request needs, compiled once.
+#[derive(Debug)]
+pub struct Settings {
+    pub policy: Policy,
+    pub origin: Url,
+    pub limiter: LimiterMode,
+    /// Set in [`LimiterMode::Ratelimits`].
+    pub ratelimits: Option<RatelimitsSettings>,
+}
+
+impl Settings {
+    /// The policy that decides requests and edits responses: in `ratelimits` mode the one
+    /// without rate-limit headers on forwarded responses.
+    pub fn active_policy(&self) -> &Policy {
+        self.ratelimits.as_ref().map_or(&self.policy, |r| &r.quiet)
+    }
+}
+
+/// The `ratelimits` mode: one binding per limited tier, named `RATELIMIT_<TIER>`.
+#[derive(Debug)]
+pub struct RatelimitsSettings {
+    /// The same policy without rate-limit headers on forwarded responses: the binding reports no
+    /// remaining quota, so there is nothing true to put in them.
+    pub quiet: Policy,
+    /// Limited tiers in the core's order: (binding name, rate).
+    pub tiers: Vec<(String, Rate)>,
+    /// Buckets per limited tier in the core's table (`bucket_count / tiers`).
+    pub buckets_per_tier: u32,
+}
+
+/// The `ratelimits` binding a limited tier needs.
+pub fn ratelimit_binding(tier: &str) -> String {
+    format!("RATELIMIT_{}", tier.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// A setting that cannot be used: the variable and, inside a policy, the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.variable, self.problem)
+    }
+}
+
+/// The raw texts the settings are compiled from; a change (new deployment) recompiles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Raw {
+    policy: Option<String>,
+    origin: Option<String>,
+    limiter: Option<String>,
+}
+
+type Compiled = Rc<Result<Settings, SettingsError>>;
+
+thread_local! {
+    static CACHE: RefCell<Option<(Raw, Compiled)>> = const { RefCell::new(None) };
+    static SEED: Option<Rc<Policy>> = Policy::from_json(b"{}").ok().map(Rc::new);
+}
+
+/// The settings for this request: compiled on first use and whenever a variable changes.
+pub fn load(env: &Env) -> Compiled {
+    let raw = Raw {
+        policy: policy_text(env),
+        origin: env.var(ORIGIN_VAR).ok().map(|v| v.to_string()),
+        limiter: env.var(LIMITER_VAR).ok().map(|v| v.to_string()),
+    };
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((cached_raw, compiled)) = cache.as_ref()
+            && *cached_raw == raw
+        {
+            return compiled.clone();
+        }
+        let compiled = Rc::new(compile(&raw, &|name| env.rate_limiter(name).is_ok()));
+        *cache = Some((raw, compiled.clone()));
+        compiled
+    })
+}
+
+/// The seed policy: its headers go on the 500 a broken configuration produces.
+pub fn seed_policy() -> Option<Rc<Policy>> {
+    SEED.with(Clone::clone)
+}
+
+fn policy_text(env: &Env) -> Option<String> {
+    if let Ok(var) = env.var(POLICY_VAR) {
+        return Some(var.to_string());
+    }
+    // A `[vars]` table arrives as a JSON object binding rather than a string.
+    env.object_var::<serde_json::Value>(POLICY_VAR).ok().map(|value| value.to_string())
+}
+
+fn compile(raw: &Raw, has_binding: &dyn Fn(&str) -> bool) -> Result<Settings, SettingsError> {
+    let document = match &raw.policy {
+        // No variable at all is a deployment mistake, not a request for the seed policy: the
+        // allowed hosts would be `localhost` only. Say so instead of guessing.
+        None => {
+            return Err(SettingsError {
+                variable: POLICY_VAR,
+                problem: "is not set (use \"{}\" for the seed policy)".into(),
+            });
+        }
+        Some(text) => config::parse(text.as_bytes())
+            .map_err(|err| SettingsError { variable: POLICY_VAR, problem: err.to_string() })?,
+    };
+    let policy =
+        Policy::compile(&document).map_err(|err| SettingsError { variable: POLICY_VAR, problem: err.to_string() })?;
+    let origin = parse_origin(raw.origin.as_deref())?;
+    let limiter = match raw.limiter.as_deref().map(str::trim) {
+        None | Some("") | Some("durable_object") => LimiterMode::DurableObject,
+        Some("ratelimits") => LimiterMode::Ratelimits,
+        Some(other) => {
+            return Err(SettingsError {
+                variable: LIMITER_VAR,
+                problem: format!("{other:?} is not \"durable_object\" or \"ratelimits\""),
+            });
+        }
+    };
+    let ratelimits = match limiter {
+        LimiterMode::DurableObject => None,
+        LimiterMode::Ratelimits => Some(ratelimits_settings(&document, &policy, has_binding)?),
+    };
+    Ok(Settings { policy, origin, limiter, ratelimits })
+}
+
+fn ratelimits_settings(
+    document: &config::PolicyConfig,
+    policy: &Policy,
+    has_binding: &dyn Fn(&str) -> bool,
+) -> Result<RatelimitsSettings, SettingsError> {
+    let quiet = Policy::compile(&config::PolicyConfig { rate_limit_headers_on_success: false, ..document.clone() })
+        .map_err(|err| SettingsError { variable: POLICY_VAR, problem: err.to_string() })?;
+    let mut tiers = Vec::new();
+    let configured = document.rate_limits.clone().unwrap_or_else(config::seed_tiers);
+    for (i, tier) in configured.iter().enumerate() {
+        if tier.limit.trim().eq_ignore_ascii_case("unlimited") {
+            continue;
+        }
+        // The policy compiled, so the limit parses.
+        let Ok(rate) = tier.limit.parse::<Rate>() else {
+            continue;
+        };
+        let binding = ratelimit_binding(&tier.name);
+        if !matches!(rate.period_secs(), 10 | 60) {
+            return Err(SettingsError {
+                variable: LIMITER_VAR,
+                problem: format!(
+                    "\"ratelimits\" cannot express rate_limits[{i}].limit {:?}: the binding's period is 10 or 60 seconds (use durable_object)",
+                    tier.limit
+                ),
+            });
+        }
+        if !has_binding(&binding) {
+            return Err(SettingsError {
+                variable: LIMITER_VAR,
+                problem: format!(
+                    "\"ratelimits\" needs a ratelimits binding {binding} (limit = {}, period = {}) for tier {:?}",
+                    rate.limit(),
+                    rate.period_secs(),
+                    tier.name
+                ),
+            });
+        }
+        tiers.push((binding, rate));
+    }
+    let buckets_per_tier = match u32::try_from(tiers.len()) {
+        Ok(0) | Err(_) => 0,
+        Ok(n) => policy.bucket_count() / n,
+    };
+    Ok(RatelimitsSettings { quiet, tiers, buckets_per_tier })
+}
+
+fn parse_origin(text: Option<&str>) -> Result<Url, SettingsError> {
+    let error = |problem: String| SettingsError { variable: ORIGIN_VAR, problem };
+    let text = text.ok_or_else(|| error("is not set".into()))?;
+    let url = Url::parse(text.trim()).map_err(|e| error(format!("{text:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(error(format!("{text:?} is not an http(s) URL")));
+    }
+    if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
+        return Err(error(format!("{text:?} must be scheme://host[:port][/prefix] without query or fragment")));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(policy: Option<&str>, origin: Option<&str>, limiter: Option<&str>) -> Raw {
+        Raw { policy: policy.map(Into::into), origin: origin.map(Into::into), limiter: limiter.map(Into::into) }
+    }
+
+    fn compile(raw: &Raw) -> Result<Settings, SettingsError> {
+        super::compile(raw, &|_| true)
+    }
+
+    fn error(raw: &Raw) -> SettingsError {
+        match compile(raw) {
+            Ok(_) => panic!("{raw:?} compiled"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_field() {
+        let bad = error(&raw(
+            Some(r#"{"rate_limits":[{"name":"x","method":"GET","path":"/a","limit":"5/minit"}]}"#),
+            Some("https://origin.example"),
+            None,
+        ));
+        assert_eq!(bad.variable, POLICY_VAR);
+        assert!(bad.to_string().contains("rate_limits[0].limit"), "{bad}");
+        assert_eq!(error(&raw(None, Some("https://o.example"), None)).variable, POLICY_VAR);
+        assert_eq!(error(&raw(Some("{}"), None, None)).variable, ORIGIN_VAR);
+        assert_eq!(error(&raw(Some("{}"), Some("ftp://x"), None)).variable, ORIGIN_VAR);
+        assert_eq!(error(&raw(Some("{}"), Some("https://o/?q"), None)).variable, ORIGIN_VAR);
+        assert_eq!(error(&raw(Some("{}"), Some("https://o"), Some("kv"))).variable, LIMITER_VAR);
+    }
+
+    #[test]
+    fn good_settings_compile() {
+        let settings = compile(&raw(Some("{}"), Some("http://127.0.0.1:9/base"), None));
+        let settings = settings.map_err(|e| e.to_string());
+        assert!(matches!(settings, Ok(Settings { limiter: LimiterMode::DurableObject, .. })));
+        let ratelimits = compile(&raw(Some("{}"), Some("https://o"), Some("ratelimits")));
+        let Ok(Settings { limiter: LimiterMode::Ratelimits, ratelimits: Some(ratelimits), .. }) = ratelimits else {
+            panic!("ratelimits mode did not compile");
+        };
+        assert_eq!(ratelimits.tiers.len(), 8, "the seed's limited tiers");
+        assert_eq!(ratelimits.tiers[0].0, "RATELIMIT_LOGIN");
+        assert_eq!(ratelimits.tiers[5].0, "RATELIMIT_JOB_STATUS");
+    }
+
+    #[test]
+    fn ratelimits_mode_names_what_it_cannot_do() {
+        let hourly = r#"{"rate_limits":[{"name":"a","method":"GET","path":"/a","limit":"5/hour"}]}"#;
+        let err = error(&raw(Some(hourly), Some("https://o"), Some("ratelimits")));
+        assert!(err.to_string().contains("rate_limits[0].limit"), "{err}");
+        let missing = super::compile(&raw(Some("{}"), Some("https://o"), Some("ratelimits")), &|name| {
+            name != "RATELIMIT_SCHEDULE"
+        });
+        let Err(err) = missing else {
+            panic!("compiled without a binding");
+        };
+        assert!(err.to_string().contains("RATELIMIT_SCHEDULE"), "{err}");
+    }
+}
