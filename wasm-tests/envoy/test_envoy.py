@@ -224,6 +224,20 @@ class EnvoyFilter(unittest.TestCase):
         self.assert_seed(headers, True, "429")
         eventually(lambda: self.assertGreaterEqual(counter("portcullis.rate_limited"), 195))
 
+    def test_05b_local_replies_reach_http2_clients(self):
+        """Over HTTP/2 a request's body arrives after its headers; the filter's 429 must still
+        reach the client rather than a reset stream."""
+        codes = []
+        for _ in range(3):
+            result = subprocess.run(
+                ["curl", "-s", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                 "--cacert", os.path.join(CERTS, "ca.crt"), "-H", "content-type: application/json",
+                 "-d", '{"username":"a","password":"b"}', "https://localhost:8443/api/v1/auth/login"],
+                capture_output=True, text=True, timeout=30,
+            )
+            codes.append(result.stdout)
+        self.assertEqual(codes, ["2 429"] * 3, "HTTP/2 clients get the 429 (the login tier is spent)")
+
     def test_06_counters_move(self):
         time.sleep(1.2)  # let earlier tests' counts flush
         before = stats()

@@ -12,6 +12,8 @@ pub enum Suite {
     Core,
     /// Envoy CPU per request: router only vs native equivalent vs the filter; fuel; sizes.
     Envoy,
+    /// Origin requests/s and latency percentiles (wrk over TLS).
+    Origin,
     /// Every suite.
     All,
 }
@@ -32,6 +34,9 @@ pub fn run(suite: Suite) -> Result<()> {
     }
     if matches!(suite, Suite::Envoy | Suite::All) {
         rows.extend(envoy()?);
+    }
+    if matches!(suite, Suite::Origin | Suite::All) {
+        rows.extend(crate::bench_origin::run()?);
     }
     println!("\n| benchmark | result |\n| --- | --- |");
     for (name, value) in rows {

@@ -103,8 +103,18 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM first (Envoy and the origin shut down gracefully on it), SIGKILL after 5 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            for _ in 0..100 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

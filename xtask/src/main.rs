@@ -2,13 +2,16 @@
 
 mod bench;
 mod bench_envoy;
+mod bench_origin;
 mod certs;
 mod db;
+mod e2e;
 mod envoy;
 mod setup;
 mod stage;
 mod test;
 mod tools;
+mod up;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +27,8 @@ struct Cli {
 enum Command {
     /// Install what the tests need (idempotent; quiet when everything is present).
     Setup,
+    /// Run the whole stack locally: PostgreSQL, the origin, Envoy (Ctrl-C stops it).
+    Up,
     /// Run every test of the project.
     Test,
     /// Formatting and clippy, as CI runs them.
@@ -35,7 +40,7 @@ enum Command {
     },
     /// Run benchmarks and print their results as a table.
     Bench {
-        /// Which benchmarks: `core` (ns per decision), `envoy` (CPU per request), or `all`.
+        /// Which benchmarks: `core`, `envoy`, `origin`, or `all`.
         #[arg(default_value = "all")]
         suite: bench::Suite,
     },
@@ -45,6 +50,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
+        Command::Up => up::run(),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),
         Command::Db { action } => setup::run().and_then(|()| db::command(&action)),

@@ -64,7 +64,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
         let metrics = self.metrics.clone()?;
-        Some(Box::new(Filter { policy, metrics, plan: None }))
+        Some(Box::new(Filter { policy, metrics, plan: None, replied: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -78,6 +78,9 @@ struct Filter {
     /// Set by the request phase; the response phase of a request that never reached it
     /// (Envoy's own early replies) falls back to the default profile.
     plan: Option<ResponsePlan>,
+    /// The filter answered this request itself: the rest of it (an HTTP/2 body arriving after
+    /// the headers) must stay paused, or Envoy would carry on to the router and reset the stream.
+    replied: bool,
 }
 
 impl Context for Filter {}
@@ -112,9 +115,18 @@ impl HttpContext for Filter {
                 if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
                     log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
                 }
+                self.replied = true;
                 Action::Pause
             }
         }
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.replied { Action::Pause } else { Action::Continue }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.replied { Action::Pause } else { Action::Continue }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -1,0 +1,124 @@
+//! The newcomer's path as a test: `cargo xtask up` in the background, the demo scenarios through
+//! Envoy → origin → PostgreSQL with curl, then Ctrl-C, and no process left behind.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::envoy::{self, PORTS};
+use crate::stage::root;
+use crate::tools::state_dir;
+
+struct Stack {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Stack {
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Ctrl-C, as a user would press it; then wait for a clean exit.
+    fn interrupt(&mut self) -> Result<()> {
+        Command::new("kill").args(["-INT", &self.child.id().to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "`cargo xtask up` exited with {status} after Ctrl-C:\n{}", self.tail());
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("`cargo xtask up` did not stop within 40 s of Ctrl-C:\n{}", self.tail())
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(crate::certs::dir().join("ca.crt"))
+        .args(args)
+        .output()
+        .context("running curl")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn run() -> Result<()> {
+    envoy::ensure_ports_free(&PORTS)?;
+    let log = state_dir().join("logs/xtask-up.log");
+    std::fs::create_dir_all(log.parent().context("log dir")?)?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("up")
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(log.with_extension("err"))?)
+        .spawn()
+        .context("starting `cargo xtask up`")?;
+    let mut stack = Stack { child, log };
+
+    // The first run builds the origin; allow for it.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(status) = stack.child.try_wait()? {
+            bail!("`cargo xtask up` exited early ({status}):\n{}", stack.tail());
+        }
+        if std::fs::read_to_string(&stack.log).unwrap_or_default().contains("Portcullis is up.") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the stack was not up after 10 minutes:\n{}", stack.tail());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // A second `up` says the stack runs instead of failing on busy ports.
+    let second = Command::new(std::env::current_exe()?).arg("up").current_dir(root()).output()?;
+    let said = String::from_utf8_lossy(&second.stderr);
+    ensure!(!second.status.success() && said.contains("already running"), "a second `up` should say it is already running: {said}");
+
+    // 1. The redirect.
+    let redirect = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "http://localhost:8080/api/v1/videos?limit=5"])?;
+    ensure!(redirect == "301 https://localhost:8443/api/v1/videos?limit=5", "redirect: {redirect}");
+
+    // 2. Log in as the demo user and use the token.
+    let password = std::fs::read_to_string(state_dir().join("secrets/demo_password"))?;
+    let body = format!(r#"{{"username":"{}","password":"{password}"}}"#, crate::up::DEMO_USER);
+    let login = curl(&["-H", "content-type: application/json", "-d", &body, "https://localhost:8443/api/v1/auth/login"])?;
+    let token: serde_json::Value = serde_json::from_str(&login).with_context(|| format!("login answer: {login}"))?;
+    let token = token["access_token"].as_str().with_context(|| format!("no token in {login}"))?;
+    let auth = format!("Authorization: Bearer {token}");
+    let job = curl(&["-H", &auth, "-H", "content-type: application/json", "-d", r#"{"source_url":"https://media.example/e2e.mp4"}"#, "https://localhost:8443/api/v1/transcribe"])?;
+    ensure!(job.contains(r#""status":"queued""#), "transcribe through the edge: {job}");
+    let videos = curl(&["-H", &auth, "https://localhost:8443/api/v1/videos"])?;
+    ensure!(videos.contains("https://media.example/e2e.mp4"), "the video is listed: {videos}");
+    let headers = curl(&["-D", "-", "-o", "/dev/null", "-H", &auth, "https://localhost:8443/api/v1/videos"])?;
+    ensure!(headers.to_ascii_lowercase().contains("x-frame-options: deny"), "security headers: {headers}");
+
+    // 3. The login tier's burst: after the demo login, four more fit, then 429s.
+    let mut codes = Vec::new();
+    let wrong = format!(r#"{{"username":"{}","password":"wrong"}}"#, crate::up::DEMO_USER);
+    for _ in 0..7 {
+        codes.push(curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", &wrong, "https://localhost:8443/api/v1/auth/login"])?);
+    }
+    ensure!(codes == ["401", "401", "401", "401", "429", "429", "429"], "login burst: {codes:?}");
+
+    stack.interrupt()?;
+    for (port, what) in PORTS {
+        ensure!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "{what} (:{port}) still bound after Ctrl-C");
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! `cargo xtask up`: the whole stack from local processes — hardened PostgreSQL on :55432, the
+//! origin on :9443 (mTLS: only Envoy's client certificate gets in), Envoy with `envoy.yaml` on
+//! :8080/:8443 (admin :9901) — then the URLs, demo credentials and three curl lines. Ctrl-C stops
+//! everything it started.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+
+use crate::db::{Cluster, Role};
+use crate::envoy::{self, Daemon};
+use crate::stage::{cmd, exec, root, stage, target_dir};
+use crate::tools::state_dir;
+
+pub const DEMO_USER: &str = "demo";
+
+fn secrets_dir() -> PathBuf {
+    state_dir().join("secrets")
+}
+
+/// A random secret kept in `.portcullis/secrets/<name>` (0600), made on first use.
+fn secret(name: &str, make: impl FnOnce() -> Result<String>) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = secrets_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join(name);
+    if !path.exists() {
+        std::fs::write(&path, make()?)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(path)
+}
+
+fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))?;
+    Ok(buf)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `curl` against the stack, trusting the dev CA.
+fn curl(args: &[&str]) -> Command {
+    let mut command = Command::new("curl");
+    command.args(["-s", "--max-time", "5", "--cacert"]).arg(crate::certs::dir().join("ca.crt")).args(args);
+    command
+}
+
+fn https_ok(url: &str) -> bool {
+    curl(&["-f", "-o", "/dev/null", url]).status().is_ok_and(|s| s.success())
+}
+
+pub fn run() -> Result<()> {
+    if envoy::admin_ready(9901) {
+        bail!(
+            "the stack is already running (Envoy's admin answers on 127.0.0.1:9901): use it, or stop it with \
+             Ctrl-C in the terminal that runs `cargo xtask up`"
+        );
+    }
+    envoy::ensure_ports_free(&envoy::PORTS)?;
+    crate::setup::run()?;
+    stage("up: build the Envoy filter", envoy::build_filter)?;
+    stage("up: build the origin", || exec(&mut cmd("cargo", &["build", "--quiet", "-p", "portcullis-origin"])))?;
+    let origin_bin = target_dir()?.join("debug/portcullis-origin");
+
+    let cluster = Cluster::dev();
+    let db_was_running = cluster.is_running();
+    stage("up: hardened PostgreSQL on 127.0.0.1:55432", || cluster.start())?;
+    let stop_db = |cluster: &Cluster| {
+        if !db_was_running {
+            let _ = cluster.stop();
+        }
+    };
+
+    let result = (|| -> Result<()> {
+        let jwt = secret("jwt_keys", || Ok(format!("dev1:{}", base64::engine::general_purpose::STANDARD.encode(random_bytes(32)?))))?;
+        let data_key = secret("data_key", || Ok(hex(&random_bytes(32)?)))?;
+        let password_file = secret("demo_password", || Ok(hex(&random_bytes(9)?)))?;
+        let password = std::fs::read_to_string(&password_file)?;
+        let app_url = cluster.url(Role::App)?;
+        stage("up: demo user", || create_demo_user(&origin_bin, &app_url, &password))?;
+
+        let certs = crate::certs::dir();
+        let mut origin = stage("up: origin on https://127.0.0.1:9443 (mTLS from Envoy)", || {
+            let mut origin = Daemon::spawn(
+                "origin",
+                Command::new(&origin_bin)
+                    .arg("serve")
+                    .current_dir(root())
+                    .env("PORTCULLIS_LISTEN", "127.0.0.1:9443")
+                    .env("PORTCULLIS_TLS_CERT", certs.join("origin.crt"))
+                    .env("PORTCULLIS_TLS_KEY_FILE", certs.join("origin.key"))
+                    .env("PORTCULLIS_CLIENT_CA", certs.join("ca.crt"))
+                    .env("PORTCULLIS_DATABASE_URL", &app_url)
+                    .env("PORTCULLIS_JWT_KEYS_FILE", &jwt)
+                    .env("PORTCULLIS_DATA_KEY_FILE", &data_key),
+            )?;
+            origin.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", 9443)).is_ok())?;
+            Ok(origin)
+        })?;
+        let envoy_bin = crate::tools::ensure_envoy()?;
+        let mut envoy = stage("up: Envoy on :8080 (redirects) and :8443, admin :9901", || {
+            envoy::validate(&envoy_bin, &root().join("envoy.yaml"))?;
+            envoy::start_envoy(&envoy_bin, &root().join("envoy.yaml"), "envoy", 61)
+        })?;
+        stage("up: end to end: Envoy → origin → PostgreSQL", || {
+            envoy.wait_until(Duration::from_secs(20), || https_ok("https://localhost:8443/api/v1/health"))
+        })?;
+
+        print_welcome(&password);
+        wait_for_stop(&mut [&mut origin, &mut envoy])?;
+        println!("\nstopping: Envoy, the origin{}", if db_was_running { "" } else { ", PostgreSQL" });
+        drop(envoy);
+        drop(origin);
+        Ok(())
+    })();
+    stop_db(&cluster);
+    result
+}
+
+fn create_demo_user(origin: &Path, app_url: &str, password: &str) -> Result<()> {
+    let mut child = Command::new(origin)
+        .args(["user", "add", "--username", DEMO_USER])
+        .env("PORTCULLIS_DATABASE_URL", app_url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(format!("{password}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || stderr.contains("already exists") {
+        Ok(())
+    } else {
+        bail!("creating the demo user failed: {stderr}")
+    }
+}
+
+fn print_welcome(password: &str) {
+    let ca = crate::certs::dir().join("ca.crt");
+    let ca = ca.strip_prefix(root()).unwrap_or(&ca).display().to_string();
+    println!(
+        r#"
+Portcullis is up.
+
+  API (through the edge)   https://localhost:8443/api/v1/…   (dev CA: {ca})
+  plain HTTP               http://localhost:8080  → redirects to https://localhost:8443
+  Envoy admin              http://127.0.0.1:9901/stats?filter=portcullis
+  origin (mTLS only)       https://127.0.0.1:9443
+  PostgreSQL               127.0.0.1:55432 (cargo xtask db psql)
+  OpenAPI                  https://localhost:8443/openapi.json
+
+  demo user: {DEMO_USER} / {password}
+
+Try:
+
+  # 1. plain HTTP is redirected (301, same path and query)
+  curl -i 'http://localhost:8080/api/v1/videos?limit=5'
+
+  # 2. log in, then list your videos with the token
+  TOKEN=$(curl -s --cacert {ca} https://localhost:8443/api/v1/auth/login -H 'content-type: application/json' -d '{{"username":"{DEMO_USER}","password":"{password}"}}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  curl -s --cacert {ca} https://localhost:8443/api/v1/videos -H "Authorization: Bearer $TOKEN"
+
+  # 3. a burst on the login tier (5/minute): 401s, then 429s
+  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' --cacert {ca} https://localhost:8443/api/v1/auth/login -H 'content-type: application/json' -d '{{"username":"{DEMO_USER}","password":"wrong"}}'; done; echo
+
+Ctrl-C stops everything this command started."#
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Blocks until Ctrl-C/SIGTERM, or until a process of the stack exits on its own.
+fn wait_for_stop(daemons: &mut [&mut Daemon]) -> Result<()> {
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    loop {
+        if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+            return Ok(());
+        }
+        for daemon in daemons.iter_mut() {
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("{} exited ({status}); its log ({}):\n{}", daemon.name, daemon.log.display(), daemon.tail(30));
+            }
+        }
+    }
+}
