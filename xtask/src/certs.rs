@@ -58,7 +58,7 @@ pub fn ensure() -> Result<PathBuf> {
             dir.join(&ext),
             format!(
                 "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                 extendedKeyUsage={usage}\nsubjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n"
+                 extendedKeyUsage={usage}\nsubjectAltName=DNS:localhost,DNS:db,DNS:origin,IP:127.0.0.1,IP:::1\n"
             ),
         )?;
         openssl(

@@ -4,6 +4,7 @@ mod bench;
 mod bench_envoy;
 mod bench_origin;
 mod certs;
+mod compose;
 mod db;
 mod e2e;
 mod envoy;
@@ -29,6 +30,8 @@ enum Command {
     Setup,
     /// Run the whole stack locally: PostgreSQL, the origin, Envoy (Ctrl-C stops it).
     Up,
+    /// Write the secret files docker-compose.yml mounts (made once, reused) and build the filter.
+    ComposeSecrets,
     /// Run every test of the project.
     Test,
     /// Formatting and clippy, as CI runs them.
@@ -51,6 +54,7 @@ fn main() {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Up => up::run(),
+        Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),
         Command::Db { action } => setup::run().and_then(|()| db::command(&action)),

@@ -38,6 +38,7 @@ pub fn run() -> Result<()> {
             exec(&mut cmd("cargo", &["build", "--quiet", "-p", "portcullis-core", "--target", target]))
         })?;
     }
+    stage("test: docker-compose.yml is valid (docker-compose config -q)", crate::compose::validate)?;
     stage("test: the filter inside real Envoy 1.40", real_envoy)?;
     crate::worker::test()?;
     stage("test: end to end: `cargo xtask up`, the demo scenarios, Ctrl-C", crate::e2e::run)?;

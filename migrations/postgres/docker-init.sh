@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# First start of the compose database (docker-entrypoint-initdb.d): TLS files, the repo's
+# hardening, then the bootstrap SQL with passwords from compose secrets. Runs once per volume.
+set -euo pipefail
+
+install -m 0600 -o postgres -g postgres /run/secrets/db_tls_crt "$PGDATA/server.crt"
+install -m 0600 -o postgres -g postgres /run/secrets/db_tls_key "$PGDATA/server.key"
+install -m 0600 -o postgres -g postgres /run/secrets/ca_crt "$PGDATA/ca.crt"
+
+cat >> "$PGDATA/postgresql.conf" <<CONF
+
+# --- Portcullis (compose) ---
+include '/etc/portcullis/hardening.conf'
+hba_file = '/etc/portcullis/pg_hba.conf'
+listen_addresses = '*'
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'ca.crt'
+CONF
+
+PORTCULLIS_OWNER_PASSWORD="$(cat /run/secrets/db_owner_password)" \
+PORTCULLIS_APP_PASSWORD="$(cat /run/secrets/db_app_password)" \
+PORTCULLIS_DB_NAME="${PORTCULLIS_DB_NAME:-portcullis}" \
+  psql -X -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres -f /etc/portcullis/bootstrap.sql
