@@ -224,7 +224,8 @@ pub fn parse(json: &[u8]) -> Result<PolicyConfig, ConfigError> {
     }
     let mut de = serde_json::Deserializer::from_slice(json);
     let config: PolicyConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
+        // A key spelt "" gives an empty path: report it against the document instead.
+        let path = Some(err.path().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
         let inner = err.into_inner();
         // serde_json appends " at line L column C"; the field path already locates the problem.
         let mut reason = inner.to_string();

@@ -30,6 +30,11 @@ fn canonicalize_slowly(path: &[u8]) -> String {
         }
         bytes = decoded;
     }
+    // A decoded `%3F`/`%23` ends the path as a raw `?`/`#` would: reading `login%3Fx` as
+    // `login` limits more, never less, and keeps the canonical form free of both (idempotent).
+    if let Some(end) = bytes.iter().position(|&b| b == b'?' || b == b'#') {
+        bytes.truncate(end);
+    }
     let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase().replace('\\', "/");
 
     let mut segments: Vec<&str> = Vec::new();
@@ -152,6 +157,8 @@ mod tests {
             "/api/v1/auth/login;jsessionid=1",
             "/api;x=1/v1/auth/login",
             "/api/v1/auth/login?next=/x",
+            "/api/v1/auth/login%3Fnext=/x",
+            "/api/v1/auth/login%2523x",
             "/api\\v1\\auth\\login",
             "/api/v1/auth/..;/auth/login",
             "/../../api/v1/auth/login",
@@ -169,6 +176,9 @@ mod tests {
         assert_eq!(canonicalize(b"/%"), "/%");
         assert_eq!(canonicalize(b"/%zz"), "/%zz");
         assert_eq!(canonicalize(b"/\xff"), "/\u{fffd}");
+        // Found by the path fuzz target: a decoded `#` must not survive into the canonical form.
+        let odd = canonicalize(b"cv;/%A%3%23./lgoin/");
+        assert_eq!(canonicalize(odd.as_bytes()), odd);
     }
 
     #[test]

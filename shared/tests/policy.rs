@@ -64,6 +64,8 @@ fn config_errors_name_the_field_and_the_reason() {
         "rate_limits[0]: missing field `limit`"
     );
     assert!(config_error("{} {}").contains("trailing"));
+    // Found by the config fuzz target: an empty key used to give an empty field path.
+    assert!(config_error(r#"{"": 1}"#).starts_with(".: unknown field ``"), "{}", config_error(r#"{"": 1}"#));
     assert_eq!(config_error("["), ".: EOF while parsing a list");
 }
 

@@ -8,6 +8,7 @@ mod compose;
 mod db;
 mod e2e;
 mod envoy;
+mod fuzz;
 mod setup;
 mod stage;
 mod test;
@@ -34,6 +35,11 @@ enum Command {
     ComposeSecrets,
     /// Run every test of the project.
     Test,
+    /// Fuzz the core's input surfaces (libFuzzer), each target for the given seconds.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+    },
     /// Formatting and clippy, as CI runs them.
     Lint,
     /// The hardened dev PostgreSQL on 127.0.0.1:55432: start, stop, reset or psql.
@@ -57,6 +63,7 @@ fn main() {
         Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),
+        Command::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
         Command::Db { action } => setup::run().and_then(|()| db::command(&action)),
         Command::Bench { suite } => setup::run().and_then(|()| bench::run(suite)),
     };

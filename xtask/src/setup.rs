@@ -27,5 +27,6 @@ pub fn run() -> Result<()> {
     stage("setup: development certificates", || crate::certs::ensure().map(|_| ()))?;
     stage("setup: PostgreSQL 15 with pgaudit", crate::db::ensure_packages)?;
     stage("setup: docker-compose (to validate docker-compose.yml)", crate::compose::ensure_tool)?;
-    crate::worker::setup()
+    crate::worker::setup()?;
+    stage("setup: cargo-fuzz", crate::fuzz::ensure_tool)
 }

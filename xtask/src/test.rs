@@ -38,6 +38,7 @@ pub fn run() -> Result<()> {
             exec(&mut cmd("cargo", &["build", "--quiet", "-p", "portcullis-core", "--target", target]))
         })?;
     }
+    crate::fuzz::run(10)?;
     stage("test: docker-compose.yml is valid (docker-compose config -q)", crate::compose::validate)?;
     stage("test: the filter inside real Envoy 1.40", real_envoy)?;
     crate::worker::test()?;
