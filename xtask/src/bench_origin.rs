@@ -40,7 +40,9 @@ pub fn run() -> Result<Vec<(String, String)>> {
 
 fn measure(cluster: &Cluster) -> Result<Vec<(String, String)>> {
     stage("bench: hardened PostgreSQL", || cluster.start())?;
-    stage("bench: origin release build", || exec(&mut cmd("cargo", &["build", "--quiet", "--release", "-p", "portcullis-origin"])))?;
+    stage("bench: origin release build", || {
+        exec(&mut cmd("cargo", &["build", "--quiet", "--release", "-p", "portcullis-origin"]))
+    })?;
     let binary = target_dir()?.join("release/portcullis-origin");
     let certs = crate::certs::ensure()?;
     let app_url = cluster.url(Role::App)?;
@@ -97,7 +99,8 @@ fn measure(cluster: &Cluster) -> Result<Vec<(String, String)>> {
     std::fs::create_dir_all(script.parent().context("script dir")?)?;
     std::fs::write(&script, PERCENTILES)?;
     let mut rows = Vec::new();
-    for (name, path, auth) in [("GET /api/v1/health", "/api/v1/health", None), ("GET /api/v1/videos (JWT)", "/api/v1/videos", Some(&token))]
+    for (name, path, auth) in
+        [("GET /api/v1/health", "/api/v1/health", None), ("GET /api/v1/videos (JWT)", "/api/v1/videos", Some(&token))]
     {
         let mut wrk = Command::new("wrk");
         wrk.args(["-t1", "-c16", &format!("-d{SECONDS}s"), "-s"]).arg(&script);

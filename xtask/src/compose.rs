@@ -53,7 +53,9 @@ pub fn secrets() -> Result<()> {
         let owner = write_once("db_owner_password", || random_hex(24))?;
         let app = write_once("db_app_password", || random_hex(24))?;
         let url = |user: &str, password: &str| {
-            format!("postgres://{user}:{password}@db:5432/portcullis?sslmode=verify-full&sslrootcert=/run/secrets/ca_crt")
+            format!(
+                "postgres://{user}:{password}@db:5432/portcullis?sslmode=verify-full&sslrootcert=/run/secrets/ca_crt"
+            )
         };
         write_once("database_url", || Ok(url("portcullis_app", &app)))?;
         write_once("migration_database_url", || Ok(url("portcullis_owner", &owner)))?;
@@ -74,7 +76,9 @@ pub fn secrets() -> Result<()> {
 /// engine needed).
 pub fn validate() -> Result<()> {
     if Command::new("docker-compose").arg("version").output().is_err() {
-        bail!("docker-compose is missing: `apt-get install -y --no-install-recommends docker-compose` (cargo xtask setup does it)");
+        bail!(
+            "docker-compose is missing: `apt-get install -y --no-install-recommends docker-compose` (cargo xtask setup does it)"
+        );
     }
     exec(Command::new("docker-compose").args(["-f", "docker-compose.yml", "config", "-q"]).current_dir(root()))
 }

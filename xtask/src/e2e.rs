@@ -88,20 +88,38 @@ pub fn run() -> Result<()> {
     // A second `up` says the stack runs instead of failing on busy ports.
     let second = Command::new(std::env::current_exe()?).arg("up").current_dir(root()).output()?;
     let said = String::from_utf8_lossy(&second.stderr);
-    ensure!(!second.status.success() && said.contains("already running"), "a second `up` should say it is already running: {said}");
+    ensure!(
+        !second.status.success() && said.contains("already running"),
+        "a second `up` should say it is already running: {said}"
+    );
 
     // 1. The redirect.
-    let redirect = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "http://localhost:8080/api/v1/videos?limit=5"])?;
+    let redirect = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "http://localhost:8080/api/v1/videos?limit=5",
+    ])?;
     ensure!(redirect == "301 https://localhost:8443/api/v1/videos?limit=5", "redirect: {redirect}");
 
     // 2. Log in as the demo user and use the token.
     let password = std::fs::read_to_string(state_dir().join("secrets/demo_password"))?;
     let body = format!(r#"{{"username":"{}","password":"{password}"}}"#, crate::up::DEMO_USER);
-    let login = curl(&["-H", "content-type: application/json", "-d", &body, "https://localhost:8443/api/v1/auth/login"])?;
+    let login =
+        curl(&["-H", "content-type: application/json", "-d", &body, "https://localhost:8443/api/v1/auth/login"])?;
     let token: serde_json::Value = serde_json::from_str(&login).with_context(|| format!("login answer: {login}"))?;
     let token = token["access_token"].as_str().with_context(|| format!("no token in {login}"))?;
     let auth = format!("Authorization: Bearer {token}");
-    let job = curl(&["-H", &auth, "-H", "content-type: application/json", "-d", r#"{"source_url":"https://media.example/e2e.mp4"}"#, "https://localhost:8443/api/v1/transcribe"])?;
+    let job = curl(&[
+        "-H",
+        &auth,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"source_url":"https://media.example/e2e.mp4"}"#,
+        "https://localhost:8443/api/v1/transcribe",
+    ])?;
     ensure!(job.contains(r#""status":"queued""#), "transcribe through the edge: {job}");
     let videos = curl(&["-H", &auth, "https://localhost:8443/api/v1/videos"])?;
     ensure!(videos.contains("https://media.example/e2e.mp4"), "the video is listed: {videos}");
@@ -112,7 +130,17 @@ pub fn run() -> Result<()> {
     let mut codes = Vec::new();
     let wrong = format!(r#"{{"username":"{}","password":"wrong"}}"#, crate::up::DEMO_USER);
     for _ in 0..7 {
-        codes.push(curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", &wrong, "https://localhost:8443/api/v1/auth/login"])?);
+        codes.push(curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &wrong,
+            "https://localhost:8443/api/v1/auth/login",
+        ])?);
     }
     ensure!(codes == ["401", "401", "401", "401", "429", "429", "429"], "login burst: {codes:?}");
 

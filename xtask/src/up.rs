@@ -81,7 +81,9 @@ pub fn run() -> Result<()> {
     };
 
     let result = (|| -> Result<()> {
-        let jwt = secret("jwt_keys", || Ok(format!("dev1:{}", base64::engine::general_purpose::STANDARD.encode(random_bytes(32)?))))?;
+        let jwt = secret("jwt_keys", || {
+            Ok(format!("dev1:{}", base64::engine::general_purpose::STANDARD.encode(random_bytes(32)?)))
+        })?;
         let data_key = secret("data_key", || Ok(hex(&random_bytes(32)?)))?;
         let password_file = secret("demo_password", || Ok(hex(&random_bytes(9)?)))?;
         let password = std::fs::read_to_string(&password_file)?;
