@@ -8,16 +8,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::stage::{exec, root, stage};
-use crate::tools::state_dir;
+use crate::tools::{random_bytes, random_hex, state_dir};
 
 fn secrets_dir() -> PathBuf {
     state_dir().join("compose/secrets")
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Writes `name` unless it exists. Files are world-readable inside a 0700 directory: compose
@@ -61,9 +55,7 @@ pub fn secrets() -> Result<()> {
         write_once("migration_database_url", || Ok(url("portcullis_owner", &owner)))?;
         write_once("jwt_keys", || {
             use base64::Engine as _;
-            let mut key = vec![0u8; 32];
-            std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
-            Ok(format!("compose1:{}", base64::engine::general_purpose::STANDARD.encode(key)))
+            Ok(format!("compose1:{}", base64::engine::general_purpose::STANDARD.encode(random_bytes(32)?)))
         })?;
         write_once("data_key", || random_hex(32))?;
         println!("    {}", secrets_dir().display());

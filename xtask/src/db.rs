@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::stage::{cmd, exec, output, root};
-use crate::tools::state_dir;
+use crate::tools::{random_hex, state_dir};
 use crate::{certs, stage};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -259,14 +259,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .context("reading /dev/urandom")?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -75,3 +75,17 @@ pub fn envoy_binary() -> Result<PathBuf> {
     }
     bail!("no envoy binary under {}: run `cargo xtask setup`", lib.display())
 }
+
+/// Random bytes from the kernel, for generated dev secrets.
+pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf)
+}
+
+/// `n` random bytes as lowercase hex.
+pub fn random_hex(n: usize) -> Result<String> {
+    Ok(random_bytes(n)?.iter().map(|b| format!("{b:02x}")).collect())
+}

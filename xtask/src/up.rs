@@ -15,7 +15,7 @@ use base64::Engine as _;
 use crate::db::{Cluster, Role};
 use crate::envoy::{self, Daemon};
 use crate::stage::{cmd, exec, root, stage, target_dir};
-use crate::tools::state_dir;
+use crate::tools::{random_bytes, random_hex, state_dir};
 
 pub const DEMO_USER: &str = "demo";
 
@@ -35,16 +35,6 @@ fn secret(name: &str, make: impl FnOnce() -> Result<String>) -> Result<PathBuf> 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(path)
-}
-
-fn random_bytes(n: usize) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))?;
-    Ok(buf)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `curl` against the stack, trusting the dev CA.
@@ -84,8 +74,8 @@ pub fn run() -> Result<()> {
         let jwt = secret("jwt_keys", || {
             Ok(format!("dev1:{}", base64::engine::general_purpose::STANDARD.encode(random_bytes(32)?)))
         })?;
-        let data_key = secret("data_key", || Ok(hex(&random_bytes(32)?)))?;
-        let password_file = secret("demo_password", || Ok(hex(&random_bytes(9)?)))?;
+        let data_key = secret("data_key", || random_hex(32))?;
+        let password_file = secret("demo_password", || random_hex(9))?;
         let password = std::fs::read_to_string(&password_file)?;
         let app_url = cluster.url(Role::App)?;
         stage("up: demo user", || create_demo_user(&origin_bin, &app_url, &password))?;
@@ -172,7 +162,7 @@ Try:
   curl -s --cacert {ca} https://localhost:8443/api/v1/videos -H "Authorization: Bearer $TOKEN"
 
   # 3. a burst on the login tier (5/minute): 401s, then 429s
-  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' --cacert {ca} https://localhost:8443/api/v1/auth/login -H 'content-type: application/json' -d '{{"username":"{DEMO_USER}","password":"wrong"}}'; done; echo
+  for i in $(seq 8); do curl -s --http1.1 -o /dev/null -w '%{{http_code}} ' --cacert {ca} https://localhost:8443/api/v1/auth/login -H 'content-type: application/json' -d '{{"username":"{DEMO_USER}","password":"wrong"}}'; done; echo
 
 Ctrl-C stops everything this command started."#
     );
