@@ -74,7 +74,8 @@ pub fn ensure() -> Result<PathBuf> {
                 "ca.key",
                 "-CAcreateserial",
                 "-days",
-                "397",
+                // Mozilla's "intermediate" profile allows certificates of at most 366 days.
+                "365",
                 "-sha256",
                 "-extfile",
                 &ext,

@@ -146,6 +146,26 @@ pub fn run() -> Result<()> {
     }
     ensure!(codes == ["401", "401", "401", "401", "429", "429", "429"], "login burst: {codes:?}");
 
+    // 4. TLS of the edge and of the origin (with Envoy's client certificate: mTLS) against
+    // Mozilla's "intermediate" profile.
+    let certs = crate::certs::dir();
+    for (what, target, client) in
+        [("Envoy", "localhost:8443{127.0.0.1}", false), ("origin", "localhost:9443{127.0.0.1}", true)]
+    {
+        let mut sslyze = Command::new(crate::tools::sslyze());
+        // The dev CA is the trust anchor (path validation is part of the profile).
+        sslyze.args(["--mozilla_config=intermediate", "--quiet", "--certinfo_ca_file"]).arg(certs.join("ca.crt"));
+        if client {
+            sslyze.arg("--cert").arg(certs.join("envoy-client.crt")).arg("--key").arg(certs.join("envoy-client.key"));
+        }
+        let out = sslyze.arg(target).output().context("running sslyze")?;
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "sslyze --mozilla_config=intermediate on the {what} ({target}) is not compliant:\n{report}"
+        );
+    }
+
     stack.interrupt()?;
     for (port, what) in PORTS {
         ensure!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "{what} (:{port}) still bound after Ctrl-C");

