@@ -117,6 +117,11 @@ impl From<sqlx::Error> for ApiError {
             E::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
                 Self::Unavailable(err.to_string())
             }
+            // Data exceptions (22xxx: a NUL byte, an out-of-range value) come from what the client
+            // sent: a 400, not a 500, even where validation missed the case.
+            E::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+                Self::BadRequest("The request contains a value that cannot be stored.".into())
+            }
             // Faults of this program or the data: a 500, logged.
             E::Database(_)
             | E::RowNotFound

@@ -11,6 +11,11 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
 
+/// Whether `text` holds control characters (NUL among them: PostgreSQL cannot store it).
+pub fn has_control_chars(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
 /// Business rules a request body must meet beyond its shape.
 pub trait Validate {
     fn validate(&self, now: DateTime<Utc>) -> Vec<FieldError>;

@@ -195,6 +195,10 @@ impl TestApp {
         (body["access_token"].as_str().unwrap().to_owned(), body["refresh_token"].as_str().unwrap().to_owned())
     }
 
+    async fn post_anonymous(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(&body).send().await.unwrap()
+    }
+
     async fn get(&self, path: &str, token: &str) -> reqwest::Response {
         self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
     }
@@ -238,6 +242,13 @@ async fn login_succeeds_and_failures_say_nothing_specific() {
     let body: Value = ok.json().await.unwrap();
     assert_eq!(body["token_type"], "bearer");
     assert!(body["access_token"].as_str().unwrap().split('.').count() == 3);
+
+    // Found by schemathesis: a NUL in the username reached PostgreSQL and made a 500.
+    let (status, body) = error_of(app.login("nul\u{0}byte", "x").await).await;
+    assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("username")));
+    let (status, _) =
+        error_of(app.post_anonymous("/api/v1/auth/refresh", json!({"refresh_token": "a\u{0}b"})).await).await;
+    assert!(status.is_client_error(), "a NUL anywhere is a client error, never a 500: {status}");
 
     let wrong_password = error_of(app.login(&name, "wrong").await).await;
     let unknown_user = error_of(app.login("nobody-at-all", "wrong").await).await;

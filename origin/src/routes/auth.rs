@@ -16,10 +16,9 @@ use crate::startup::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// 1–128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     pub username: String,
-    /// 1–1024 characters.
-    #[schema(format = Password)]
+    #[schema(format = Password, min_length = 1, max_length = 1024)]
     pub password: String,
 }
 
@@ -28,6 +27,8 @@ impl Validate for LoginRequest {
         let mut problems = Vec::new();
         if !(1..=128).contains(&self.username.chars().count()) {
             problems.push(FieldError::new("username", "must be 1 to 128 characters"));
+        } else if crate::extract::has_control_chars(&self.username) {
+            problems.push(FieldError::new("username", "must not contain control characters"));
         }
         if !(1..=1024).contains(&self.password.chars().count()) {
             problems.push(FieldError::new("password", "must be 1 to 1024 characters"));
@@ -39,6 +40,7 @@ impl Validate for LoginRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    #[schema(min_length = 1, max_length = 256)]
     pub refresh_token: String,
 }
 
@@ -90,7 +92,8 @@ async fn issue_pair(state: &AppState, user: Uuid) -> Result<TokenResponse, ApiEr
         (status = 401, description = "Wrong credentials (no detail given)", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
-        (status = 429, description = "Rate limited by the edge", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -118,7 +121,10 @@ pub async fn login(
     responses(
         (status = 200, description = "Rotated", body = TokenResponse),
         (status = 401, description = "Unknown, expired, revoked or reused token", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn refresh(
     State(state): State<AppState>,

@@ -116,6 +116,8 @@ impl Validate for AnalyzeRequest {
         (status = 404, description = "No such video", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn analyze(
     State(state): State<AppState>,
@@ -140,6 +142,7 @@ pub struct ScheduleRequest {
     pub run_at: DateTime<Utc>,
     /// For a transcription: the media's `https://` URL.
     #[serde(default)]
+    #[schema(max_length = 2048, pattern = "^https://[^/?#\\s]+")]
     pub source_url: Option<String>,
     /// For an analysis: one of the caller's videos.
     #[serde(default)]
@@ -192,6 +195,8 @@ impl Validate for ScheduleRequest {
         (status = 404, description = "No such video", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn schedule(
     State(state): State<AppState>,
@@ -227,6 +232,8 @@ pub async fn schedule(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such job of the caller's", body = ErrorBody),
         (status = 422, description = "job_id is not a UUID", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn get_job(
     State(state): State<AppState>,
@@ -253,6 +260,8 @@ pub async fn get_job(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such job of the caller's", body = ErrorBody),
         (status = 422, description = "job_id is not a UUID", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn delete_job(
     State(state): State<AppState>,

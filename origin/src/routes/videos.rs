@@ -28,13 +28,15 @@ pub struct Video {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TranscribeRequest {
-    /// An `https://` URL of the media, at most 2048 characters.
+    /// An `https://` URL of the media.
+    #[schema(max_length = 2048, pattern = "^https://[^/?#\\s]+")]
     pub source_url: String,
-    /// At most 512 characters.
     #[serde(default)]
+    #[schema(max_length = 512)]
     pub title: Option<String>,
     /// Spoken language as a BCP 47 tag (e.g. `en`, `pt-BR`), if known.
     #[serde(default)]
+    #[schema(min_length = 2, max_length = 16, pattern = "^[A-Za-z0-9]{1,8}(-[A-Za-z0-9]{1,8})*$")]
     pub language: Option<String>,
 }
 
@@ -42,6 +44,10 @@ pub struct TranscribeRequest {
 pub fn check_source_url(field: &str, url: &str, problems: &mut Vec<FieldError>) {
     if url.len() > 2048 {
         problems.push(FieldError::new(field, "must be at most 2048 characters"));
+        return;
+    }
+    if crate::extract::has_control_chars(url) || url.contains(char::is_whitespace) {
+        problems.push(FieldError::new(field, "must not contain spaces or control characters"));
         return;
     }
     match reqwest::Url::parse(url) {
@@ -62,6 +68,8 @@ impl Validate for TranscribeRequest {
         check_source_url("source_url", &self.source_url, &mut problems);
         if self.title.as_ref().is_some_and(|t| t.chars().count() > 512) {
             problems.push(FieldError::new("title", "must be at most 512 characters"));
+        } else if self.title.as_deref().is_some_and(crate::extract::has_control_chars) {
+            problems.push(FieldError::new("title", "must not contain control characters"));
         }
         if self.language.as_ref().is_some_and(|l| !valid_language(l)) {
             problems.push(FieldError::new("language", "must be a BCP 47 language tag such as en or pt-BR"));
@@ -98,6 +106,8 @@ pub async fn upsert_video(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn transcribe(
     State(state): State<AppState>,
@@ -116,7 +126,8 @@ pub async fn transcribe(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct VideosQuery {
-    /// Page size, 1–100 (default 20).
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -149,6 +160,8 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
         (status = 200, description = "A page of videos", body = VideoPage),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 422, description = "Invalid query", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn list_videos(
     State(state): State<AppState>,
