@@ -62,10 +62,11 @@ fn curl(args: &[&str]) -> Result<String> {
 
 pub fn run() -> Result<()> {
     envoy::ensure_ports_free(&PORTS)?;
+    envoy::ensure_ports_free(&[(8787, "wrangler dev")])?;
     let log = state_dir().join("logs/xtask-up.log");
     std::fs::create_dir_all(log.parent().context("log dir")?)?;
     let child = Command::new(std::env::current_exe()?)
-        .arg("up")
+        .args(["up", "--worker"])
         .current_dir(root())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log)?)
@@ -146,6 +147,14 @@ pub fn run() -> Result<()> {
     }
     ensure!(codes == ["401", "401", "401", "401", "429", "429", "429"], "login burst: {codes:?}");
 
+    // The Worker (wrangler dev) in front of the same stack: its policy, then Envoy's, then the origin.
+    let through_worker = curl(&["-k", "-D", "-", "https://localhost:8787/api/v1/health"])?;
+    ensure!(
+        through_worker.starts_with("HTTP/1.1 200") && through_worker.contains(r#"{"status":"ok","database":"ok"}"#),
+        "the Worker forwards to the stack: {through_worker}"
+    );
+    ensure!(through_worker.to_ascii_lowercase().contains("x-frame-options: deny"), "{through_worker}");
+
     // 4. TLS of the edge and of the origin (with Envoy's client certificate: mTLS) against
     // Mozilla's "intermediate" profile.
     let certs = crate::certs::dir();
@@ -167,7 +176,7 @@ pub fn run() -> Result<()> {
     }
 
     stack.interrupt()?;
-    for (port, what) in PORTS {
+    for (port, what) in PORTS.into_iter().chain([(8787, "wrangler dev")]) {
         ensure!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "{what} (:{port}) still bound after Ctrl-C");
     }
     Ok(())

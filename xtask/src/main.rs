@@ -30,7 +30,11 @@ enum Command {
     /// Install what the tests need (idempotent; quiet when everything is present).
     Setup,
     /// Run the whole stack locally: PostgreSQL, the origin, Envoy (Ctrl-C stops it).
-    Up,
+    Up {
+        /// Also run the Cloudflare Worker under `wrangler dev` on https://127.0.0.1:8787.
+        #[arg(long)]
+        worker: bool,
+    },
     /// Write the secret files docker-compose.yml mounts (made once, reused) and build the filter.
     ComposeSecrets,
     /// Run every test of the project.
@@ -59,7 +63,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Up => up::run(),
+        Command::Up { worker } => up::run(worker),
         Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),

@@ -48,7 +48,7 @@ fn https_ok(url: &str) -> bool {
     curl(&["-f", "-o", "/dev/null", url]).status().is_ok_and(|s| s.success())
 }
 
-pub fn run() -> Result<()> {
+pub fn run(with_worker: bool) -> Result<()> {
     if envoy::admin_ready(9901) {
         bail!(
             "the stack is already running (Envoy's admin answers on 127.0.0.1:9901): use it, or stop it with \
@@ -56,6 +56,9 @@ pub fn run() -> Result<()> {
         );
     }
     envoy::ensure_ports_free(&envoy::PORTS)?;
+    if with_worker {
+        envoy::ensure_ports_free(&[(8787, "wrangler dev")])?;
+    }
     crate::setup::run()?;
     stage("up: build the Envoy filter", envoy::build_filter)?;
     stage("up: build the origin", || exec(&mut cmd("cargo", &["build", "--quiet", "-p", "portcullis-origin"])))?;
@@ -107,15 +110,49 @@ pub fn run() -> Result<()> {
             envoy.wait_until(Duration::from_secs(20), || https_ok("https://localhost:8443/api/v1/health"))
         })?;
 
-        print_welcome(&password);
-        wait_for_stop(&mut [&mut origin, &mut envoy])?;
-        println!("\nstopping: Envoy, the origin{}", if db_was_running { "" } else { ", PostgreSQL" });
+        let mut worker = if with_worker { Some(start_worker()?) } else { None };
+
+        print_welcome(&password, with_worker);
+        let mut running: Vec<&mut Daemon> = vec![&mut origin, &mut envoy];
+        if let Some(worker) = worker.as_mut() {
+            running.push(worker);
+        }
+        wait_for_stop(&mut running)?;
+        println!(
+            "\nstopping: {}Envoy, the origin{}",
+            if with_worker { "the Worker, " } else { "" },
+            if db_was_running { "" } else { ", PostgreSQL" }
+        );
+        drop(worker);
         drop(envoy);
         drop(origin);
         Ok(())
     })();
     stop_db(&cluster);
     result
+}
+
+/// The Worker under `wrangler dev` (workerd) on https://127.0.0.1:8787, forwarding to Envoy's
+/// HTTPS listener: the origin admits only Envoy's client certificate, and the Worker trusts the
+/// dev CA through NODE_EXTRA_CA_CERTS.
+fn start_worker() -> Result<Daemon> {
+    stage("up: build the Worker", crate::worker::build)?;
+    stage("up: Worker on https://127.0.0.1:8787 (wrangler dev, in front of Envoy)", || {
+        let mut command = Command::new(crate::worker::node_bin("wrangler"));
+        command
+            .args(["dev", "--local", "--ip", "127.0.0.1", "--port", "8787", "--local-protocol", "https"])
+            .args(["--var", "ORIGIN_URL:https://localhost:8443"])
+            .current_dir(root())
+            .env("NODE_EXTRA_CA_CERTS", crate::certs::dir().join("ca.crt"));
+        crate::worker::wrangler_env(&mut command);
+        let mut worker = Daemon::spawn("worker", &mut command)?;
+        worker.wait_until(Duration::from_secs(60), || {
+            curl(&["-k", "-f", "-o", "/dev/null", "https://localhost:8787/api/v1/health"])
+                .status()
+                .is_ok_and(|s| s.success())
+        })?;
+        Ok(worker)
+    })
 }
 
 fn create_demo_user(origin: &Path, app_url: &str, password: &str) -> Result<()> {
@@ -136,7 +173,7 @@ fn create_demo_user(origin: &Path, app_url: &str, password: &str) -> Result<()> 
     }
 }
 
-fn print_welcome(password: &str) {
+fn print_welcome(password: &str, with_worker: bool) {
     let ca = crate::certs::dir().join("ca.crt");
     let ca = ca.strip_prefix(root()).unwrap_or(&ca).display().to_string();
     println!(
@@ -148,7 +185,7 @@ Portcullis is up.
   Envoy admin              http://127.0.0.1:9901/stats?filter=portcullis
   origin (mTLS only)       https://127.0.0.1:9443
   PostgreSQL               127.0.0.1:55432 (cargo xtask db psql)
-  OpenAPI                  https://localhost:8443/openapi.json
+  OpenAPI                  https://localhost:8443/openapi.json{worker_line}
 
   demo user: {DEMO_USER} / {password}
 
@@ -164,7 +201,12 @@ Try:
   # 3. a burst on the login tier (5/minute): 401s, then 429s
   for i in $(seq 8); do curl -s --http1.1 -o /dev/null -w '%{{http_code}} ' --cacert {ca} https://localhost:8443/api/v1/auth/login -H 'content-type: application/json' -d '{{"username":"{DEMO_USER}","password":"wrong"}}'; done; echo
 
-Ctrl-C stops everything this command started."#
+Ctrl-C stops everything this command started."#,
+        worker_line = if with_worker {
+            "\n  Worker (wrangler dev)    https://localhost:8787/api/v1/…   (self-signed: curl -k)"
+        } else {
+            ""
+        }
     );
     let _ = std::io::stdout().flush();
 }

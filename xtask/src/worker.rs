@@ -31,7 +31,7 @@ fn worker_build_bin() -> PathBuf {
     tools_dir().join(format!("worker-build-{WORKER_BUILD_VERSION}")).join("bin/worker-build")
 }
 
-fn node_bin(name: &str) -> PathBuf {
+pub fn node_bin(name: &str) -> PathBuf {
     root().join("node_modules/.bin").join(name)
 }
 
@@ -102,7 +102,7 @@ pub fn build() -> Result<()> {
 
 /// wrangler and workerd without login, telemetry or network look-ups, config inside
 /// `.portcullis/` (ignored by git).
-fn wrangler_env(command: &mut Command) -> &mut Command {
+pub fn wrangler_env(command: &mut Command) -> &mut Command {
     command
         .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
         .env("WRANGLER_SEND_METRICS", "false")
