@@ -224,6 +224,17 @@ class EnvoyFilter(unittest.TestCase):
         self.assert_seed(headers, True, "429")
         eventually(lambda: self.assertGreaterEqual(counter("portcullis.rate_limited"), 195))
 
+    def test_05a_spoofed_forwarded_for_buys_no_quota(self):
+        """1,000 requests from one peer, each claiming another client in X-Forwarded-For: the
+        peer is not a trusted proxy, so they all share its quota (transcribe: 10/minute)."""
+        def transcribe(i):
+            return send("POST", "/api/v1/transcribe", headers=[("x-forwarded-for", f"198.18.{i // 250}.{i % 250}")],
+                        body='{"source_url":"https://media.example/a.mp4"}')[0]
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+            codes = list(pool.map(transcribe, range(1000)))
+        self.assertEqual(sum(1 for c in codes if c != 429), 10, "exactly the peer's own quota")
+
     def test_05b_local_replies_reach_http2_clients(self):
         """The filter's own replies over HTTP/2 (the tests above speak HTTP/1.1). Body-less: when a
         reply comes before the request body has arrived, Envoy ends the stream with RST_STREAM
