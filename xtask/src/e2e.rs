@@ -175,6 +175,11 @@ pub fn run() -> Result<()> {
         );
     }
 
+    // 5. Load and faults: 20 s of wrk through Envoy to the origin, then PostgreSQL stopped and
+    // restarted under load.
+    println!("    load: {}", crate::load::steady_load(20)?);
+    println!("    database outage: {}", crate::load::database_outage()?);
+
     stack.interrupt()?;
     for (port, what) in PORTS.into_iter().chain([(8787, "wrangler dev")]) {
         ensure!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "{what} (:{port}) still bound after Ctrl-C");

@@ -9,6 +9,7 @@ mod db;
 mod e2e;
 mod envoy;
 mod fuzz;
+mod load;
 mod setup;
 mod stage;
 mod test;
