@@ -61,3 +61,24 @@ fn core_meets_every_conformance_vector() {
     assert!(failures.is_empty(), "{} failures:\n\n{}", failures.len(), failures.join("\n\n"));
     println!("{} cases, {requests} requests, all met", vectors.cases.len());
 }
+
+#[test]
+fn the_checker_reports_every_mismatch() {
+    use portcullis_core::conformance::Expectation;
+    let expectation: Expectation = serde_json::from_str(
+        r#"{"action": "respond", "status": 429, "headers": {"retry-after": "12", "x-a": "1"}, "absent": ["server"], "body_json": {"error": "rate_limited"}}"#,
+    )
+    .unwrap();
+    let observed = Observed {
+        action: Action::Forward,
+        status: 200,
+        headers: vec![("Retry-After".into(), "13".into()), ("server".into(), "nginx".into())],
+        body: "not json".into(),
+    };
+    let problems = expectation.check(&observed).unwrap_err();
+    for needle in ["action", "status", "retry-after", "x-a: missing", "server: expected absent", "body is not JSON"] {
+        assert!(problems.contains(needle), "{needle} not reported:\n{problems}");
+    }
+    let wrong_field = Observed { body: r#"{"error": "other"}"#.into(), ..observed };
+    assert!(expectation.check(&wrong_field).unwrap_err().contains("body.error"));
+}

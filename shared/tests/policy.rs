@@ -176,3 +176,106 @@ fn the_fallback_plan_covers_host_generated_responses() {
     assert!(headers.contains(&("server".to_owned(), "Unknown".to_owned())));
     assert!(headers.iter().any(|(n, _)| n == "strict-transport-security"));
 }
+
+#[test]
+fn response_edits_rewrite_a_whole_header_list() {
+    let policy = Policy::from_json(b"{}").unwrap();
+    let store = MemoryStore::new();
+    let headers: Vec<(&str, &str)> = Vec::new();
+    let request = Request {
+        method: b"GET",
+        scheme: Scheme::Https,
+        authority: Some(b"localhost"),
+        path: Some(b"/api/v1/videos"),
+        peer: Peer::Socket("198.51.100.40"),
+        headers: &headers,
+    };
+    let decision = policy.decide(&request, NOW, &store);
+    assert_eq!(decision.outcome(), Outcome::Forwarded);
+    assert!(decision.plan().is_https());
+    let edits = policy.response_edits(&decision.plan());
+    let upstream = vec![
+        (":status".to_owned(), b"200".to_vec()),
+        ("server".to_owned(), b"nginx".to_vec()),
+        ("Server".to_owned(), b"again".to_vec()),
+        ("x-powered-by".to_owned(), b"PHP".to_vec()),
+        ("x-custom".to_owned(), b"kept".to_vec()),
+        ("ratelimit".to_owned(), b"forged".to_vec()),
+    ];
+    let rewritten = edits.rewrite(&upstream);
+    let get = |name: &str| {
+        rewritten.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v).collect::<Vec<_>>()
+    };
+    assert_eq!(rewritten[0], (":status", &b"200"[..]), "pseudo-headers keep their place");
+    assert_eq!(get("server"), [&b"Unknown"[..]]);
+    assert_eq!(get("x-custom"), [&b"kept"[..]]);
+    assert!(get("x-powered-by").is_empty());
+    assert_eq!(get("ratelimit"), [&br#""videos";r=59;t=1"#[..]], "the upstream cannot forge rate-limit headers");
+    assert!(edits.touches("STRICT-TRANSPORT-SECURITY") && !edits.touches("x-custom"));
+    assert_eq!(edits.rate_limit_headers().len(), 5);
+}
+
+#[test]
+fn outcomes_have_stable_names() {
+    use Outcome::*;
+    let names: Vec<&str> =
+        [Forwarded, ShadowLimited, Redirected, BadHost, RateLimited, StoreErrorAllowed, StoreErrorDenied]
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+    assert_eq!(
+        names,
+        [
+            "forwarded",
+            "shadow_limited",
+            "redirected",
+            "bad_host",
+            "rate_limited",
+            "store_error_allowed",
+            "store_error_denied"
+        ]
+    );
+}
+
+#[test]
+fn the_memory_store_counts_buckets_and_detects_races() {
+    let store = MemoryStore::new();
+    assert!(store.is_empty());
+    let loaded = store.load(3).unwrap();
+    assert_eq!((loaded.bytes, loaded.version), (None, Version(0)));
+    assert_eq!(store.compare_and_swap(3, Version(0), b"a").unwrap(), Swap::Written);
+    assert_eq!(store.compare_and_swap(3, Version(0), b"b").unwrap(), Swap::Conflict, "a stale version loses");
+    let loaded = store.load(3).unwrap();
+    assert_eq!(loaded.bytes.as_deref(), Some(&b"a"[..]));
+    assert_eq!(store.compare_and_swap(3, loaded.version, b"c").unwrap(), Swap::Written);
+    assert_eq!(store.len(), 1);
+    assert_eq!(StoreError("x".into()).to_string(), "rate-limit store: x");
+}
+
+#[test]
+fn shadow_mode_reports_contention_too() {
+    /// Every write loses a race.
+    struct AlwaysRacing(MemoryStore);
+    impl BucketStore for AlwaysRacing {
+        fn load(&self, index: u32) -> Result<Loaded, StoreError> {
+            self.0.load(index)
+        }
+        fn compare_and_swap(&self, _: u32, _: Version, _: &[u8]) -> Result<Swap, StoreError> {
+            Ok(Swap::Conflict)
+        }
+    }
+    let headers: Vec<(&str, &str)> = Vec::new();
+    let request = Request {
+        method: b"POST",
+        scheme: Scheme::Https,
+        authority: Some(b"localhost"),
+        path: Some(b"/api/v1/auth/login"),
+        peer: Peer::Socket("198.51.100.41"),
+        headers: &headers,
+    };
+    let enforce = Policy::from_json(b"{}").unwrap();
+    let Decision::Respond(reply) = enforce.decide(&request, NOW, &AlwaysRacing(MemoryStore::new())) else { panic!() };
+    assert_eq!((reply.status, reply.header("retry-after")), (429, Some("12")));
+    let shadow = Policy::from_json(br#"{"rate_limit_mode": "shadow"}"#).unwrap();
+    assert_eq!(shadow.decide(&request, NOW, &AlwaysRacing(MemoryStore::new())).outcome(), Outcome::ShadowLimited);
+}

@@ -5,6 +5,7 @@ mod bench_envoy;
 mod bench_origin;
 mod certs;
 mod compose;
+mod coverage;
 mod db;
 mod e2e;
 mod envoy;
@@ -40,6 +41,8 @@ enum Command {
     ComposeSecrets,
     /// Run every test of the project.
     Test,
+    /// Line coverage of the core and the origin (cargo-llvm-cov).
+    Coverage,
     /// Fuzz the core's input surfaces (libFuzzer), each target for the given seconds.
     Fuzz {
         #[arg(long, default_value_t = 300)]
@@ -68,6 +71,11 @@ fn main() {
         Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),
+        Command::Coverage => setup::run().and_then(|()| coverage::run()).map(|rows| {
+            for (name, value) in rows {
+                println!("| {name} | {value} |");
+            }
+        }),
         Command::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
         Command::Db { action } => setup::run().and_then(|()| db::command(&action)),
         Command::Bench { suite } => setup::run().and_then(|()| bench::run(suite)),
