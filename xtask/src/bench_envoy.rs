@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::envoy::{Daemon, INSTALLED_FILTER, admin_ready};
+use crate::envoy::{INSTALLED_FILTER, admin_ready, spawn_envoy};
 use crate::stage::{cmd, exec, output, root};
 use crate::tools::state_dir;
 
@@ -218,13 +218,7 @@ fn wrk(seconds: u32) -> Result<u64> {
 fn measure(envoy: &Path, variant: Variant, dir: &Path) -> Result<(f64, u64)> {
     let config = dir.join(format!("proxy-{}.yaml", variant as u8));
     std::fs::write(&config, proxy_config(variant))?;
-    let mut proxy = Daemon::spawn(
-        "bench-proxy",
-        Command::new(envoy)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "error", "--base-id", "52", "-c"])
-            .arg(&config)
-            .current_dir(root()),
-    )?;
+    let mut proxy = spawn_envoy(envoy, &config, "bench-proxy", 52, 1, "error")?;
     proxy.wait_until(Duration::from_secs(20), || admin_ready(PROXY_ADMIN))?;
     wrk(1)?; // warm-up: connections, V8 tier-up
     let pid = proxy.child.id();
@@ -243,13 +237,7 @@ pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
     std::fs::create_dir_all(&dir)?;
     let upstream_config_path = dir.join("upstream.yaml");
     std::fs::write(&upstream_config_path, upstream_config())?;
-    let mut upstream = Daemon::spawn(
-        "bench-upstream",
-        Command::new(envoy)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "error", "--base-id", "51", "-c"])
-            .arg(&upstream_config_path)
-            .current_dir(root()),
-    )?;
+    let mut upstream = spawn_envoy(envoy, &upstream_config_path, "bench-upstream", 51, 1, "error")?;
     upstream
         .wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", UPSTREAM_PORT)).is_ok())?;
 

@@ -17,12 +17,7 @@ fn secrets_dir() -> PathBuf {
 /// Writes `name` unless it exists. Files are world-readable inside a 0700 directory: compose
 /// bind-mounts them, and the origin reads them as an unprivileged user.
 fn write_once(name: &str, make: impl FnOnce() -> Result<String>) -> Result<String> {
-    let path = secrets_dir().join(name);
-    if !path.exists() {
-        std::fs::write(&path, make()?)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-    }
-    Ok(std::fs::read_to_string(&path)?)
+    crate::tools::write_once(&secrets_dir().join(name), 0o644, make)
 }
 
 pub fn secrets() -> Result<()> {

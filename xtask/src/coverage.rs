@@ -18,16 +18,7 @@ fn tool_root() -> std::path::PathBuf {
 
 fn ensure_tool() -> Result<()> {
     exec(Command::new("rustup").args(["component", "add", "llvm-tools"])).context("adding llvm-tools")?;
-    if tool_root().join("bin/cargo-llvm-cov").exists() {
-        return Ok(());
-    }
-    exec(
-        Command::new("cargo")
-            .args(["install", "--quiet", "--locked", "--root"])
-            .arg(tool_root())
-            .arg(format!("cargo-llvm-cov@{CARGO_LLVM_COV}"))
-            .env("CARGO_TARGET_DIR", cache_dir().join("tools-target")),
-    )
+    crate::tools::cargo_install("cargo-llvm-cov", CARGO_LLVM_COV, &tool_root().join("bin/cargo-llvm-cov"))
 }
 
 /// Line coverage of one package, in percent.

@@ -108,7 +108,11 @@ impl Cluster {
             .success()
             .then_some(())
             .with_context(|| {
-                format!("PostgreSQL did not start; its log ({}):\n{}", self.log().display(), tail(&self.log(), 25))
+                format!(
+                    "PostgreSQL did not start; its log ({}):\n{}",
+                    self.log().display(),
+                    crate::tools::tail_file(&self.log(), 25)
+                )
             })?;
         self.bootstrap()?;
         self.migrate()
@@ -259,12 +263,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `cargo xtask db start|stop|reset|psql` on the dev cluster.

@@ -17,9 +17,7 @@ struct Stack {
 
 impl Stack {
     fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        crate::tools::tail_file(&self.log, 30)
     }
 
     /// Ctrl-C, as a user would press it; then wait for a clean exit.
@@ -49,14 +47,11 @@ impl Drop for Stack {
 }
 
 fn curl(args: &[&str]) -> Result<String> {
-    let out = Command::new("curl")
-        // HTTP/1.1: over HTTP/2, Envoy ends an early reply with RST_STREAM(NO_ERROR) while a
-        // request body is still uploading, and curl before 8.x reports that as a failure.
-        .args(["-s", "--http1.1", "--max-time", "10", "--cacert"])
-        .arg(crate::certs::dir().join("ca.crt"))
-        .args(args)
-        .output()
-        .context("running curl")?;
+    // HTTP/1.1: over HTTP/2, Envoy ends an early reply with RST_STREAM(NO_ERROR) while a
+    // request body is still uploading, and curl before 8.x reports that as a failure.
+    let mut full = vec!["--http1.1", "--max-time", "10"];
+    full.extend_from_slice(args);
+    let out = crate::up::curl(&full).output().context("running curl")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -81,9 +81,7 @@ impl Daemon {
 
     /// The last lines of the log, for error messages.
     pub fn tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::tools::tail_file(&self.log, lines)
     }
 
     /// Waits until `probe` succeeds, failing with the log tail if the process exits or time runs out.
@@ -119,17 +117,28 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts Envoy with `config` from the project root.
-pub fn start_envoy(envoy: &Path, config: &Path, name: &str, base_id: u32) -> Result<Daemon> {
-    let mut daemon = Daemon::spawn(
+/// Spawns Envoy with `config` from the project root (its own `--base-id`, no hot restart).
+pub fn spawn_envoy(
+    envoy: &Path,
+    config: &Path,
+    name: &str,
+    base_id: u32,
+    concurrency: u32,
+    log_level: &str,
+) -> Result<Daemon> {
+    Daemon::spawn(
         name,
         Command::new(envoy)
-            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn", "--base-id"])
-            .arg(base_id.to_string())
-            .arg("-c")
+            .args(["--disable-hot-restart", "--concurrency", &concurrency.to_string(), "--log-level", log_level])
+            .args(["--base-id", &base_id.to_string(), "-c"])
             .arg(config)
             .current_dir(root()),
-    )?;
+    )
+}
+
+/// Starts Envoy with `config` on two workers and waits for its admin (:9901) to be ready.
+pub fn start_envoy(envoy: &Path, config: &Path, name: &str, base_id: u32) -> Result<Daemon> {
+    let mut daemon = spawn_envoy(envoy, config, name, base_id, 2, "warn")?;
     daemon.wait_until(Duration::from_secs(20), || admin_ready(9901))?;
     Ok(daemon)
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::stage::{exec, root, stage};
+use crate::stage::{root, stage};
 use crate::tools::{cache_dir, state_dir};
 
 pub const TARGETS: [&str; 5] = ["config", "path", "authority", "forwarded", "decide"];
@@ -19,18 +19,7 @@ fn cargo_fuzz_root() -> PathBuf {
 }
 
 pub fn ensure_tool() -> Result<()> {
-    let bin = cargo_fuzz_root().join("bin/cargo-fuzz");
-    if bin.exists() {
-        return Ok(());
-    }
-    exec(
-        Command::new("cargo")
-            .args(["install", "--quiet", "--root"])
-            .arg(cargo_fuzz_root())
-            .arg(format!("cargo-fuzz@{CARGO_FUZZ}"))
-            .env("CARGO_TARGET_DIR", cache_dir().join("tools-target")),
-    )
-    .context("installing cargo-fuzz")
+    crate::tools::cargo_install("cargo-fuzz", CARGO_FUZZ, &cargo_fuzz_root().join("bin/cargo-fuzz"))
 }
 
 pub fn run(seconds: u32) -> Result<()> {

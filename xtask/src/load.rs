@@ -72,12 +72,16 @@ fn rss_kib(pattern: &str) -> Result<u64> {
         .context("no VmRSS")
 }
 
+fn envoy_pattern() -> String {
+    format!("envoy.*--base-id {}", crate::up::ENVOY_BASE_ID)
+}
+
 pub fn steady_load(seconds: u32) -> Result<String> {
     // Warm up connections and allocators before the first RSS reading.
     finish_wrk(start_wrk(3)?)?;
-    let before = (rss_kib("portcullis-origin serve")?, rss_kib("envoy.*--base-id 61")?);
+    let before = (rss_kib("portcullis-origin serve")?, rss_kib(&envoy_pattern())?);
     let (statuses, socket_errors) = finish_wrk(start_wrk(seconds)?)?;
-    let after = (rss_kib("portcullis-origin serve")?, rss_kib("envoy.*--base-id 61")?);
+    let after = (rss_kib("portcullis-origin serve")?, rss_kib(&envoy_pattern())?);
     ensure!(socket_errors == 0, "{socket_errors} socket errors under load");
     ensure!(statuses.iter().all(|(s, _)| *s == 200), "unexpected statuses under load: {statuses:?}");
     let total: u64 = statuses.iter().map(|(_, n)| n).sum();
@@ -104,12 +108,7 @@ pub fn database_outage() -> Result<String> {
     ensure!(statuses.iter().any(|(s, _)| *s == 503), "the outage was not seen (no 503): {statuses:?}");
     // Recovery without restarting anything.
     for _ in 0..50 {
-        let ok = Command::new("curl")
-            .args(["-s", "-f", "-o", "/dev/null", "--cacert"])
-            .arg(crate::certs::dir().join("ca.crt"))
-            .arg(HEALTH)
-            .status()?
-            .success();
+        let ok = crate::up::curl(&["-f", "-o", "/dev/null", HEALTH]).status()?.success();
         if ok {
             return Ok(format!("statuses {statuses:?}, then 200 again"));
         }

@@ -1,6 +1,6 @@
 //! Tools the project installs for itself into `.portcullis/` (ignored by git).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -96,4 +96,54 @@ pub fn random_hex(n: usize) -> Result<String> {
 /// `sslyze` from the project venv.
 pub fn sslyze() -> PathBuf {
     venv().join("bin").join("sslyze")
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail_file(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Writes `path` from `make` unless it exists (generated secrets are made once and reused),
+/// with permission `mode`; returns its content.
+pub fn write_once(path: &Path, mode: u32, make: impl FnOnce() -> Result<String>) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if !path.exists() {
+        std::fs::write(path, make()?)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(std::fs::read_to_string(path)?)
+}
+
+/// `cargo install` of a tool at an exact version into `bin`'s install root, unless present.
+/// Builds go to a target directory outside the clone, so a fresh clone reuses them.
+pub fn cargo_install(name: &str, version: &str, bin: &Path) -> Result<()> {
+    if bin.exists() {
+        println!("    present: {}", bin.display());
+        return Ok(());
+    }
+    let install_root = bin.parent().and_then(Path::parent).context("tool path has no install root")?;
+    println!("    building {name} {version} (minutes on 2 cores, once)");
+    // Not `--locked`: a registry mirror may lack a yanked-and-replaced dependency the crate's
+    // own lockfile names; the version of the tool itself is pinned exactly.
+    exec(
+        cmd(
+            "cargo",
+            &[
+                "install",
+                "--quiet",
+                "--root",
+                &install_root.to_string_lossy(),
+                name,
+                "--version",
+                &format!("={version}"),
+            ],
+        )
+        .env("CARGO_TARGET_DIR", cache_dir().join("tools-target")),
+    )?;
+    if !bin.exists() {
+        bail!("cargo install {name} did not produce {}", bin.display());
+    }
+    Ok(())
 }

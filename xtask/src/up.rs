@@ -18,6 +18,8 @@ use crate::stage::{cmd, exec, root, stage, target_dir};
 use crate::tools::{random_bytes, random_hex, state_dir};
 
 pub const DEMO_USER: &str = "demo";
+/// Envoy's `--base-id` in the stack (the load checks find its process by it).
+pub const ENVOY_BASE_ID: u32 = 61;
 
 fn secrets_dir() -> PathBuf {
     state_dir().join("secrets")
@@ -30,15 +32,12 @@ fn secret(name: &str, make: impl FnOnce() -> Result<String>) -> Result<PathBuf> 
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let path = dir.join(name);
-    if !path.exists() {
-        std::fs::write(&path, make()?)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    crate::tools::write_once(&path, 0o600, make)?;
     Ok(path)
 }
 
-/// `curl` against the stack, trusting the dev CA.
-fn curl(args: &[&str]) -> Command {
+/// `curl` against the stack, trusting the dev CA (a later `--max-time` in `args` wins).
+pub fn curl(args: &[&str]) -> Command {
     let mut command = Command::new("curl");
     command.args(["-s", "--max-time", "5", "--cacert"]).arg(crate::certs::dir().join("ca.crt")).args(args);
     command
@@ -104,7 +103,7 @@ pub fn run(with_worker: bool) -> Result<()> {
         let envoy_bin = crate::tools::ensure_envoy()?;
         let mut envoy = stage("up: Envoy on :8080 (redirects) and :8443, admin :9901", || {
             envoy::validate(&envoy_bin, &root().join("envoy.yaml"))?;
-            envoy::start_envoy(&envoy_bin, &root().join("envoy.yaml"), "envoy", 61)
+            envoy::start_envoy(&envoy_bin, &root().join("envoy.yaml"), "envoy", ENVOY_BASE_ID)
         })?;
         stage("up: end to end: Envoy → origin → PostgreSQL", || {
             envoy.wait_until(Duration::from_secs(20), || https_ok("https://localhost:8443/api/v1/health"))

@@ -7,13 +7,13 @@
 //! `~/.cache/portcullis/tools/<name>-<version>/` (outside the clone), so a second run — even
 //! from a fresh clone — installs nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
 use crate::stage::{cmd, exec, output, root, stage};
-use crate::tools::state_dir;
+use crate::tools::{cargo_install, state_dir};
 
 const WORKER_BUILD_VERSION: &str = "0.8.7";
 /// The Worker crate, relative to the workspace root; worker-build writes `build/` inside it.
@@ -128,25 +128,6 @@ fn npm_ci() -> Result<()> {
 }
 
 /// `cargo install name@=version` into its own root under `.portcullis/tools`, unless present.
-fn cargo_install(name: &str, version: &str, bin: &Path) -> Result<()> {
-    if bin.exists() {
-        println!("    present: {}", bin.display());
-        return Ok(());
-    }
-    let install_root = bin.parent().and_then(Path::parent).context("tool path has no install root")?;
-    println!("    building {name} {version} (several minutes on 2 cores, once)");
-    // Not `--locked`: a registry mirror may lack a yanked-and-replaced dependency the crate's
-    // own lockfile names; the version of the tool itself is pinned exactly.
-    exec(&mut cmd(
-        "cargo",
-        &["install", "--quiet", "--root", &install_root.to_string_lossy(), name, "--version", &format!("={version}")],
-    ))?;
-    if !bin.exists() {
-        bail!("cargo install {name} did not produce {}", bin.display());
-    }
-    Ok(())
-}
-
 /// The `wasm-bindgen` version in Cargo.lock: the CLI must match it exactly.
 fn wasm_bindgen_version() -> Result<String> {
     for attempt in 0..2 {
