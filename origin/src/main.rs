@@ -121,8 +121,8 @@ async fn add_user(username: String) -> anyhow::Result<()> {
     let hash = Passwords::hash(SecretString::from(password)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let pool = db::connect(url.expose_secret(), 1).await?;
     let id = Uuid::new_v4();
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.user_id', $1, true)").bind(id.to_string()).execute(&mut *tx).await?;
+    // Row-level security admits the insert only as the new user.
+    let mut tx = portcullis_origin::routes::as_user(&pool, id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let inserted = sqlx::query(
         "INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3) ON CONFLICT (username) DO NOTHING",
     )

@@ -263,13 +263,8 @@ pub async fn build(settings: Settings, secrets: &crate::secrets::Secrets) -> Res
         return Err(format!("{}: at least 16 characters", DATA_KEY.name));
     }
     let url = secrets.get(DATABASE_URL).ok_or_else(|| missing(DATABASE_URL.name))?;
-    // Lazy: the server starts (and answers /health with 503) while the database is down.
-    let options: sqlx::postgres::PgConnectOptions =
-        url.expose_secret().parse().map_err(|e| format!("{}: {e}", DATABASE_URL.name))?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with(sqlx::ConnectOptions::disable_statement_logging(options));
+    let pool = crate::db::lazy_pool(url.expose_secret(), settings.db_max_connections)
+        .map_err(|e| format!("{}: {e}", DATABASE_URL.name))?;
     let edge = Application::edge(&settings)?;
     let listener =
         TcpListener::bind(settings.listen).await.map_err(|e| format!("PORTCULLIS_LISTEN {}: {e}", settings.listen))?;

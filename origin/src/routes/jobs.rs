@@ -87,10 +87,21 @@ pub async fn insert_job(
     Ok(job)
 }
 
-async fn video_exists(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, video: Uuid) -> Result<bool, ApiError> {
+/// Queues an analysis of one of the caller's videos (404 when the video is not theirs).
+async fn queue_analysis(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    owner: Uuid,
+    video: Uuid,
+    analysis: AnalysisKind,
+    run_at: Option<DateTime<Utc>>,
+) -> Result<Job, ApiError> {
     let found: Option<(Uuid,)> =
         sqlx::query_as("SELECT id FROM app.videos WHERE id = $1").bind(video).fetch_optional(&mut **tx).await?;
-    Ok(found.is_some())
+    if found.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let params = serde_json::json!({ "analysis": analysis });
+    insert_job(tx, owner, Some(video), JobKind::Analysis, params, run_at).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -125,11 +136,7 @@ pub async fn analyze(
     ValidJson(request): ValidJson<AnalyzeRequest>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let mut tx = as_user(&state.pool, user).await?;
-    if !video_exists(&mut tx, request.video_id).await? {
-        return Err(ApiError::NotFound);
-    }
-    let params = serde_json::json!({ "analysis": request.analysis });
-    let job = insert_job(&mut tx, user, Some(request.video_id), JobKind::Analysis, params, None).await?;
+    let job = queue_analysis(&mut tx, user, request.video_id, request.analysis, None).await?;
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
@@ -211,11 +218,7 @@ pub async fn schedule(
             insert_job(&mut tx, user, Some(video), JobKind::Transcription, params, Some(request.run_at)).await?
         }
         (JobKind::Analysis, _, Some(video), Some(analysis)) => {
-            if !video_exists(&mut tx, video).await? {
-                return Err(ApiError::NotFound);
-            }
-            let params = serde_json::json!({ "analysis": analysis });
-            insert_job(&mut tx, user, Some(video), JobKind::Analysis, params, Some(request.run_at)).await?
+            queue_analysis(&mut tx, user, video, analysis, Some(request.run_at)).await?
         }
         _ => return Err(ApiError::field("kind", "incomplete job description")),
     };
