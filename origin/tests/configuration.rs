@@ -1,0 +1,195 @@
+//! Settings from the environment, JWT key lists and the TLS configuration: defaults, every
+//! override, and an error naming the variable for every way each can be wrong.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use portcullis_origin::auth::JwtKeys;
+use portcullis_origin::configuration::{DEFAULT_POLICY, Settings};
+use portcullis_origin::secrets::{Environment, ProcessEnvironment};
+use portcullis_origin::tls;
+use secrecy::SecretString;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Every error of `pairs`, as `variable: reason` lines.
+fn errors(pairs: &[(&str, &str)]) -> Vec<String> {
+    Settings::from_env(&env(pairs)).expect_err("invalid settings").iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn defaults_match_the_local_stack() {
+    let s = Settings::from_env(&env(&[])).unwrap();
+    assert_eq!(s.listen, "127.0.0.1:9443".parse().unwrap());
+    assert_eq!(s.plain_listen, None);
+    assert_eq!(s.tls_cert, PathBuf::from(".portcullis/certs/origin.crt"));
+    assert_eq!(s.client_ca, None);
+    assert_eq!(s.policy_json, DEFAULT_POLICY);
+    assert!(s.cors_origins.is_empty());
+    assert_eq!((s.jwt_issuer.as_str(), s.jwt_audience.as_str()), ("portcullis", "portcullis-api"));
+    assert_eq!((s.access_ttl, s.refresh_ttl), (Duration::from_secs(900), Duration::from_secs(1_209_600)));
+    assert_eq!(s.refresh_grace, Duration::from_secs(10));
+    assert_eq!((s.body_limit, s.request_timeout), (65_536, Duration::from_secs(30)));
+    assert_eq!(s.db_max_connections, 10);
+    assert_eq!((s.stt_url, s.stt_model.as_str()), (None, "whisper-1"));
+    assert_eq!(s.job_poll, Duration::from_secs(1));
+}
+
+#[test]
+fn every_setting_can_be_overridden_and_blank_means_default() {
+    let s = Settings::from_env(&env(&[
+        ("PORTCULLIS_LISTEN", "0.0.0.0:8443"),
+        ("PORTCULLIS_PLAIN_LISTEN", "[::1]:8081"),
+        ("PORTCULLIS_TLS_CERT", "/etc/portcullis/tls.crt"),
+        ("PORTCULLIS_CLIENT_CA", "/etc/portcullis/envoy-ca.crt"),
+        ("PORTCULLIS_POLICY", r#"{"preset": "strict"}"#),
+        ("PORTCULLIS_CORS_ORIGINS", " https://a.example ,,http://localhost:5173 "),
+        ("PORTCULLIS_JWT_ISSUER", "iss"),
+        ("PORTCULLIS_JWT_AUDIENCE", "aud"),
+        ("PORTCULLIS_ACCESS_TTL_SECS", "60"),
+        ("PORTCULLIS_REFRESH_TTL_SECS", " 3600 "),
+        ("PORTCULLIS_REFRESH_GRACE_SECS", "0"),
+        ("PORTCULLIS_BODY_LIMIT_BYTES", "1024"),
+        ("PORTCULLIS_REQUEST_TIMEOUT_SECS", "5"),
+        ("PORTCULLIS_DB_MAX_CONNECTIONS", "2"),
+        ("PORTCULLIS_STT_URL", "https://stt.example"),
+        ("PORTCULLIS_STT_MODEL", "large-v3"),
+        ("PORTCULLIS_JOB_POLL_MILLIS", "10"),
+        ("PORTCULLIS_JWT_KEYS", "ignored: secrets are not settings"),
+    ]))
+    .unwrap();
+    assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(s.plain_listen, Some("[::1]:8081".parse().unwrap()));
+    assert_eq!(s.tls_cert, PathBuf::from("/etc/portcullis/tls.crt"));
+    assert_eq!(s.client_ca, Some(PathBuf::from("/etc/portcullis/envoy-ca.crt")));
+    assert_eq!(s.policy_json, r#"{"preset": "strict"}"#);
+    assert_eq!(s.cors_origins, ["https://a.example", "http://localhost:5173"]);
+    assert_eq!((s.jwt_issuer.as_str(), s.jwt_audience.as_str()), ("iss", "aud"));
+    assert_eq!(
+        (s.access_ttl, s.refresh_ttl, s.refresh_grace),
+        (Duration::from_secs(60), Duration::from_secs(3600), Duration::ZERO)
+    );
+    assert_eq!((s.body_limit, s.request_timeout, s.db_max_connections), (1024, Duration::from_secs(5), 2));
+    assert_eq!((s.stt_url.as_deref(), s.stt_model.as_str()), (Some("https://stt.example"), "large-v3"));
+    assert_eq!(s.job_poll, Duration::from_millis(10));
+
+    let blank = Settings::from_env(&env(&[("PORTCULLIS_LISTEN", "  "), ("PORTCULLIS_STT_MODEL", "")])).unwrap();
+    assert_eq!((blank.listen.port(), blank.stt_model.as_str()), (9443, "whisper-1"));
+}
+
+#[test]
+fn every_bad_number_is_named_with_its_minimum() {
+    let found = errors(&[
+        ("PORTCULLIS_ACCESS_TTL_SECS", "0"),
+        ("PORTCULLIS_REFRESH_TTL_SECS", "two weeks"),
+        ("PORTCULLIS_REFRESH_GRACE_SECS", "-1"),
+        ("PORTCULLIS_BODY_LIMIT_BYTES", "1023"),
+        ("PORTCULLIS_REQUEST_TIMEOUT_SECS", "1.5"),
+        ("PORTCULLIS_DB_MAX_CONNECTIONS", "0"),
+        ("PORTCULLIS_JOB_POLL_MILLIS", "9"),
+    ]);
+    assert_eq!(
+        found,
+        [
+            "PORTCULLIS_ACCESS_TTL_SECS: \"0\" is not a whole number ≥ 1",
+            "PORTCULLIS_REFRESH_TTL_SECS: \"two weeks\" is not a whole number ≥ 1",
+            "PORTCULLIS_REFRESH_GRACE_SECS: \"-1\" is not a whole number ≥ 0",
+            "PORTCULLIS_BODY_LIMIT_BYTES: \"1023\" is not a whole number ≥ 1024",
+            "PORTCULLIS_REQUEST_TIMEOUT_SECS: \"1.5\" is not a whole number ≥ 1",
+            "PORTCULLIS_DB_MAX_CONNECTIONS: \"0\" is not a whole number ≥ 1",
+            "PORTCULLIS_JOB_POLL_MILLIS: \"9\" is not a whole number ≥ 10",
+        ]
+    );
+}
+
+#[test]
+fn addresses_policy_files_and_cors_origins_are_checked() {
+    let found = errors(&[
+        ("PORTCULLIS_LISTEN", "localhost:9443"),
+        ("PORTCULLIS_PLAIN_LISTEN", "8080"),
+        ("PORTCULLIS_POLICY_FILE", "/nonexistent/policy.json"),
+        ("PORTCULLIS_CORS_ORIGINS", "https://ok.example,*,http://app.example"),
+    ]);
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert_eq!(found[0], "PORTCULLIS_LISTEN: \"localhost:9443\" is not host:port (an IP address)");
+    assert_eq!(found[1], "PORTCULLIS_PLAIN_LISTEN: \"8080\" is not host:port (an IP address)");
+    assert!(found[2].starts_with("PORTCULLIS_POLICY_FILE: /nonexistent/policy.json: "), "{}", found[2]);
+    assert_eq!(
+        found[3],
+        "PORTCULLIS_CORS_ORIGINS: \"*\" is not an https:// origin (a wildcard is never allowed with credentials)"
+    );
+    assert!(found[4].starts_with("PORTCULLIS_CORS_ORIGINS: \"http://app.example\""), "{}", found[4]);
+
+    // A good listen address does not hide another setting's error.
+    assert_eq!(errors(&[("PORTCULLIS_CORS_ORIGINS", "*")]).len(), 1);
+}
+
+#[test]
+fn the_process_environment_is_the_real_one() {
+    assert_eq!(ProcessEnvironment.var("PATH"), std::env::var("PATH").ok());
+    assert_eq!(ProcessEnvironment.var("PORTCULLIS_SURELY_UNSET_VARIABLE"), None);
+}
+
+fn jwt(spec: &str) -> Result<JwtKeys, String> {
+    JwtKeys::parse(&SecretString::from(spec.to_owned()), "portcullis", "portcullis-api")
+}
+
+#[test]
+fn jwt_key_lists_are_checked_entry_by_entry() {
+    let key = "A".repeat(44); // 33 bytes, just over the minimum
+    assert!(jwt(&format!("current:{key}, previous_1:{key}")).is_ok());
+    let cases = [
+        (String::new(), "no keys"),
+        (" , ".to_owned(), "no keys"),
+        ("no-colon".to_owned(), "key 0 is not kid:base64"),
+        (format!(":{key}"), "key 0: kid must be [A-Za-z0-9_-]+"),
+        (format!("k1:{key},bad kid:{key}"), "key 1: kid must be [A-Za-z0-9_-]+"),
+        ("k1:not base64!".to_owned(), "key k1: not base64"),
+        ("k1:c2hvcnQ=".to_owned(), "key k1: 5 bytes, at least 32 needed"),
+        (format!("k1:{key},k1:{key}"), "key k1: kid used twice"),
+    ];
+    for (spec, expected) in cases {
+        assert_eq!(jwt(&spec).err().as_deref(), Some(expected), "{spec:?}");
+    }
+}
+
+fn key_pem() -> SecretString {
+    SecretString::from(std::fs::read_to_string(support::certs().join("origin.key")).unwrap())
+}
+
+#[test]
+fn tls_configuration_errors_name_the_file_or_secret() {
+    let certs = support::certs();
+    let ok = tls::server_config(&certs.join("origin.crt"), &key_pem(), None).unwrap();
+    assert_eq!(ok.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    let mtls = tls::server_config(&certs.join("origin.crt"), &key_pem(), Some(&certs.join("ca.crt")));
+    assert!(mtls.is_ok(), "{:?}", mtls.err());
+
+    let missing = tls::server_config(&PathBuf::from("/nonexistent/origin.crt"), &key_pem(), None).unwrap_err();
+    assert!(missing.starts_with("/nonexistent/origin.crt: "), "{missing}");
+
+    let dir = std::env::temp_dir().join(format!("portcullis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.crt");
+    std::fs::write(&empty, "no PEM here\n").unwrap();
+    let err = tls::server_config(&empty, &key_pem(), None).unwrap_err();
+    assert_eq!(err, format!("{}: no certificate found", empty.display()));
+    let err = tls::server_config(&certs.join("origin.crt"), &key_pem(), Some(&empty)).unwrap_err();
+    assert_eq!(err, format!("{}: no certificate found", empty.display()), "an empty client CA file");
+
+    let err =
+        tls::server_config(&certs.join("origin.crt"), &SecretString::from("garbage".to_owned()), None).unwrap_err();
+    assert_eq!(err, "PORTCULLIS_TLS_KEY: no PEM private key found");
+    // A key that is not the certificate's.
+    let other = SecretString::from(std::fs::read_to_string(certs.join("envoy.key")).unwrap());
+    let err = tls::server_config(&certs.join("origin.crt"), &other, None).unwrap_err();
+    assert!(err.starts_with("certificate and key: "), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
