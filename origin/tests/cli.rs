@@ -264,8 +264,8 @@ async fn a_user_added_on_the_command_line_logs_in_to_the_served_api_until_sigter
 
     let mut env = support::serve_env(&db);
     env.insert("PORTCULLIS_LOG".into(), "info".into());
-    // The engine is configured, so a job fails fetching its (unreachable) media rather than for
-    // want of an engine.
+    // The engine is configured, so a job fails fetching its media (`.invalid` never resolves)
+    // rather than for want of an engine.
     env.insert("PORTCULLIS_STT_URL".into(), "http://127.0.0.1:9".into());
     let served = Served::start(&env);
     let address: std::net::SocketAddr = served.log("serving")["fields"]["address"].as_str().unwrap().parse().unwrap();
@@ -283,7 +283,7 @@ async fn a_user_added_on_the_command_line_logs_in_to_the_served_api_until_sigter
     let job: Value = client
         .post(url("/api/v1/transcribe"))
         .bearer_auth(&token)
-        .json(&json!({"source_url": "https://127.0.0.1:9/unreachable.mp3"}))
+        .json(&json!({"source_url": "https://media.invalid/unreachable.mp3"}))
         .send()
         .await
         .unwrap()

