@@ -1,34 +1,41 @@
-//! The host side of the proxy-wasm ABI 0.2.1: the `env` functions a filter imports, the four
-//! WASI functions a `wasm32-wasip1` build needs, and the callbacks the host invokes.
+//! The host side of the proxy-wasm ABI 0.2.1, once for every backend: what each host call the
+//! filter imports does to the per-VM [`State`] and the process-wide [`Host`]. A backend only
+//! supplies a [`Guest`]: access to the calling VM's memory and allocator, so the same semantics
+//! answer the `.wasm` under wasmtime and the filter crate linked natively.
 
 use std::collections::HashMap;
 
-use wasmtime::{Caller, Extern, Instance, Linker, Memory, Result, Store, TypedFunc, bail, format_err};
+use wasmtime::{Result, bail, format_err};
 
-use crate::{Call2, Host, HttpRequest, Response, SharedValue};
+use crate::{Host, HttpRequest, Response, SharedValue};
 
 // Status codes of the ABI.
-const OK: i32 = 0;
-const NOT_FOUND: i32 = 1;
-const BAD_ARGUMENT: i32 = 2;
-const CAS_MISMATCH: i32 = 8;
+pub const OK: u32 = 0;
+pub const NOT_FOUND: u32 = 1;
+pub const BAD_ARGUMENT: u32 = 2;
+pub const CAS_MISMATCH: u32 = 8;
+pub const INTERNAL_FAILURE: u32 = 10;
 
 // Map and buffer types used by the filter.
-const REQUEST_HEADERS: i32 = 0;
-const RESPONSE_HEADERS: i32 = 2;
-const PLUGIN_CONFIGURATION: i32 = 7;
+const REQUEST_HEADERS: u32 = 0;
+const RESPONSE_HEADERS: u32 = 2;
+const PLUGIN_CONFIGURATION: u32 = 7;
 
 /// Per-VM state: what the current stream looks like and what the plugin did.
 pub struct State {
-    host: Host,
+    pub host: Host,
     plugin_config: Vec<u8>,
     pub request_headers: Vec<(String, Vec<u8>)>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     properties: HashMap<String, Vec<u8>>,
     pub local_response: Option<Response>,
     pub logs: Vec<(u32, String)>,
-    /// With `PORTCULLIS_FUEL_TRACE` set: fuel remaining at the previous host call, and the
-    /// instructions spent before each host call since — a cheap profile of the filter.
+    pub tick_period_ms: Option<u32>,
+    /// A host call failed in a way that traps under wasmtime; the native backend reports it
+    /// when the callback returns.
+    pub fault: Option<wasmtime::Error>,
+    /// With `PORTCULLIS_FUEL_TRACE` set under wasmtime: fuel remaining at the previous host
+    /// call, and the instructions spent before each host call since — a cheap profile.
     pub last_fuel: Option<u64>,
     pub fuel_trace: Option<Vec<(&'static str, u64)>>,
 }
@@ -43,8 +50,10 @@ impl State {
             properties: HashMap::new(),
             local_response: None,
             logs: Vec::new(),
+            tick_period_ms: None,
+            fault: None,
             last_fuel: None,
-            fuel_trace: std::env::var_os("PORTCULLIS_FUEL_TRACE").map(|_| Vec::new()),
+            fuel_trace: None,
         }
     }
 
@@ -61,7 +70,7 @@ impl State {
         }
     }
 
-    fn map(&mut self, map_type: i32) -> Result<&mut Vec<(String, Vec<u8>)>> {
+    fn map(&mut self, map_type: u32) -> Result<&mut Vec<(String, Vec<u8>)>> {
         match map_type {
             REQUEST_HEADERS => Ok(&mut self.request_headers),
             RESPONSE_HEADERS => Ok(&mut self.response_headers),
@@ -70,107 +79,52 @@ impl State {
     }
 }
 
-/// The callbacks the host invokes.
-pub struct Exports {
-    pub context_create: TypedFunc<(u32, u32), ()>,
-    pub vm_start: Call2,
-    pub configure: Call2,
-    pub request_headers: TypedFunc<(u32, u32, u32), u32>,
-    pub response_headers: TypedFunc<(u32, u32, u32), u32>,
-    pub done: TypedFunc<u32, u32>,
-    pub log: TypedFunc<u32, ()>,
-    pub delete: TypedFunc<u32, ()>,
-    pub tick: TypedFunc<u32, ()>,
+/// The VM making a host call. Addresses are guest addresses: offsets into linear memory under
+/// wasmtime, plain pointers natively.
+pub trait Guest {
+    fn state(&mut self) -> &mut State;
+    fn read(&mut self, addr: usize, len: usize) -> Result<Vec<u8>>;
+    fn write(&mut self, addr: usize, bytes: &[u8]) -> Result<()>;
+    /// Memory from the guest's own allocator (`proxy_on_memory_allocate`), which the SDK frees.
+    fn allocate(&mut self, len: usize) -> Result<usize>;
+    /// Bytes of the guest's `usize`: 4 on wasm32.
+    fn pointer_width(&self) -> usize;
+    /// Called on entry to every host call, for profiling.
+    fn enter(&mut self, _call: &'static str) {}
 }
 
-impl Exports {
-    pub fn find(instance: &Instance, store: &mut Store<State>) -> Result<Self> {
-        if instance.get_func(&mut *store, "proxy_abi_version_0_2_1").is_none() {
-            bail!("the module does not export proxy_abi_version_0_2_1");
-        }
-        Ok(Self {
-            context_create: instance.get_typed_func(&mut *store, "proxy_on_context_create")?,
-            vm_start: instance.get_typed_func(&mut *store, "proxy_on_vm_start")?,
-            configure: instance.get_typed_func(&mut *store, "proxy_on_configure")?,
-            request_headers: instance.get_typed_func(&mut *store, "proxy_on_request_headers")?,
-            response_headers: instance.get_typed_func(&mut *store, "proxy_on_response_headers")?,
-            done: instance.get_typed_func(&mut *store, "proxy_on_done")?,
-            log: instance.get_typed_func(&mut *store, "proxy_on_log")?,
-            delete: instance.get_typed_func(&mut *store, "proxy_on_delete")?,
-            tick: instance.get_typed_func(&mut *store, "proxy_on_tick")?,
-        })
+fn read_string(g: &mut impl Guest, ptr: usize, len: usize) -> Result<String> {
+    String::from_utf8(g.read(ptr, len)?).map_err(|_| format_err!("the filter passed a non-UTF-8 name"))
+}
+
+pub fn write_u32(g: &mut impl Guest, ptr: usize, value: u32) -> Result<()> {
+    g.write(ptr, &value.to_le_bytes())
+}
+
+/// A pointer or size the SDK passed as `*mut usize`.
+fn write_usize(g: &mut impl Guest, ptr: usize, value: usize) -> Result<()> {
+    let width = g.pointer_width();
+    let bytes = (value as u64).to_le_bytes();
+    if width < 8 && (value as u64) >> (8 * width) != 0 {
+        bail!("{value} does not fit the guest's {width}-byte usize");
     }
-}
-
-/// Records the instructions the filter ran since the previous host call.
-fn trace(caller: &mut Caller<'_, State>, call: &'static str) {
-    if caller.data().fuel_trace.is_none() {
-        return;
-    }
-    let Ok(now) = caller.get_fuel() else { return };
-    let state = caller.data_mut();
-    let spent = state.last_fuel.map_or(0, |before| before.saturating_sub(now));
-    state.last_fuel = Some(now);
-    if let Some(trace) = state.fuel_trace.as_mut() {
-        trace.push((call, spent));
-    }
-}
-
-fn memory(caller: &mut Caller<'_, State>) -> Result<Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(memory)) => Ok(memory),
-        _ => bail!("the module exports no memory"),
-    }
-}
-
-fn read(caller: &mut Caller<'_, State>, ptr: i32, len: i32) -> Result<Vec<u8>> {
-    let memory = memory(caller)?;
-    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
-    memory
-        .data(&*caller)
-        .get(start..start.saturating_add(len))
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| format_err!("read of {len} bytes at {start} is outside guest memory"))
-}
-
-fn read_string(caller: &mut Caller<'_, State>, ptr: i32, len: i32) -> Result<String> {
-    String::from_utf8(read(caller, ptr, len)?).map_err(|_| format_err!("the filter passed a non-UTF-8 name"))
-}
-
-fn write(caller: &mut Caller<'_, State>, ptr: i32, bytes: &[u8]) -> Result<()> {
-    let memory = memory(caller)?;
-    let start = ptr as u32 as usize;
-    memory
-        .data_mut(&mut *caller)
-        .get_mut(start..start.saturating_add(bytes.len()))
-        .ok_or_else(|| format_err!("write of {} bytes at {start} is outside guest memory", bytes.len()))?
-        .copy_from_slice(bytes);
-    Ok(())
-}
-
-fn write_u32(caller: &mut Caller<'_, State>, ptr: i32, value: u32) -> Result<()> {
-    write(caller, ptr, &value.to_le_bytes())
+    g.write(ptr, &bytes[..width])
 }
 
 /// Hands `bytes` to the plugin: memory from its allocator, pointer and size written where it asked.
-fn give(caller: &mut Caller<'_, State>, bytes: &[u8], data_ptr: i32, size_ptr: i32) -> Result<()> {
+fn give(g: &mut impl Guest, bytes: &[u8], data_ptr: usize, size_ptr: usize) -> Result<()> {
     if bytes.is_empty() {
         // The SDK reads a null pointer as "no data"; an allocation of zero bytes is not portable.
-        write_u32(caller, data_ptr, 0)?;
-        return write_u32(caller, size_ptr, 0);
+        write_usize(g, data_ptr, 0)?;
+        return write_usize(g, size_ptr, 0);
     }
-    let allocate = match caller.get_export("proxy_on_memory_allocate") {
-        Some(Extern::Func(f)) => f.typed::<u32, u32>(&*caller)?,
-        _ => bail!("the module exports no proxy_on_memory_allocate"),
-    };
-    let len = u32::try_from(bytes.len()).map_err(|_| format_err!("value too large for wasm32"))?;
-    let ptr = allocate.call(&mut *caller, len)?;
+    let ptr = g.allocate(bytes.len())?;
     if ptr == 0 {
-        bail!("proxy_on_memory_allocate({len}) returned null");
+        bail!("proxy_on_memory_allocate({}) returned null", bytes.len());
     }
-    write(caller, ptr as i32, bytes)?;
-    write_u32(caller, data_ptr, ptr)?;
-    write_u32(caller, size_ptr, len)
+    g.write(ptr, bytes)?;
+    write_usize(g, data_ptr, ptr)?;
+    write_usize(g, size_ptr, bytes.len())
 }
 
 /// `u32 count`, `count × (u32 key len, u32 value len)`, then `key\0value\0` each.
@@ -213,274 +167,219 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(map)
 }
 
-pub fn define(linker: &mut Linker<State>) -> Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_log",
-        |mut c: Caller<'_, State>, level: i32, ptr: i32, len: i32| -> Result<i32> {
-            trace(&mut c, "proxy_log");
-            let message = String::from_utf8_lossy(&read(&mut c, ptr, len)?).into_owned();
-            c.data_mut().logs.push((level as u32, message));
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_current_time_nanoseconds",
-        |mut c: Caller<'_, State>, ptr: i32| -> Result<i32> {
-            trace(&mut c, "proxy_get_current_time_nanoseconds");
-            let now = c.data().host.now_nanos();
-            write(&mut c, ptr, &now.to_le_bytes())?;
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |_: Caller<'_, State>, _: i32| -> Result<i32> {
-        Ok(OK)
-    })?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, State>, kind: i32, start: i32, max: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
-            trace(&mut c, "proxy_get_buffer_bytes");
-            if kind != PLUGIN_CONFIGURATION {
-                bail!("the filter read buffer type {kind}, which this host does not model");
-            }
-            let config = c.data().plugin_config.clone();
-            let start = (start as u32 as usize).min(config.len());
-            let end = start.saturating_add(max as u32 as usize).min(config.len());
-            if config.is_empty() {
-                return Ok(NOT_FOUND);
-            }
-            give(&mut c, &config[start..end], data_ptr, size_ptr)?;
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_pairs",
-        |mut c: Caller<'_, State>, map: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
-            trace(&mut c, "proxy_get_header_map_pairs");
-            let bytes = serialize_map(c.data_mut().map(map)?);
-            give(&mut c, &bytes, data_ptr, size_ptr)?;
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_header_map_pairs",
-        |mut c: Caller<'_, State>, map: i32, ptr: i32, len: i32| -> Result<i32> {
-            trace(&mut c, "proxy_set_header_map_pairs");
-            let pairs = deserialize_map(&read(&mut c, ptr, len)?)?;
-            *c.data_mut().map(map)? = pairs;
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_value",
-        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
-            trace(&mut c, "proxy_get_header_map_value");
-            let key = read_string(&mut c, kptr, klen)?;
-            let value =
-                c.data_mut().map(map)?.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone());
-            match value {
-                Some(value) => {
-                    give(&mut c, &value, data_ptr, size_ptr)?;
-                    Ok(OK)
-                }
-                None => Ok(NOT_FOUND),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
-            trace(&mut c, "proxy_replace_header_map_value");
-            let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
-            let value = read(&mut c, vptr, vlen)?;
-            let headers = c.data_mut().map(map)?;
-            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
-            headers.push((key, value));
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| -> Result<i32> {
-            trace(&mut c, "proxy_add_header_map_value");
-            let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
-            let value = read(&mut c, vptr, vlen)?;
-            c.data_mut().map(map)?.push((key, value));
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_remove_header_map_value",
-        |mut c: Caller<'_, State>, map: i32, kptr: i32, klen: i32| -> Result<i32> {
-            trace(&mut c, "proxy_remove_header_map_value");
-            let key = read_string(&mut c, kptr, klen)?;
-            c.data_mut().map(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_property",
-        |mut c: Caller<'_, State>, pptr: i32, plen: i32, data_ptr: i32, size_ptr: i32| -> Result<i32> {
-            trace(&mut c, "proxy_get_property");
-            let path = read_string(&mut c, pptr, plen)?;
-            match c.data().properties.get(&path).cloned() {
-                Some(value) => {
-                    give(&mut c, &value, data_ptr, size_ptr)?;
-                    Ok(OK)
-                }
-                None => Ok(NOT_FOUND),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_shared_data",
-        |mut c: Caller<'_, State>, kptr: i32, klen: i32, data_ptr: i32, size_ptr: i32, cas_ptr: i32| -> Result<i32> {
-            trace(&mut c, "proxy_get_shared_data");
-            let key = read_string(&mut c, kptr, klen)?;
-            let value =
-                c.data().host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?.get(&key).cloned();
-            match value {
-                Some(SharedValue { bytes, cas }) => {
-                    give(&mut c, &bytes, data_ptr, size_ptr)?;
-                    write_u32(&mut c, cas_ptr, cas)?;
-                    Ok(OK)
-                }
-                None => Ok(NOT_FOUND),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        |mut c: Caller<'_, State>, kptr: i32, klen: i32, vptr: i32, vlen: i32, cas: i32| -> Result<i32> {
-            trace(&mut c, "proxy_set_shared_data");
-            let key = read_string(&mut c, kptr, klen)?;
-            let bytes = read(&mut c, vptr, vlen)?;
-            let host = c.data().host.clone();
-            let mut shared = host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?;
-            // Envoy's semantics: CAS 0 writes unconditionally; otherwise it must match.
-            let current = shared.get(&key).map(|v| v.cas);
-            if cas != 0 && current != Some(cas as u32) {
-                return Ok(CAS_MISMATCH);
-            }
-            let next = current.unwrap_or(0).wrapping_add(1).max(1);
-            shared.insert(key, SharedValue { bytes, cas: next });
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_send_local_response",
-        |mut c: Caller<'_, State>,
-         status: i32,
-         _details_ptr: i32,
-         _details_len: i32,
-         body_ptr: i32,
-         body_len: i32,
-         headers_ptr: i32,
-         headers_len: i32,
-         _grpc: i32|
-         -> Result<i32> {
-            trace(&mut c, "proxy_send_local_response");
-            let body = read(&mut c, body_ptr, body_len)?;
-            let mut headers = deserialize_map(&read(&mut c, headers_ptr, headers_len)?)?;
-            let status = u16::try_from(status).map_err(|_| format_err!("status {status} out of range"))?;
-            headers.insert(0, (":status".into(), status.to_string().into_bytes()));
-            if c.data().local_response.is_some() {
-                return Ok(BAD_ARGUMENT);
-            }
-            c.data_mut().local_response = Some(Response { status, headers, body });
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_define_metric",
-        |mut c: Caller<'_, State>, kind: i32, nptr: i32, nlen: i32, id_ptr: i32| -> Result<i32> {
-            trace(&mut c, "proxy_define_metric");
-            if kind != 0 {
-                bail!("the filter defined a metric of type {kind}; only counters are modelled");
-            }
-            let name = read_string(&mut c, nptr, nlen)?;
-            let host = c.data().host.clone();
-            let id = {
-                let mut metrics = host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
-                match metrics.by_name.get(&name) {
-                    Some(id) => *id,
-                    None => {
-                        let id = metrics.values.len() as u32;
-                        metrics.values.push((name.clone(), 0));
-                        metrics.by_name.insert(name, id);
-                        id
-                    }
-                }
-            };
-            write_u32(&mut c, id_ptr, id)?;
-            Ok(OK)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_increment_metric",
-        |mut c: Caller<'_, State>, id: i32, offset: i64| -> Result<i32> {
-            trace(&mut c, "proxy_increment_metric");
-            let mut metrics = c.data().host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
-            match metrics.values.get_mut(id as u32 as usize) {
-                Some((_, value)) => {
-                    *value += offset;
-                    Ok(OK)
-                }
-                None => Ok(NOT_FOUND),
-            }
-        },
-    )?;
+pub fn log(g: &mut impl Guest, level: u32, ptr: usize, len: usize) -> Result<u32> {
+    g.enter("proxy_log");
+    let message = String::from_utf8_lossy(&g.read(ptr, len)?).into_owned();
+    g.state().logs.push((level, message));
+    Ok(OK)
+}
 
-    // WASI: only what a wasm32-wasip1 Rust cdylib links. Output is kept as log lines so a panic
-    // message from the filter shows up in the test failure.
-    linker.func_wrap(
-        "wasi_snapshot_preview1",
-        "environ_sizes_get",
-        |mut c: Caller<'_, State>, count: i32, size: i32| -> Result<i32> {
-            write_u32(&mut c, count, 0)?;
-            write_u32(&mut c, size, 0)?;
-            Ok(0)
-        },
-    )?;
-    linker.func_wrap(
-        "wasi_snapshot_preview1",
-        "environ_get",
-        |_: Caller<'_, State>, _: i32, _: i32| -> Result<i32> { Ok(0) },
-    )?;
-    linker.func_wrap(
-        "wasi_snapshot_preview1",
-        "fd_write",
-        |mut c: Caller<'_, State>, _fd: i32, iovs: i32, iovs_len: i32, written_ptr: i32| -> Result<i32> {
-            let mut written = 0u32;
-            let mut text = Vec::new();
-            for i in 0..iovs_len {
-                let iov = read(&mut c, iovs + i * 8, 8)?;
-                let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-                let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-                text.extend(read(&mut c, ptr, len)?);
-                written += len as u32;
+pub fn get_current_time_nanoseconds(g: &mut impl Guest, ptr: usize) -> Result<u32> {
+    g.enter("proxy_get_current_time_nanoseconds");
+    let now = g.state().host.now_nanos();
+    g.write(ptr, &now.to_le_bytes())?;
+    Ok(OK)
+}
+
+pub fn set_tick_period_milliseconds(g: &mut impl Guest, period: u32) -> Result<u32> {
+    g.enter("proxy_set_tick_period_milliseconds");
+    g.state().tick_period_ms = Some(period);
+    Ok(OK)
+}
+
+pub fn get_buffer_bytes(
+    g: &mut impl Guest,
+    kind: u32,
+    start: usize,
+    max: usize,
+    data_ptr: usize,
+    size_ptr: usize,
+) -> Result<u32> {
+    g.enter("proxy_get_buffer_bytes");
+    if kind != PLUGIN_CONFIGURATION {
+        bail!("the filter read buffer type {kind}, which this host does not model");
+    }
+    let config = g.state().plugin_config.clone();
+    if config.is_empty() {
+        return Ok(NOT_FOUND);
+    }
+    let start = start.min(config.len());
+    let end = start.saturating_add(max).min(config.len());
+    give(g, &config[start..end], data_ptr, size_ptr)?;
+    Ok(OK)
+}
+
+pub fn get_header_map_pairs(g: &mut impl Guest, map: u32, data_ptr: usize, size_ptr: usize) -> Result<u32> {
+    g.enter("proxy_get_header_map_pairs");
+    let bytes = serialize_map(g.state().map(map)?);
+    give(g, &bytes, data_ptr, size_ptr)?;
+    Ok(OK)
+}
+
+pub fn set_header_map_pairs(g: &mut impl Guest, map: u32, ptr: usize, len: usize) -> Result<u32> {
+    g.enter("proxy_set_header_map_pairs");
+    let pairs = deserialize_map(&g.read(ptr, len)?)?;
+    *g.state().map(map)? = pairs;
+    Ok(OK)
+}
+
+pub fn get_header_map_value(
+    g: &mut impl Guest,
+    map: u32,
+    (kptr, klen): (usize, usize),
+    data_ptr: usize,
+    size_ptr: usize,
+) -> Result<u32> {
+    g.enter("proxy_get_header_map_value");
+    let key = read_string(g, kptr, klen)?;
+    let value = g.state().map(map)?.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone());
+    match value {
+        Some(value) => {
+            give(g, &value, data_ptr, size_ptr)?;
+            Ok(OK)
+        }
+        None => Ok(NOT_FOUND),
+    }
+}
+
+/// `proxy_replace_header_map_value` (`replace`) and `proxy_add_header_map_value`.
+pub fn put_header_map_value(
+    g: &mut impl Guest,
+    map: u32,
+    (kptr, klen): (usize, usize),
+    (vptr, vlen): (usize, usize),
+    replace: bool,
+) -> Result<u32> {
+    g.enter(if replace { "proxy_replace_header_map_value" } else { "proxy_add_header_map_value" });
+    let key = read_string(g, kptr, klen)?.to_ascii_lowercase();
+    let value = g.read(vptr, vlen)?;
+    let headers = g.state().map(map)?;
+    if replace {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+    }
+    headers.push((key, value));
+    Ok(OK)
+}
+
+pub fn remove_header_map_value(g: &mut impl Guest, map: u32, kptr: usize, klen: usize) -> Result<u32> {
+    g.enter("proxy_remove_header_map_value");
+    let key = read_string(g, kptr, klen)?;
+    g.state().map(map)?.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+    Ok(OK)
+}
+
+pub fn get_property(g: &mut impl Guest, pptr: usize, plen: usize, data_ptr: usize, size_ptr: usize) -> Result<u32> {
+    g.enter("proxy_get_property");
+    let path = read_string(g, pptr, plen)?;
+    match g.state().properties.get(&path).cloned() {
+        Some(value) => {
+            give(g, &value, data_ptr, size_ptr)?;
+            Ok(OK)
+        }
+        None => Ok(NOT_FOUND),
+    }
+}
+
+pub fn get_shared_data(
+    g: &mut impl Guest,
+    (kptr, klen): (usize, usize),
+    data_ptr: usize,
+    size_ptr: usize,
+    cas_ptr: usize,
+) -> Result<u32> {
+    g.enter("proxy_get_shared_data");
+    let key = read_string(g, kptr, klen)?;
+    let value = g.state().host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?.get(&key).cloned();
+    match value {
+        Some(SharedValue { bytes, cas }) => {
+            give(g, &bytes, data_ptr, size_ptr)?;
+            write_u32(g, cas_ptr, cas)?;
+            Ok(OK)
+        }
+        None => Ok(NOT_FOUND),
+    }
+}
+
+pub fn set_shared_data(
+    g: &mut impl Guest,
+    (kptr, klen): (usize, usize),
+    (vptr, vlen): (usize, usize),
+    cas: u32,
+) -> Result<u32> {
+    g.enter("proxy_set_shared_data");
+    let key = read_string(g, kptr, klen)?;
+    let bytes = g.read(vptr, vlen)?;
+    let host = g.state().host.clone();
+    let mut shared = host.shared.lock().map_err(|_| format_err!("shared data poisoned"))?;
+    let current = shared.get(&key).map(|v| v.cas);
+    if cas != 0 && host.take_contention() {
+        // Another worker wrote the key between this VM's read and its write.
+        if let Some(value) = shared.get_mut(&key) {
+            value.cas = value.cas.wrapping_add(1).max(1);
+        }
+        return Ok(CAS_MISMATCH);
+    }
+    // Envoy's semantics: CAS 0 writes unconditionally; otherwise it must match.
+    if cas != 0 && current != Some(cas) {
+        return Ok(CAS_MISMATCH);
+    }
+    let next = current.unwrap_or(0).wrapping_add(1).max(1);
+    shared.insert(key, SharedValue { bytes, cas: next });
+    Ok(OK)
+}
+
+pub struct LocalResponse {
+    pub status: u32,
+    pub body: (usize, usize),
+    pub headers: (usize, usize),
+}
+
+pub fn send_local_response(g: &mut impl Guest, reply: LocalResponse) -> Result<u32> {
+    g.enter("proxy_send_local_response");
+    let body = g.read(reply.body.0, reply.body.1)?;
+    let mut headers = deserialize_map(&g.read(reply.headers.0, reply.headers.1)?)?;
+    let status = u16::try_from(reply.status).map_err(|_| format_err!("status {} out of range", reply.status))?;
+    headers.insert(0, (":status".into(), status.to_string().into_bytes()));
+    let state = g.state();
+    if state.local_response.is_some() {
+        return Ok(BAD_ARGUMENT);
+    }
+    state.local_response = Some(Response { status, headers, body });
+    Ok(OK)
+}
+
+pub fn define_metric(g: &mut impl Guest, kind: u32, (nptr, nlen): (usize, usize), id_ptr: usize) -> Result<u32> {
+    g.enter("proxy_define_metric");
+    if kind != 0 {
+        bail!("the filter defined a metric of type {kind}; only counters are modelled");
+    }
+    let name = read_string(g, nptr, nlen)?;
+    let host = g.state().host.clone();
+    let id = {
+        let mut metrics = host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
+        match metrics.by_name.get(&name) {
+            Some(id) => *id,
+            None => {
+                let id = metrics.values.len() as u32;
+                metrics.values.push((name.clone(), 0));
+                metrics.by_name.insert(name, id);
+                id
             }
-            c.data_mut().logs.push((5, String::from_utf8_lossy(&text).into_owned()));
-            write_u32(&mut c, written_ptr, written)?;
-            Ok(0)
-        },
-    )?;
-    linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |c: Caller<'_, State>, code: i32| -> Result<()> {
-        bail!("the filter called proc_exit({code}); log: {:?}", c.data().logs)
-    })?;
-    Ok(())
+        }
+    };
+    write_u32(g, id_ptr, id)?;
+    Ok(OK)
+}
+
+pub fn increment_metric(g: &mut impl Guest, id: u32, offset: i64) -> Result<u32> {
+    g.enter("proxy_increment_metric");
+    let host = g.state().host.clone();
+    let mut metrics = host.metrics.lock().map_err(|_| format_err!("metrics poisoned"))?;
+    match metrics.values.get_mut(id as usize) {
+        Some((_, value)) => {
+            *value += offset;
+            Ok(OK)
+        }
+        None => Ok(NOT_FOUND),
+    }
 }

@@ -1,4 +1,8 @@
-//! A proxy-wasm ABI 0.2.1 host on wasmtime that loads the built Portcullis filter.
+//! A proxy-wasm ABI 0.2.1 host that runs the Portcullis filter two ways ([`Backend`]): the built
+//! `.wasm` under wasmtime, as Envoy runs it, and (feature `native`, on by default) the filter
+//! crate linked into the test binary, so coverage tools can see its lines. What each host call
+//! does is written once (`abi`); the backends differ only in how they reach guest memory and the
+//! filter's callbacks.
 //!
 //! The API follows "build a plugin, send a request, inspect the outcome": a [`Host`] owns what
 //! Envoy keeps process-wide (shared data, metrics, the clock); each [`Plugin`] is one VM, as one
@@ -8,14 +12,17 @@
 //! pins a wasmtime that no longer builds here.
 
 mod abi;
+#[cfg(feature = "native")]
+mod native;
+mod wasm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, Instance, Linker, Module, Store, TypedFunc};
+use wasmtime::{Config, Engine, Module};
 
 pub use wasmtime::{Error, Result};
 
@@ -86,6 +93,8 @@ pub struct Host {
     shared: Arc<Mutex<HashMap<String, SharedValue>>>,
     metrics: Arc<Mutex<Metrics>>,
     clock: Arc<AtomicU64>,
+    /// Conditional shared-data writes still to lose to a simulated concurrent writer.
+    contention: Arc<AtomicU32>,
     /// Envoy runs a plugin's own local reply through its response phase (envoy#28826).
     pub local_reply_through_response_phase: bool,
 }
@@ -105,6 +114,7 @@ impl Host {
             shared: Arc::default(),
             metrics: Arc::default(),
             clock: Arc::new(AtomicU64::new(START_NANOS)),
+            contention: Arc::default(),
             local_reply_through_response_phase: true,
         }
     }
@@ -119,6 +129,16 @@ impl Host {
 
     pub fn now_nanos(&self) -> u64 {
         self.clock.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next `writes` compare-and-swap writes to shared data fail as if another worker
+    /// had written the key between the plugin's read and its write.
+    pub fn contend(&self, writes: u32) {
+        self.contention.store(writes, Ordering::SeqCst);
+    }
+
+    fn take_contention(&self) -> bool {
+        self.contention.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 
     /// Keys in shared data (Envoy never frees one).
@@ -141,7 +161,19 @@ impl Host {
     /// Starts a VM of `module` with `config` as its plugin configuration and configures it.
     /// A configuration the plugin rejects is an error carrying the plugin's log.
     pub fn plugin(&self, module: &FilterModule, config: &str) -> Result<Plugin> {
-        Plugin::start(self.clone(), module, config.as_bytes())
+        let vm = wasm::WasmVm::start(module, abi::State::new(self.clone(), config.as_bytes().to_vec()))?;
+        Plugin::start(self.clone(), Box::new(vm), config.as_bytes())
+    }
+
+    /// Like [`Host::plugin`], on `backend` (wasmtime with [`FilterModule::built`], or native).
+    pub fn start(&self, backend: Backend, config: &str) -> Result<Plugin> {
+        let state = abi::State::new(self.clone(), config.as_bytes().to_vec());
+        let vm: Box<dyn Vm> = match backend {
+            Backend::Wasm => Box::new(wasm::WasmVm::start(FilterModule::built(), state)?),
+            #[cfg(feature = "native")]
+            Backend::Native => Box::new(native::NativeVm::start(state)?),
+        };
+        Plugin::start(self.clone(), vm, config.as_bytes())
     }
 }
 
@@ -285,42 +317,81 @@ pub struct Exchange {
     pub request_fuel: u64,
 }
 
+/// Where a [`Plugin`] runs the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The built `.wasm` ([`FilterModule::built`]) under wasmtime: what Envoy runs.
+    Wasm,
+    /// `portcullis-envoy` compiled for the host and linked into this binary, its host calls
+    /// answered by the same host code: the filter's own lines become measurable by coverage.
+    /// One native plugin must stay on the thread that started it.
+    #[cfg(feature = "native")]
+    Native,
+}
+
+impl Backend {
+    /// Every backend this build has.
+    pub const ALL: &[Backend] = &[
+        Backend::Wasm,
+        #[cfg(feature = "native")]
+        Backend::Native,
+    ];
+}
+
+/// The `proxy_on_*` callbacks the host invokes, with their arguments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Callback {
+    ContextCreate { id: u32, parent: u32 },
+    VmStart { root: u32 },
+    Configure { root: u32, size: u32 },
+    RequestHeaders { id: u32, headers: u32, end: bool },
+    RequestBody { id: u32, size: u32, end: bool },
+    RequestTrailers { id: u32, trailers: u32 },
+    ResponseHeaders { id: u32, headers: u32, end: bool },
+    Done { id: u32 },
+    Log { id: u32 },
+    Delete { id: u32 },
+    Tick { root: u32 },
+}
+
+/// What differs between backends: how a callback reaches the filter. What the host calls do
+/// is shared ([`abi`]).
+pub(crate) trait Vm: Send {
+    fn state(&self) -> &abi::State;
+    fn state_mut(&mut self) -> &mut abi::State;
+    fn next_context_id(&mut self) -> u32;
+    /// Invokes a callback; its return value (an `Action`, or a bool as 0/1), 0 for `void` ones.
+    fn call(&mut self, callback: Callback) -> Result<u32>;
+    /// Fuel left; constant where instructions are not counted.
+    fn fuel(&self) -> Result<u64>;
+}
+
+/// Action codes of the ABI.
+const CONTINUE: u32 = 0;
+
 /// One VM of the filter.
 pub struct Plugin {
-    store: Store<abi::State>,
-    calls: abi::Exports,
+    vm: Box<dyn Vm>,
     root_id: u32,
-    next_id: u32,
     host: Host,
 }
 
-impl Plugin {
-    fn start(host: Host, module: &FilterModule, config: &[u8]) -> Result<Self> {
-        let state = abi::State::new(host.clone(), config.to_vec());
-        let mut store = Store::new(&module.engine, state);
-        store.set_fuel(u64::MAX / 2)?;
-        let mut linker: Linker<abi::State> = Linker::new(&module.engine);
-        abi::define(&mut linker)?;
-        // Host calls the filter never makes trap loudly instead of failing instantiation.
-        linker.define_unknown_imports_as_traps(&module.module)?;
-        let instance: Instance = linker.instantiate(&mut store, &module.module)?;
-        let calls = abi::Exports::find(&instance, &mut store)?;
+fn count(headers: &[(String, Vec<u8>)]) -> u32 {
+    u32::try_from(headers.len()).unwrap_or(u32::MAX)
+}
 
-        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-            init.call(&mut store, ())?;
+impl Plugin {
+    fn start(host: Host, mut vm: Box<dyn Vm>, config: &[u8]) -> Result<Self> {
+        let root_id = vm.next_context_id();
+        vm.call(Callback::ContextCreate { id: root_id, parent: 0 })?;
+        if vm.call(Callback::VmStart { root: root_id })? == 0 {
+            wasmtime::bail!("proxy_on_vm_start returned false; log: {:?}", vm.state().logs);
         }
-        let root_id = 1;
-        calls.context_create.call(&mut store, (root_id, 0))?;
-        let vm_ok = calls.vm_start.call(&mut store, (root_id, 0))?;
-        if vm_ok == 0 {
-            wasmtime::bail!("proxy_on_vm_start returned false; log: {:?}", store.data().logs);
+        let size = u32::try_from(config.len()).map_err(|_| wasmtime::format_err!("config too large"))?;
+        if vm.call(Callback::Configure { root: root_id, size })? == 0 {
+            wasmtime::bail!("configuration rejected; log: {:?}", vm.state().logs);
         }
-        let config_len = u32::try_from(config.len()).map_err(|_| wasmtime::format_err!("config too large"))?;
-        let configured = calls.configure.call(&mut store, (root_id, config_len))?;
-        if configured == 0 {
-            wasmtime::bail!("configuration rejected; log: {:?}", store.data().logs);
-        }
-        Ok(Self { store, calls, root_id, next_id: root_id + 1, host })
+        Ok(Self { vm, root_id, host })
     }
 
     pub fn host(&self) -> &Host {
@@ -329,77 +400,140 @@ impl Plugin {
 
     /// Log lines the plugin wrote, with their proxy-wasm level (0 trace … 5 critical).
     pub fn logs(&self) -> &[(u32, String)] {
-        &self.store.data().logs
+        &self.vm.state().logs
+    }
+
+    /// The timer period the plugin asked for, if it did.
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.vm.state().tick_period_ms.map(|ms| Duration::from_millis(ms.into()))
     }
 
     /// Fires the root context's timer, as Envoy does every tick period.
     pub fn tick(&mut self) -> Result<()> {
-        self.calls.tick.call(&mut self.store, self.root_id)
+        self.vm.call(Callback::Tick { root: self.root_id }).map(drop)
     }
 
-    /// Sends one request through the filter; a forwarded one is answered by `request.upstream`.
+    /// Sends one request without a body through the filter; a forwarded one is answered by
+    /// `request.upstream`.
     pub fn send(&mut self, request: &HttpRequest) -> Result<Exchange> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let fuel_before = self.store.get_fuel()?;
+        self.send_with_body(request, &[], false)
+    }
+
+    /// Sends one request whose headers are followed by a body of `body` (if not empty) and then
+    /// trailers (if `trailers`). The filter must let the rest of a forwarded request through
+    /// and hold back the rest of one it answered itself; anything else is an error.
+    pub fn send_with_body(&mut self, request: &HttpRequest, body: &[u8], trailers: bool) -> Result<Exchange> {
+        let id = self.vm.next_context_id();
+        let fuel_before = self.vm.fuel()?;
         {
-            let state = self.store.data_mut();
+            let state = self.vm.state_mut();
             state.begin(request);
             if let Some(trace) = state.fuel_trace.as_mut() {
                 trace.clear();
                 state.last_fuel = Some(fuel_before);
             }
         }
-        self.calls.context_create.call(&mut self.store, (id, self.root_id))?;
-        let count = |headers: &[(String, Vec<u8>)]| u32::try_from(headers.len()).unwrap_or(u32::MAX);
-        let action = self.calls.request_headers.call(&mut self.store, (id, count(&request.headers), 1))?;
-        let request_fuel = fuel_before.saturating_sub(self.store.get_fuel()?);
+        self.vm.call(Callback::ContextCreate { id, parent: self.root_id })?;
+        let headers = count(&request.headers);
+        let end = body.is_empty() && !trailers;
+        let action = self.vm.call(Callback::RequestHeaders { id, headers, end })?;
+        let request_fuel = fuel_before.saturating_sub(self.vm.fuel()?);
+        let local = self.vm.state_mut().local_response.take();
+        if local.is_none() && action != CONTINUE {
+            wasmtime::bail!("the filter paused the request without answering it");
+        }
+        let mut rest = Vec::new();
+        if !body.is_empty() {
+            let size = u32::try_from(body.len()).map_err(|_| wasmtime::format_err!("body too large"))?;
+            rest.push(("body", self.vm.call(Callback::RequestBody { id, size, end: !trailers })?));
+        }
+        if trailers {
+            rest.push(("trailers", self.vm.call(Callback::RequestTrailers { id, trailers: 1 })?));
+        }
+        for (part, action) in rest {
+            match (local.is_some(), action == CONTINUE) {
+                (true, true) => wasmtime::bail!("the filter let the {part} of a request it answered through"),
+                (false, false) => wasmtime::bail!("the filter paused the {part} of a forwarded request"),
+                _ => {}
+            }
+        }
 
-        let exchange = if let Some(local) = self.store.data_mut().local_response.take() {
-            let mut response = local;
+        let exchange = if let Some(mut response) = local {
+            response.headers.retain(|(n, _)| n != ":status");
             if self.host.local_reply_through_response_phase {
-                self.store.data_mut().response_headers = response.headers.clone();
-                self.calls.response_headers.call(&mut self.store, (id, count(&response.headers), 0))?;
-                response.headers = std::mem::take(&mut self.store.data_mut().response_headers);
+                response = self.response_phase(id, &response)?;
             }
             Exchange { local: true, response, upstream_request: None, fuel: 0, request_fuel }
         } else {
-            if action != 0 {
-                wasmtime::bail!("the filter paused the request without answering it");
-            }
-            let upstream_request = self.store.data().request_headers.clone();
-            let mut upstream = request.upstream.clone();
-            upstream.headers.insert(0, (":status".into(), upstream.status.to_string().into_bytes()));
-            self.store.data_mut().response_headers = upstream.headers.clone();
-            self.calls.response_headers.call(&mut self.store, (id, count(&upstream.headers), 0))?;
-            let mut headers = std::mem::take(&mut self.store.data_mut().response_headers);
-            let status = headers
-                .iter()
-                .find(|(n, _)| n == ":status")
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-                .unwrap_or(upstream.status);
-            headers.retain(|(n, _)| n != ":status");
+            let upstream_request = self.vm.state().request_headers.clone();
             Exchange {
                 local: false,
-                response: Response { status, headers, body: upstream.body },
+                response: self.response_phase(id, &request.upstream)?,
                 upstream_request: Some(upstream_request),
                 fuel: 0,
                 request_fuel,
             }
         };
-
-        self.calls.done.call(&mut self.store, id)?;
-        self.calls.log.call(&mut self.store, id)?;
-        self.calls.delete.call(&mut self.store, id)?;
-        let fuel_after = self.store.get_fuel()?;
+        self.finish(id)?;
+        let fuel_after = self.vm.fuel()?;
         let fuel = fuel_before.saturating_sub(fuel_after);
-        let state = self.store.data_mut();
+        let state = self.vm.state_mut();
         if let (Some(trace), Some(last)) = (state.fuel_trace.as_mut(), state.last_fuel) {
             trace.push(("(end of request)", last.saturating_sub(fuel_after)));
             eprintln!("fuel trace, instructions before each host call: {trace:?}");
         }
         Ok(Exchange { fuel, ..exchange })
     }
+
+    /// A reply Envoy makes itself before the filter saw the request (a malformed request, say):
+    /// only the response phase of a new stream runs. Returns the reply as the downstream gets it.
+    pub fn envoy_reply(&mut self, tls: bool, reply: &Response) -> Result<Response> {
+        let id = self.vm.next_context_id();
+        let mut request = HttpRequest::get("/").no_peer();
+        request.tls = tls;
+        self.vm.state_mut().begin(&request);
+        self.vm.call(Callback::ContextCreate { id, parent: self.root_id })?;
+        let response = self.response_phase(id, reply)?;
+        self.finish(id)?;
+        Ok(response)
+    }
+
+    /// Runs the response-headers callback over `response` and returns it as the filter left it.
+    fn response_phase(&mut self, id: u32, response: &Response) -> Result<Response> {
+        let mut headers = response.headers.clone();
+        headers.insert(0, (":status".into(), response.status.to_string().into_bytes()));
+        let count = count(&headers);
+        self.vm.state_mut().response_headers = headers;
+        self.vm.call(Callback::ResponseHeaders { id, headers: count, end: false })?;
+        let mut headers = std::mem::take(&mut self.vm.state_mut().response_headers);
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(response.status);
+        headers.retain(|(n, _)| n != ":status");
+        Ok(Response { status, headers, body: response.body.clone() })
+    }
+
+    fn finish(&mut self, id: u32) -> Result<()> {
+        self.vm.call(Callback::Done { id })?;
+        self.vm.call(Callback::Log { id })?;
+        self.vm.call(Callback::Delete { id })?;
+        Ok(())
+    }
 }
 
-pub(crate) type Call2 = TypedFunc<(u32, u32), u32>;
+/// One `#[test]` per backend for each named `fn name(backend: Backend)` of the calling test
+/// file: `wasm::name` and `native::name`, so one body states the behaviour both must show.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod wasm {
+            $( #[test] fn $name() { super::$name($crate::Backend::Wasm) } )*
+        }
+        #[cfg(feature = "native")]
+        mod native {
+            $( #[test] fn $name() { super::$name($crate::Backend::Native) } )*
+        }
+    };
+}

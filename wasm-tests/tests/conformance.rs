@@ -1,18 +1,19 @@
-//! Replays the core's conformance vectors through the built filter under the wasmtime host.
+//! Replays the core's conformance vectors through the filter: the built `.wasm` under wasmtime,
+//! and the filter crate linked natively.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use portcullis_core::conformance::{Action, EPOCH_MS, Observed, Requirement, Vectors};
-use wasm_tests::{FilterModule, Host, HttpRequest, Response};
+use wasm_tests::{Backend, Host, HttpRequest, Response};
 
 /// What this host can do: choose peers, move the clock and send requests without a Host.
 /// Cloudflare's `CF-Connecting-IP` is the Worker's identity, never the Envoy filter's.
 const SUPPORTED: [Requirement; 3] = [Requirement::Peer, Requirement::Clock, Requirement::RawRequest];
 
-#[test]
-fn filter_meets_every_conformance_vector() {
+wasm_tests::on_each_backend!(filter_meets_every_conformance_vector);
+
+fn filter_meets_every_conformance_vector(backend: Backend) {
     let vectors = Vectors::load().unwrap();
-    let module = FilterModule::built();
     let mut failures = Vec::new();
     let mut not_applicable = Vec::new();
     let mut replayed = 0;
@@ -25,7 +26,7 @@ fn filter_meets_every_conformance_vector() {
         replayed += 1;
         let host = Host::new();
         let config = String::from_utf8(vectors.config_json(case)).unwrap();
-        let mut plugin = host.plugin(module, &config).unwrap_or_else(|e| panic!("{}: {e:?}", case.name));
+        let mut plugin = host.start(backend, &config).unwrap_or_else(|e| panic!("{}: {e:?}", case.name));
         for (index, step) in case.steps.iter().enumerate() {
             host.set_time_nanos((EPOCH_MS + step.at_ms) * 1_000_000);
             let r = &step.request;
@@ -63,5 +64,5 @@ fn filter_meets_every_conformance_vector() {
     }
     assert!(failures.is_empty(), "{} failures:\n\n{}", failures.len(), failures.join("\n\n"));
     assert!(replayed >= vectors.cases.len() - 2, "too few cases replayed: {replayed}");
-    println!("replayed {replayed} cases; not applicable to Envoy: {}", not_applicable.join(", "));
+    println!("{backend:?}: replayed {replayed} cases; not applicable to Envoy: {}", not_applicable.join(", "));
 }

@@ -1,16 +1,31 @@
-//! The built filter under the wasmtime host: what the conformance vectors cannot say — VMs
-//! sharing state, hostile bytes, memory bounds, metrics, configuration errors and cost.
+//! The filter on every backend (the built `.wasm` under wasmtime, the crate linked natively):
+//! what the conformance vectors cannot say — VMs sharing state, hostile bytes, memory bounds,
+//! metrics, request bodies, contention, configuration errors — and, under wasmtime, its cost.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use wasm_tests::{Exchange, FilterModule, Host, HttpRequest, Plugin, Response};
+use wasm_tests::{Backend, Exchange, FilterModule, Host, HttpRequest, Plugin, Response};
 
 const CONFIG: &str = r#"{"allowed_hosts": ["localhost"], "https_redirect": {"https_port": 8443}}"#;
 
-fn plugin(host: &Host, config: &str) -> Plugin {
-    host.plugin(FilterModule::built(), config).unwrap()
+wasm_tests::on_each_backend!(
+    a_bad_configuration_is_rejected_naming_the_field,
+    every_endpoint_gets_every_seed_header,
+    local_replies_carry_the_headers_whether_or_not_envoy_reruns_the_response_phase,
+    envoys_own_replies_get_the_default_headers,
+    the_rest_of_an_answered_request_stays_held,
+    two_vms_share_one_exact_count,
+    lost_races_are_retried_and_a_flood_of_them_is_refused,
+    hostile_bytes_never_trap_the_vm,
+    shared_data_stays_within_the_configured_bound,
+    counters_move,
+    full_responses,
+);
+
+fn plugin(host: &Host, backend: Backend, config: &str) -> Plugin {
+    host.start(backend, config).unwrap()
 }
 
 fn send(plugin: &mut Plugin, request: &HttpRequest) -> Exchange {
@@ -40,20 +55,19 @@ fn assert_seed_headers(response: &Response, https: bool, what: &str) {
     assert_eq!(response.header("x-powered-by"), None, "x-powered-by on {what}");
 }
 
-#[test]
-fn a_bad_configuration_is_rejected_naming_the_field() {
+fn a_bad_configuration_is_rejected_naming_the_field(backend: Backend) {
     let host = Host::new();
     let bad = r#"{"rate_limits": [{"name": "login", "method": "POST", "path": "/l", "limit": "5/minit"}]}"#;
-    let err = host.plugin(FilterModule::built(), bad).err().expect("configuration must be rejected");
+    let err = host.start(backend, bad).err().expect("configuration must be rejected");
     let text = format!("{err:?}");
     assert!(text.contains(r#"rate_limits[0].limit: \"5/minit\" is not N/second|minute|hour|day"#), "{text}");
-    assert!(host.plugin(FilterModule::built(), "{not json").is_err());
+    assert!(host.start(backend, "{not json").is_err());
+    assert!(host.start(backend, "").is_ok(), "no configuration is the default policy");
 }
 
-#[test]
-fn every_endpoint_gets_every_seed_header() {
+fn every_endpoint_gets_every_seed_header(backend: Backend) {
     let host = Host::new();
-    let mut filter = plugin(&host, CONFIG);
+    let mut filter = plugin(&host, backend, CONFIG);
     let endpoints = [
         ("POST", "/api/v1/auth/login"),
         ("POST", "/api/v1/auth/refresh"),
@@ -79,12 +93,11 @@ fn every_endpoint_gets_every_seed_header() {
     }
 }
 
-#[test]
-fn local_replies_carry_the_headers_whether_or_not_envoy_reruns_the_response_phase() {
+fn local_replies_carry_the_headers_whether_or_not_envoy_reruns_the_response_phase(backend: Backend) {
     for rerun in [true, false] {
         let mut host = Host::new();
         host.local_reply_through_response_phase = rerun;
-        let mut filter = plugin(&host, CONFIG);
+        let mut filter = plugin(&host, backend, CONFIG);
         let redirect = send(&mut filter, &HttpRequest::get("/x?y=1").plain("localhost:8080"));
         assert!(redirect.local);
         assert_eq!(redirect.response.status, 301);
@@ -107,10 +120,9 @@ fn local_replies_carry_the_headers_whether_or_not_envoy_reruns_the_response_phas
     }
 }
 
-#[test]
-fn two_vms_share_one_exact_count() {
+fn two_vms_share_one_exact_count(backend: Backend) {
     let host = Host::new();
-    let (mut a, mut b) = (plugin(&host, CONFIG), plugin(&host, CONFIG));
+    let (mut a, mut b) = (plugin(&host, backend, CONFIG), plugin(&host, backend, CONFIG));
     let login = HttpRequest::post("/api/v1/auth/login").peer("198.51.100.7:1000");
     let allowed = (0..40)
         .filter(|i| {
@@ -124,10 +136,10 @@ fn two_vms_share_one_exact_count() {
     assert!(send(&mut a, &login).local);
 }
 
-#[test]
-fn hostile_bytes_never_trap_the_vm() {
+fn hostile_bytes_never_trap_the_vm(backend: Backend) {
     let host = Host::new();
-    let mut filter = plugin(&host, r#"{"allowed_hosts": ["*"], "client_ip": {"trusted_proxies": ["0.0.0.0/0"]}}"#);
+    let mut filter =
+        plugin(&host, backend, r#"{"allowed_hosts": ["*"], "client_ip": {"trusted_proxies": ["0.0.0.0/0"]}}"#);
     let huge = vec![b'a'; 1 << 20];
     let requests = vec![
         HttpRequest::get("/").header("x-forwarded-for", b"\xff\xfe, 1.2.3.4"),
@@ -157,11 +169,10 @@ fn hostile_bytes_never_trap_the_vm() {
 }
 
 /// 100,000 distinct clients: the key space never grows past the configured buckets.
-#[test]
-fn shared_data_stays_within_the_configured_bound() {
+fn shared_data_stays_within_the_configured_bound(backend: Backend) {
     let host = Host::new();
     let config = r#"{"limiter": {"capacity_per_tier": 64}}"#;
-    let mut filter = plugin(&host, config);
+    let mut filter = plugin(&host, backend, config);
     let keys_at_start = host.shared_data_keys();
     assert_eq!(keys_at_start, 8 * 16, "eight limited tiers × 64/4 buckets, created at start");
     for i in 0..100_000u32 {
@@ -173,10 +184,9 @@ fn shared_data_stays_within_the_configured_bound() {
     println!("shared data for 8 tiers × 64 keys: {} bytes", host.shared_data_bytes());
 }
 
-#[test]
-fn counters_move() {
+fn counters_move(backend: Backend) {
     let host = Host::new();
-    let mut filter = plugin(&host, CONFIG);
+    let mut filter = plugin(&host, backend, CONFIG);
     send(&mut filter, &HttpRequest::get("/"));
     send(&mut filter, &HttpRequest::get("/").plain("localhost:8080"));
     send(&mut filter, &HttpRequest::get("/").authority("evil"));
@@ -185,6 +195,7 @@ fn counters_move() {
     }
     let metric = |name: &str| host.metric(name).unwrap_or_else(|| panic!("{name} defined"));
     assert_eq!(metric("portcullis.requests"), 0, "counts reach Envoy on the timer");
+    assert_eq!(filter.tick_period(), Some(Duration::from_secs(1)));
     filter.tick().unwrap();
     assert_eq!(metric("portcullis.requests"), 9);
     assert_eq!(metric("portcullis.forwarded"), 6);
@@ -193,7 +204,7 @@ fn counters_move() {
     assert_eq!(metric("portcullis.rate_limited"), 1);
     assert_eq!(metric("portcullis.shadow_limited"), 0);
 
-    let mut shadow = plugin(&host, r#"{"rate_limit_mode": "shadow"}"#);
+    let mut shadow = plugin(&host, backend, r#"{"rate_limit_mode": "shadow"}"#);
     for _ in 0..7 {
         assert!(!send(&mut shadow, &HttpRequest::post("/api/v1/auth/login").peer("198.51.100.99:1")).local);
     }
@@ -206,7 +217,7 @@ fn counters_move() {
 #[test]
 fn fuel_per_forwarded_request() {
     let host = Host::new();
-    let mut filter = plugin(&host, CONFIG);
+    let mut filter = host.plugin(FilterModule::built(), CONFIG).unwrap();
     let tiered = HttpRequest::get("/api/v1/videos?limit=20");
     let untiered = HttpRequest::get("/static/app.js");
     // Warm up allocator state, then measure.
@@ -241,10 +252,9 @@ fn render(exchange: &Exchange) -> String {
     )
 }
 
-#[test]
-fn full_responses() {
+fn full_responses(backend: Backend) {
     let host = Host::new();
-    let mut filter = plugin(&host, CONFIG);
+    let mut filter = plugin(&host, backend, CONFIG);
     insta::assert_snapshot!("forwarded_https", render(&send(&mut filter, &HttpRequest::get("/api/v1/videos"))));
     insta::assert_snapshot!(
         "redirect_308",
@@ -256,4 +266,52 @@ fn full_responses() {
     }
     insta::assert_snapshot!("rate_limited_429", render(&send(&mut filter, &login)));
     insta::assert_snapshot!("bad_host_400", render(&send(&mut filter, &HttpRequest::get("/").authority("evil:8443"))));
+}
+
+/// Replies Envoy makes before any filter ran (a malformed request) still pass the response phase.
+fn envoys_own_replies_get_the_default_headers(backend: Backend) {
+    let host = Host::new();
+    let mut filter = plugin(&host, backend, CONFIG);
+    for tls in [true, false] {
+        let reply = filter.envoy_reply(tls, &Response::with_status(400)).unwrap();
+        assert_eq!(reply.status, 400);
+        assert_seed_headers(&reply, tls, if tls { "Envoy's 400 over TLS" } else { "Envoy's 400" });
+    }
+}
+
+/// An HTTP/2 body or trailers arriving after the filter answered must not reach the router.
+fn the_rest_of_an_answered_request_stays_held(backend: Backend) {
+    let host = Host::new();
+    let mut filter = plugin(&host, backend, CONFIG);
+    let upload = HttpRequest::post("/api/v1/transcribe");
+    for trailers in [false, true] {
+        let forwarded = filter.send_with_body(&upload, b"{\"video\": 1}", trailers).unwrap();
+        assert!(!forwarded.local, "a forwarded body continues");
+        let redirect = filter.send_with_body(&upload.clone().plain("localhost:8080"), b"{}", trailers).unwrap();
+        assert_eq!(redirect.response.status, 308, "the body of a redirected request is held");
+    }
+    let trailers_only = filter.send_with_body(&HttpRequest::get("/").authority("evil"), &[], true).unwrap();
+    assert_eq!(trailers_only.response.status, 400);
+}
+
+/// Workers racing on one bucket: a lost compare-and-swap is retried, so the count stays exact;
+/// a bucket whose every retry is lost refuses the request for one emission interval.
+fn lost_races_are_retried_and_a_flood_of_them_is_refused(backend: Backend) {
+    let host = Host::new();
+    let mut filter = plugin(&host, backend, CONFIG);
+    let login = HttpRequest::post("/api/v1/auth/login");
+    host.contend(3);
+    assert!(!send(&mut filter, &login).local, "three lost races, then the write lands");
+    for _ in 0..4 {
+        assert!(!send(&mut filter, &login).local);
+    }
+    assert_eq!(send(&mut filter, &login).response.status, 429, "five counted once each");
+
+    let fresh = HttpRequest::post("/api/v1/auth/login").peer("198.51.100.50:1");
+    host.contend(u32::MAX);
+    let flooded = send(&mut filter, &fresh);
+    host.contend(0);
+    assert_eq!(flooded.response.status, 429);
+    assert_eq!(flooded.response.header("retry-after"), Some("12"), "one emission of 5/minute");
+    assert!(!send(&mut filter, &fresh).local, "the flood left the bucket untouched");
 }
