@@ -55,15 +55,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
         let mut message = err.into_inner().to_string();
         if let Some(cut) = message.rfind(" at line ") {
             message.truncate(cut);
         }
+        let field = if path == "." { field_named_in(&message).unwrap_or("body").to_owned() } else { path };
         ApiError::Validation(vec![FieldError::new(field, message)])
     })?;
     deserializer.end().map_err(|_| ApiError::field("body", "trailing characters after the JSON document"))?;
     Ok(value)
+}
+
+/// The field a top-level serde message names (`unknown field `x``, `missing field `x``): an
+/// internally tagged enum such as `POST /schedule`'s body buffers its fields, so the error path
+/// stops at the document.
+fn field_named_in(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("missing field `"))?;
+    rest.split_once('`').map(|(field, _)| field)
 }
 
 /// A UUID path parameter; anything else is a 422 naming the parameter.

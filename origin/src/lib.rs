@@ -9,6 +9,7 @@ pub mod error;
 pub mod executor;
 pub mod extract;
 pub mod openapi;
+pub mod patterns;
 pub mod routes;
 pub mod secrets;
 pub mod startup;

@@ -1,5 +1,7 @@
 //! The OpenAPI document served at `/openapi.json`.
 
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -14,7 +16,7 @@ use crate::routes::{auth, health, jobs, videos};
         jobs::get_job, jobs::delete_job, jobs::schedule, health::health,
     ),
     components(schemas(ErrorBody, FieldError)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ClosedVariants),
 )]
 pub struct ApiDoc;
 
@@ -27,5 +29,61 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+    }
+}
+
+/// `deny_unknown_fields` on an internally tagged enum reaches serde but not the variants' schemas
+/// utoipa writes; say it there too, so the schema admits only bodies the API takes.
+struct ClosedVariants;
+
+impl Modify for ClosedVariants {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let schemas = openapi.components.iter_mut().flat_map(|c| c.schemas.values_mut());
+        for schema in schemas {
+            if let RefOr::T(Schema::OneOf(one_of)) = schema {
+                for variant in &mut one_of.items {
+                    if let RefOr::T(Schema::Object(object)) = variant {
+                        object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiDoc;
+    use crate::patterns::{CURSOR, LANGUAGE, NO_CONTROL, SOURCE_URL};
+    use utoipa::OpenApi;
+
+    fn patterns_in(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(pattern)) = map.get("pattern") {
+                    found.push(pattern.clone());
+                }
+                map.values().for_each(|v| patterns_in(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| patterns_in(v, found)),
+            _ => {}
+        }
+    }
+
+    /// The schema's patterns are literals in attributes; this keeps them equal to the ones the
+    /// handlers check (see `patterns`).
+    #[test]
+    fn the_published_patterns_are_the_checked_ones() {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut found = Vec::new();
+        patterns_in(&document, &mut found);
+        let checked = [NO_CONTROL, SOURCE_URL, LANGUAGE, CURSOR];
+        for pattern in &found {
+            assert!(checked.contains(&pattern.as_str()), "published but not checked: {pattern}");
+        }
+        for pattern in checked {
+            assert!(found.iter().any(|f| f == pattern), "checked but not published: {pattern}");
+        }
+        assert_eq!(found.iter().filter(|f| *f == SOURCE_URL).count(), 2, "/transcribe and /schedule: {found:?}");
     }
 }

@@ -537,10 +537,28 @@ async fn validation_errors_are_422_with_every_field() {
     assert_eq!(body["details"][0]["field"], "evil");
 
     let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-    let (_, body) =
+    let (status, body) =
         error_of(app.post("/api/v1/schedule", &token, json!({"kind": "transcription", "run_at": past})).await).await;
-    let fields: Vec<&str> = body["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, ["run_at", "source_url"]);
+    assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("source_url")));
+    let (_, body) = error_of(
+        app.post(
+            "/api/v1/schedule",
+            &token,
+            json!({"kind": "analysis", "run_at": past, "source_url": "https://a.example/s"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(body["details"][0]["field"], "source_url", "an analysis takes no source_url: {body}");
+
+    // The executor fetches source_url: no IP literals, no user info, no plain HTTP.
+    for url in ["https://169.254.169.254/latest/meta-data", "https://10.0.0.1/a", "https://u@a.example/x"] {
+        let (status, body) = error_of(app.post("/api/v1/transcribe", &token, json!({"source_url": url})).await).await;
+        assert_eq!(
+            (status, body["details"][0]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("source_url"))
+        );
+    }
 
     let (_, body) =
         error_of(app.post("/api/v1/analyze", &token, json!({"video_id": Uuid::new_v4(), "analysis": "vibes"})).await)
@@ -563,6 +581,43 @@ async fn validation_errors_are_422_with_every_field() {
         .await;
     assert_eq!(scheduled.status(), 202);
     assert_eq!(scheduled.json::<Value>().await.unwrap()["status"], "queued");
+
+    // A time already past runs the job at once: it is queued for now, not refused.
+    let before = chrono::Utc::now();
+    let scheduled = app
+        .post(
+            "/api/v1/schedule",
+            &token,
+            json!({"kind": "transcription", "run_at": "1999-12-31T23:59:59Z", "source_url": "https://a.example/p"}),
+        )
+        .await;
+    assert_eq!(scheduled.status(), 202);
+    let job: Value = scheduled.json().await.unwrap();
+    let run_at: chrono::DateTime<chrono::Utc> = job["run_at"].as_str().unwrap().parse().unwrap();
+    assert!(run_at >= before - chrono::Duration::seconds(1), "{job}");
+}
+
+#[tokio::test]
+async fn a_deleted_job_is_gone() {
+    let app = spawn().await;
+    let (token, _) = app.session().await;
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let job: Value = app
+        .post(
+            "/api/v1/schedule",
+            &token,
+            json!({"kind": "transcription", "run_at": future, "source_url": "https://a.example/d"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/api/v1/jobs/{}", job["id"].as_str().unwrap());
+    let deleted = app.client.delete(app.url(&path)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(app.get(&path, &token).await.status(), 404);
+    let again = app.client.delete(app.url(&path)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(again.status(), 404);
 }
 
 #[tokio::test]

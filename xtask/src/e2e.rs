@@ -10,7 +10,7 @@ use crate::envoy::{self, PORTS};
 use crate::stage::root;
 use crate::tools::state_dir;
 
-struct Stack {
+pub struct Stack {
     child: Child,
     log: std::path::PathBuf,
 }
@@ -21,7 +21,7 @@ impl Stack {
     }
 
     /// Ctrl-C, as a user would press it; then wait for a clean exit.
-    fn interrupt(&mut self) -> Result<()> {
+    pub fn interrupt(&mut self) -> Result<()> {
         Command::new("kill").args(["-INT", &self.child.id().to_string()]).status()?;
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
@@ -55,33 +55,52 @@ fn curl(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub fn run() -> Result<()> {
-    envoy::ensure_ports_free(&PORTS)?;
-    envoy::ensure_ports_free(&[(8787, "wrangler dev")])?;
-    let log = state_dir().join("logs/xtask-up.log");
-    std::fs::create_dir_all(log.parent().context("log dir")?)?;
-    let child = Command::new(std::env::current_exe()?)
-        .args(["up", "--worker"])
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(log.with_extension("err"))?)
-        .spawn()
-        .context("starting `cargo xtask up`")?;
-    let mut stack = Stack { child, log };
+impl Stack {
+    /// `cargo xtask up <args>` in the background, once it says it is up.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        envoy::ensure_ports_free(&PORTS)?;
+        envoy::ensure_ports_free(&[(8787, "wrangler dev")])?;
+        let log = state_dir().join("logs/xtask-up.log");
+        std::fs::create_dir_all(log.parent().context("log dir")?)?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("up")
+            .args(args)
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(log.with_extension("err"))?)
+            .spawn()
+            .context("starting `cargo xtask up`")?;
+        let mut stack = Stack { child, log };
 
-    // The first run builds the origin; allow for it.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Some(status) = stack.child.try_wait()? {
-            bail!("`cargo xtask up` exited early ({status}):\n{}", stack.tail());
+        // The first run builds the origin; allow for it.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Some(status) = stack.child.try_wait()? {
+                bail!("`cargo xtask up` exited early ({status}):\n{}", stack.tail());
+            }
+            if std::fs::read_to_string(&stack.log).unwrap_or_default().contains("Portcullis is up.") {
+                return Ok(stack);
+            }
+            ensure!(Instant::now() < deadline, "the stack was not up after 10 minutes:\n{}", stack.tail());
+            std::thread::sleep(Duration::from_millis(250));
         }
-        if std::fs::read_to_string(&stack.log).unwrap_or_default().contains("Portcullis is up.") {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "the stack was not up after 10 minutes:\n{}", stack.tail());
-        std::thread::sleep(Duration::from_millis(250));
     }
+
+    /// Logs in as the demo user through Envoy; the access token.
+    pub fn demo_token(&self) -> Result<String> {
+        let password = std::fs::read_to_string(state_dir().join("secrets/demo_password"))?;
+        let body = format!(r#"{{"username":"{}","password":"{password}"}}"#, crate::up::DEMO_USER);
+        let login =
+            curl(&["-H", "content-type: application/json", "-d", &body, "https://localhost:8443/api/v1/auth/login"])?;
+        let token: serde_json::Value =
+            serde_json::from_str(&login).with_context(|| format!("login answer: {login}"))?;
+        Ok(token["access_token"].as_str().with_context(|| format!("no token in {login}"))?.to_owned())
+    }
+}
+
+pub fn run() -> Result<()> {
+    let mut stack = Stack::start(&["--worker"])?;
 
     // A second `up` says the stack runs instead of failing on busy ports.
     let second = Command::new(std::env::current_exe()?).arg("up").current_dir(root()).output()?;
@@ -102,13 +121,7 @@ pub fn run() -> Result<()> {
     ensure!(redirect == "301 https://localhost:8443/api/v1/videos?limit=5", "redirect: {redirect}");
 
     // 2. Log in as the demo user and use the token.
-    let password = std::fs::read_to_string(state_dir().join("secrets/demo_password"))?;
-    let body = format!(r#"{{"username":"{}","password":"{password}"}}"#, crate::up::DEMO_USER);
-    let login =
-        curl(&["-H", "content-type: application/json", "-d", &body, "https://localhost:8443/api/v1/auth/login"])?;
-    let token: serde_json::Value = serde_json::from_str(&login).with_context(|| format!("login answer: {login}"))?;
-    let token = token["access_token"].as_str().with_context(|| format!("no token in {login}"))?;
-    let auth = format!("Authorization: Bearer {token}");
+    let auth = format!("Authorization: Bearer {}", stack.demo_token()?);
     let job = curl(&[
         "-H",
         &auth,
@@ -170,10 +183,11 @@ pub fn run() -> Result<()> {
         );
     }
 
-    // 5. Load and faults: 20 s of wrk through Envoy to the origin, then PostgreSQL stopped and
-    // restarted under load.
-    println!("    load: {}", crate::load::steady_load(20)?);
+    // 5. Load and faults: 30 s of wrk through Envoy to the origin; PostgreSQL stopped and
+    // restarted under load; Envoy killed beside a running origin.
+    println!("    load: {}", crate::load::steady_load(30)?);
     println!("    database outage: {}", crate::load::database_outage()?);
+    println!("    Envoy restart: {}", crate::load::envoy_restart()?);
 
     stack.interrupt()?;
     for (port, what) in PORTS.into_iter().chain([(8787, "wrangler dev")]) {

@@ -30,6 +30,44 @@ pub fn build_filter() -> Result<PathBuf> {
     Ok(built)
 }
 
+/// The lines `[start, end)` of `envoy.yaml` that hold the filter's policy: the indented block
+/// under `value: |` (Envoy takes a plugin's configuration only inline).
+fn policy_block(lines: &[&str]) -> Result<(usize, usize, usize)> {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let value =
+        lines.iter().position(|l| l.trim() == "value: |").context("envoy.yaml has no `value: |` block (the policy)")?;
+    let block_indent = indent(lines[value]) + 2;
+    let end = lines[value + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && indent(l) < block_indent)
+        .map_or(lines.len(), |n| value + 1 + n);
+    Ok((value + 1, end, block_indent))
+}
+
+/// The policy `envoy.yaml` gives the filter.
+pub fn envoy_yaml_policy() -> Result<serde_json::Value> {
+    let original = std::fs::read_to_string(root().join("envoy.yaml"))?;
+    let lines: Vec<&str> = original.lines().collect();
+    let (start, end, _) = policy_block(&lines)?;
+    serde_json::from_str(&lines[start..end].join("\n")).context("envoy.yaml's policy is not JSON")
+}
+
+/// `envoy.yaml` with the filter's policy replaced by `policy` (a JSON document), written to
+/// `.portcullis/envoy/envoy.yaml`.
+pub fn config_with_policy(policy: &str) -> Result<PathBuf> {
+    let parsed: serde_json::Value = serde_json::from_str(policy).context("the policy is not JSON")?;
+    let original = std::fs::read_to_string(root().join("envoy.yaml"))?;
+    let lines: Vec<&str> = original.lines().collect();
+    let (start, end, indent) = policy_block(&lines)?;
+    let mut out: Vec<String> = lines[..start].iter().map(|l| (*l).to_owned()).collect();
+    out.extend(serde_json::to_string_pretty(&parsed)?.lines().map(|l| format!("{:indent$}{l}", "")));
+    out.extend(lines[end..].iter().map(|l| (*l).to_owned()));
+    let path = root().join(".portcullis/envoy/envoy.yaml");
+    std::fs::create_dir_all(path.parent().context("envoy dir")?)?;
+    std::fs::write(&path, out.join("\n") + "\n")?;
+    Ok(path)
+}
+
 /// `envoy --mode validate`: parses the file and runs the plugin's `on_configure`.
 pub fn validate(envoy: &Path, config: &Path) -> Result<()> {
     exec(

@@ -1,6 +1,6 @@
 //! Load and faults against a running stack (`cargo xtask up`): wrk through Envoy to the origin,
-//! with every status counted, RSS of Envoy and the origin before and after, and PostgreSQL
-//! stopped and restarted in the middle of a run.
+//! with every status counted, RSS of Envoy and the origin before and after; PostgreSQL stopped
+//! and restarted in the middle of a run; Envoy killed and restarted beside a running origin.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,6 +27,8 @@ end
 "#;
 
 const HEALTH: &str = "https://localhost:8443/api/v1/health";
+/// The origin's process, as `cargo xtask up` runs it.
+const ORIGIN: &str = "portcullis-origin serve";
 
 fn start_wrk(seconds: u32) -> Result<Child> {
     let script = state_dir().join("bench/count-statuses.lua");
@@ -61,9 +63,14 @@ fn finish_wrk(child: Child) -> Result<(Vec<(u16, u64)>, u64)> {
     Ok((statuses, socket_errors))
 }
 
-fn rss_kib(pattern: &str) -> Result<u64> {
+fn pid_of(pattern: &str) -> Result<u32> {
     let pids = String::from_utf8_lossy(&Command::new("pgrep").args(["-f", pattern]).output()?.stdout).into_owned();
     let pid = pids.lines().next().with_context(|| format!("no process matches {pattern:?}"))?;
+    Ok(pid.trim().parse()?)
+}
+
+fn rss_kib(pattern: &str) -> Result<u64> {
+    let pid = pid_of(pattern)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -79,9 +86,9 @@ fn envoy_pattern() -> String {
 pub fn steady_load(seconds: u32) -> Result<String> {
     // Warm up connections and allocators before the first RSS reading.
     finish_wrk(start_wrk(3)?)?;
-    let before = (rss_kib("portcullis-origin serve")?, rss_kib(&envoy_pattern())?);
+    let before = (rss_kib(ORIGIN)?, rss_kib(&envoy_pattern())?);
     let (statuses, socket_errors) = finish_wrk(start_wrk(seconds)?)?;
-    let after = (rss_kib("portcullis-origin serve")?, rss_kib(&envoy_pattern())?);
+    let after = (rss_kib(ORIGIN)?, rss_kib(&envoy_pattern())?);
     ensure!(socket_errors == 0, "{socket_errors} socket errors under load");
     ensure!(statuses.iter().all(|(s, _)| *s == 200), "unexpected statuses under load: {statuses:?}");
     let total: u64 = statuses.iter().map(|(_, n)| n).sum();
@@ -115,4 +122,52 @@ pub fn database_outage() -> Result<String> {
         std::thread::sleep(Duration::from_millis(200));
     }
     bail!("no recovery after the database came back: statuses {statuses:?}")
+}
+
+/// Envoy killed (SIGKILL, as a crash) while clients talk to the origin directly: the origin
+/// keeps its process and answers every request; `cargo xtask up` starts Envoy again, and
+/// requests through the edge succeed once more.
+pub fn envoy_restart() -> Result<String> {
+    let origin = pid_of(ORIGIN)?;
+    let envoy = pid_of(&envoy_pattern())?;
+    let certs = crate::certs::dir();
+    let (cert, key) = (certs.join("envoy-client.crt"), certs.join("envoy-client.key"));
+    let direct = move || -> Result<String> {
+        let out = crate::up::curl(&["-o", "/dev/null", "-w", "%{http_code}", "--cert"])
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("https://localhost:9443/api/v1/health")
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<Vec<String>> {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                codes.push(direct()?);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(codes)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    Command::new("kill").args(["-KILL", &envoy.to_string()]).status()?;
+    let restarted = (0..300).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let again = pid_of(&envoy_pattern()).ok().filter(|pid| *pid != envoy)?;
+        crate::up::curl(&["-f", "-o", "/dev/null", HEALTH]).status().ok()?.success().then_some(again)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes = prober.join().map_err(|_| anyhow::anyhow!("the probing thread panicked"))??;
+    let new_envoy = restarted.context("Envoy was not restarted (or not serving) within 30 s of being killed")?;
+    ensure!(pid_of(ORIGIN)? == origin, "the origin's process changed while Envoy restarted");
+    ensure!(codes.len() >= 10 && codes.iter().all(|c| c == "200"), "direct requests to the origin: {codes:?}");
+    Ok(format!(
+        "Envoy {envoy} killed, {new_envoy} serving; origin {origin} answered all {} direct requests with 200",
+        codes.len()
+    ))
 }

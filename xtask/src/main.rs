@@ -1,5 +1,6 @@
 //! `cargo xtask`: one entry point for setting up a machine, testing and benchmarking Portcullis.
 
+mod api_fuzz;
 mod bench;
 mod bench_envoy;
 mod bench_origin;
@@ -36,6 +37,9 @@ enum Command {
         /// Also run the Cloudflare Worker under `wrangler dev` on https://127.0.0.1:8787.
         #[arg(long)]
         worker: bool,
+        /// Run Envoy's filter with this policy (a JSON file) instead of the one in envoy.yaml.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<std::path::PathBuf>,
     },
     /// Write the secret files docker-compose.yml mounts (made once, reused) and build the filter.
     ComposeSecrets,
@@ -43,6 +47,8 @@ enum Command {
     Test,
     /// Line coverage of the core and the origin (cargo-llvm-cov).
     Coverage,
+    /// schemathesis (all checks) against the API through Envoy, on a stack started for the run.
+    ApiFuzz,
     /// Fuzz the core's input surfaces (libFuzzer), each target for the given seconds.
     Fuzz {
         #[arg(long, default_value_t = 300)]
@@ -67,7 +73,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Up { worker } => up::run(worker),
+        Command::Up { worker, policy } => up::run(up::Options { worker, policy }),
         Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),
@@ -76,6 +82,7 @@ fn main() {
                 println!("| {name} | {value} |");
             }
         }),
+        Command::ApiFuzz => setup::run().and_then(|()| api_fuzz::run()),
         Command::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
         Command::Db { action } => setup::run().and_then(|()| db::command(&action)),
         Command::Bench { suite } => setup::run().and_then(|()| bench::run(suite)),

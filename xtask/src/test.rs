@@ -43,6 +43,7 @@ pub fn run() -> Result<()> {
     stage("test: the filter inside real Envoy 1.40", real_envoy)?;
     crate::worker::test()?;
     stage("test: end to end: `cargo xtask up`, the demo scenarios, Ctrl-C", crate::e2e::run)?;
+    stage("test: API fuzzing: schemathesis through Envoy (all checks)", crate::api_fuzz::run)?;
     println!("\nall tests passed");
     Ok(())
 }

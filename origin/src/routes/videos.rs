@@ -3,8 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -13,6 +11,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::extract::{ValidJson, ValidQuery, Validate};
+use crate::patterns;
 use crate::routes::as_user;
 use crate::routes::jobs::{Job, JobKind, insert_job};
 use crate::startup::AppState;
@@ -29,37 +28,34 @@ pub struct Video {
 #[serde(deny_unknown_fields)]
 pub struct TranscribeRequest {
     /// An `https://` URL of the media.
-    #[schema(max_length = 2048, pattern = "^https://[^/?#\\s]+")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?([/?#][^\s\x00-\x1F\x7F-\x9F]*)?$"
+    )]
     pub source_url: String,
     #[serde(default)]
-    #[schema(max_length = 512)]
+    #[schema(max_length = 512, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub title: Option<String>,
     /// Spoken language as a BCP 47 tag (e.g. `en`, `pt-BR`), if known.
     #[serde(default)]
-    #[schema(min_length = 2, max_length = 16, pattern = "^[A-Za-z0-9]{1,8}(-[A-Za-z0-9]{1,8})*$")]
+    #[schema(min_length = 2, max_length = 16, pattern = r"^[A-Za-z0-9]{1,8}(-[A-Za-z0-9]{1,8})*$")]
     pub language: Option<String>,
 }
 
-/// Checks an `https://` URL with a host, as the schema's `source_url` rule says.
+/// Checks `source_url` against [`patterns::SOURCE_URL`], as the schema states it.
 pub fn check_source_url(field: &str, url: &str, problems: &mut Vec<FieldError>) {
-    if url.len() > 2048 {
+    if url.chars().count() > 2048 {
         problems.push(FieldError::new(field, "must be at most 2048 characters"));
-        return;
-    }
-    if crate::extract::has_control_chars(url) || url.contains(char::is_whitespace) {
-        problems.push(FieldError::new(field, "must not contain spaces or control characters"));
-        return;
-    }
-    match reqwest::Url::parse(url) {
-        Ok(parsed) if parsed.scheme() == "https" && parsed.host_str().is_some_and(|h| !h.is_empty()) => {}
-        Ok(_) => problems.push(FieldError::new(field, "must be an https:// URL with a host")),
-        Err(_) => problems.push(FieldError::new(field, "is not a valid URL")),
+    } else if !patterns::matches(patterns::SOURCE_URL, url) {
+        problems.push(FieldError::new(
+            field,
+            "must be an https:// URL of a host name (no IP address, user or port 0), without spaces or control characters",
+        ));
     }
 }
 
 fn valid_language(tag: &str) -> bool {
-    (2..=16).contains(&tag.len())
-        && tag.split('-').all(|part| (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric()))
+    (2..=16).contains(&tag.len()) && patterns::matches(patterns::LANGUAGE, tag)
 }
 
 impl Validate for TranscribeRequest {
@@ -130,6 +126,7 @@ pub struct VideosQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub cursor: Option<String>,
 }
 
@@ -142,15 +139,17 @@ pub struct VideoPage {
 
 const MAX_PAGE: u32 = 100;
 
+/// A cursor is the last item's position, `{created_at in µs}_{id}` ([`patterns::CURSOR`]).
 fn encode_cursor(video: &Video) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{}", video.created_at.timestamp_micros(), video.id))
+    format!("{}_{}", video.created_at.timestamp_micros(), video.id)
 }
 
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let (micros, id) = text.split_once('|')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))
+    if !patterns::matches(patterns::CURSOR, cursor) {
+        return None;
+    }
+    let (micros, id) = cursor.split_once('_')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::try_parse(id).ok()?))
 }
 
 /// The caller's videos, newest first, a page at a time.
@@ -207,4 +206,29 @@ pub async fn list_videos(
         None
     };
     Ok(Json(VideoPage { items, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_cursor;
+
+    #[test]
+    fn cursors_are_taken_only_in_their_canonical_spelling() {
+        let id = "0195a4b2-7c1d-7e3f-8a9b-0c1d2e3f4a5b";
+        let (at, parsed) = decode_cursor(&format!("1764352345123456_{id}")).expect("canonical");
+        assert_eq!((at.timestamp_micros(), parsed.to_string().as_str()), (1_764_352_345_123_456, id));
+        for forged in [
+            format!("_{id}"),
+            format!("12345678901234567_{id}"),
+            format!("-5_{id}"),
+            format!("+5_{id}"),
+            format!("5_{}", id.to_uppercase()),
+            format!("5_{{{id}}}"),
+            format!("5_{}", id.replace('-', "")),
+            "5_".into(),
+            "forged".into(),
+        ] {
+            assert_eq!(decode_cursor(&forged), None, "{forged}");
+        }
+    }
 }
