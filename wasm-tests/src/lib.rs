@@ -141,6 +141,14 @@ impl Host {
         self.contention.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 
+    /// Drops every shared-data key, which Envoy never does: what a plugin makes of buckets it
+    /// prepared and no longer finds.
+    pub fn forget_shared_data(&self) {
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.clear();
+        }
+    }
+
     /// Keys in shared data (Envoy never frees one).
     pub fn shared_data_keys(&self) -> usize {
         self.shared.lock().map_or(0, |m| m.len())

@@ -18,6 +18,7 @@ wasm_tests::on_each_backend!(
     the_rest_of_an_answered_request_stays_held,
     two_vms_share_one_exact_count,
     lost_races_are_retried_and_a_flood_of_them_is_refused,
+    a_vanished_bucket_is_a_store_error_never_an_unconditional_write,
     hostile_bytes_never_trap_the_vm,
     shared_data_stays_within_the_configured_bound,
     counters_move,
@@ -314,4 +315,21 @@ fn lost_races_are_retried_and_a_flood_of_them_is_refused(backend: Backend) {
     assert_eq!(flooded.response.status, 429);
     assert_eq!(flooded.response.header("retry-after"), Some("12"), "one emission of 5/minute");
     assert!(!send(&mut filter, &fresh).local, "the flood left the bucket untouched");
+}
+
+/// Writing a bucket without a real CAS could clobber a concurrent write, so a bucket that is
+/// gone fails the store, and `on_store_error` decides: let the request through, or a 503.
+fn a_vanished_bucket_is_a_store_error_never_an_unconditional_write(backend: Backend) {
+    let login = HttpRequest::post("/api/v1/auth/login");
+    for (mode, status) in [("allow", 200), ("deny", 503)] {
+        let host = Host::new();
+        let mut filter = plugin(&host, backend, &format!(r#"{{"limiter": {{"on_store_error": "{mode}"}}}}"#));
+        host.forget_shared_data();
+        let exchange = send(&mut filter, &login);
+        assert_eq!(exchange.response.status, status, "on_store_error {mode}");
+        assert_eq!(exchange.local, status != 200);
+        assert_eq!(host.shared_data_keys(), 0, "nothing written without a CAS");
+        filter.tick().unwrap();
+        assert_eq!(host.metric("portcullis.store_errors"), Some(1));
+    }
 }
