@@ -8,7 +8,7 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Jobs, error_of, fields};
+use support::{Jobs, Server, error_of, fields};
 
 #[tokio::test]
 async fn the_plain_listener_only_redirects_to_https() {
@@ -168,6 +168,13 @@ async fn every_request_rule_is_a_422_naming_its_field() {
     assert_eq!(fields(&body), ["query"], "a repeated parameter");
 }
 
+/// The fields a refused `POST /schedule` names.
+async fn schedule_error(server: &Server, token: &str, body: Value) -> Vec<String> {
+    let (status, body) = error_of(server.post("/api/v1/schedule", token, body).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    fields(&body)
+}
+
 #[tokio::test]
 async fn analyses_are_queued_for_the_callers_own_videos_only() {
     let server = support::serve(&[], Jobs::Off).await;
@@ -215,23 +222,24 @@ async fn analyses_are_queued_for_the_callers_own_videos_only() {
     let run_at = chrono::DateTime::parse_from_rfc3339(scheduled["run_at"].as_str().unwrap()).unwrap();
     assert!(run_at > chrono::Utc::now() + chrono::Duration::minutes(90), "{scheduled}");
 
-    let (status, body) = error_of(
+    // Each kind takes its own fields only, and a missing one is named.
+    let mut misplaced = json!({"kind": "analysis", "run_at": later, "video_id": video, "analysis": "summary"});
+    misplaced["source_url"] = json!("https://a.example/x");
+    assert_eq!(schedule_error(&server, &alice, misplaced).await, ["source_url"]);
+    let incomplete = json!({"kind": "analysis", "run_at": later, "video_id": video});
+    assert_eq!(schedule_error(&server, &alice, incomplete).await, ["analysis"]);
+    let misplaced =
+        json!({"kind": "transcription", "run_at": later, "source_url": "https://a.example/x", "video_id": video});
+    assert_eq!(schedule_error(&server, &alice, misplaced).await, ["video_id"]);
+    let (status, _) = error_of(
         server
             .post(
                 "/api/v1/schedule",
-                &alice,
-                json!({"kind": "analysis", "run_at": later, "source_url": "https://a.example/x"}),
+                &bob,
+                json!({"kind": "analysis", "run_at": later, "video_id": video, "analysis": "summary"}),
             )
             .await,
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(fields(&body), ["video_id", "analysis", "source_url"]);
-    let (_, body) = error_of(
-        server
-            .post("/api/v1/schedule", &alice, json!({"kind": "transcription", "run_at": later, "source_url": "https://a.example/x", "video_id": video}))
-            .await,
-    )
-    .await;
-    assert_eq!(fields(&body), ["kind"]);
+    assert_eq!(status, StatusCode::NOT_FOUND, "nor can another user schedule one");
 }
