@@ -12,6 +12,8 @@ pub enum Suite {
     Core,
     /// Envoy CPU per request: router only vs native equivalent vs the filter; fuel; sizes.
     Envoy,
+    /// Worker bundle size (raw and gzipped).
+    Worker,
     /// Origin requests/s and latency percentiles (wrk over TLS).
     Origin,
     /// Every suite.
@@ -35,6 +37,9 @@ pub fn run(suite: Suite) -> Result<()> {
     if matches!(suite, Suite::Envoy | Suite::All) {
         rows.extend(envoy()?);
     }
+    if matches!(suite, Suite::Worker | Suite::All) {
+        rows.extend(worker()?);
+    }
     if matches!(suite, Suite::Origin | Suite::All) {
         rows.extend(crate::bench_origin::run()?);
     }
@@ -52,8 +57,66 @@ fn envoy() -> Result<Vec<(String, String)>> {
     crate::envoy::ensure_ports_free(&[(18000, "bench upstream"), (18080, "bench proxy"), (18901, "bench admin")])?;
     let mut rows =
         stage("bench: Envoy CPU per request, three configurations side by side", || crate::bench_envoy::run(&envoy))?;
-    rows.push(("envoy: filter .wasm size".into(), format!("{:.1} KiB", size as f64 / 1024.0)));
+    rows.push(("envoy: filter .wasm size".into(), kib(size)));
+    let empty = crate::stage::root().join(crate::bench_envoy::BASELINE_FILTER);
+    rows.push(("envoy: empty proxy-wasm filter .wasm size".into(), kib(std::fs::metadata(&empty)?.len())));
+    rows.extend(stage("bench: fuel per request and limiter bytes per key (wasmtime host)", || {
+        filter_figures(&filter)
+    })?);
     Ok(rows)
+}
+
+fn kib(bytes: u64) -> String {
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
+}
+
+/// Deterministic figures of the built filter, from `wasm-tests/examples/filter_figures.rs`.
+fn filter_figures(filter: &Path) -> Result<Vec<(String, String)>> {
+    let out = crate::stage::output(
+        &mut cmd("cargo", &["run", "--quiet", "-p", "wasm-tests", "--example", "filter_figures"])
+            .env("PORTCULLIS_FILTER_WASM", filter),
+    )?;
+    let figures: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("figures: {out}"))?;
+    let number = |key: &str| figures[key].as_f64().with_context(|| format!("no {key} in {out}"));
+    let mut rows = Vec::new();
+    for (key, what) in [
+        ("fuel_forwarded_tier", "forwarded, rate-limited tier"),
+        ("fuel_forwarded_untiered", "forwarded, no tier"),
+        ("fuel_redirect", "redirect (301)"),
+        ("fuel_rate_limited", "rate limited (429)"),
+    ] {
+        rows.push((format!("envoy: Wasm instructions (fuel) per request, {what}"), format!("{:.0}", number(key)?)));
+    }
+    rows.push((
+        "envoy: limiter shared data per client key".into(),
+        format!("{:.1} bytes ({} tiers, every slot taken)", number("limiter_bytes_per_key")?, number("limiter_tiers")?),
+    ));
+    Ok(rows)
+}
+
+/// What `wrangler deploy` uploads: the JS glue, the Wasm module and the shim, raw and gzipped
+/// (Cloudflare's size limits apply to the compressed bundle).
+fn worker() -> Result<Vec<(String, String)>> {
+    stage("build: the Worker (worker-build)", crate::worker::build)?;
+    let build = crate::stage::root().join("edge/worker/build");
+    let files = [build.join("index.js"), build.join("index_bg.wasm"), build.join("worker/shim.mjs")];
+    let mut raw = 0;
+    let mut bundle = Vec::new();
+    for file in &files {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        raw += bytes.len() as u64;
+        bundle.extend(bytes);
+    }
+    let joined = crate::tools::state_dir().join("bench/worker-bundle");
+    std::fs::create_dir_all(joined.parent().context("bench dir")?)?;
+    std::fs::write(&joined, bundle)?;
+    let gzipped = crate::stage::output(&mut cmd("sh", &["-c", "gzip -9c \"$0\" | wc -c", &joined.to_string_lossy()]))?;
+    let gzipped: u64 = gzipped.trim().parse().context("gzip size")?;
+    let wasm = std::fs::metadata(build.join("index_bg.wasm"))?.len();
+    Ok(vec![
+        ("worker: bundle (JS + Wasm)".into(), format!("{} raw, {} gzipped", kib(raw), kib(gzipped))),
+        ("worker: Wasm module".into(), kib(wasm)),
+    ])
 }
 
 fn core() -> Result<Vec<(String, String)>> {

@@ -14,7 +14,7 @@ use crate::stage::{cmd, exec, output, root};
 use crate::tools::state_dir;
 
 const UPSTREAM_PORT: u16 = 18000;
-const BASELINE_FILTER: &str = ".portcullis/envoy/baseline_filter.wasm";
+pub const BASELINE_FILTER: &str = ".portcullis/envoy/baseline_filter.wasm";
 const PROXY_PORT: u16 = 18080;
 const PROXY_ADMIN: u16 = 18901;
 const SECONDS_PER_RUN: u32 = 8;
