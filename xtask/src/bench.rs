@@ -73,7 +73,7 @@ fn kib(bytes: u64) -> String {
 /// Deterministic figures of the built filter, from `wasm-tests/examples/filter_figures.rs`.
 fn filter_figures(filter: &Path) -> Result<Vec<(String, String)>> {
     let out = crate::stage::output(
-        &mut cmd("cargo", &["run", "--quiet", "-p", "wasm-tests", "--example", "filter_figures"])
+        cmd("cargo", &["run", "--quiet", "-p", "wasm-tests", "--example", "filter_figures"])
             .env("PORTCULLIS_FILTER_WASM", filter),
     )?;
     let figures: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("figures: {out}"))?;
