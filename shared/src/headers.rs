@@ -12,8 +12,8 @@ const PERMISSIONS: &str = "geolocation=(), microphone=(), camera=(), payment=(),
 
 const HSTS_VALUE: &str = "max-age=31536000; includeSubDomains; preload";
 
-/// The audited seed system's headers, exactly.
-const SEED: &[(&str, &str)] = &[
+/// The audited seed system's headers, exactly (`"preset": "seed"`).
+pub const SEED_HEADERS: &[(&str, &str)] = &[
     (HSTS, HSTS_VALUE),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
@@ -24,8 +24,9 @@ const SEED: &[(&str, &str)] = &[
     ("server", "Unknown"),
 ];
 
-/// Current OWASP/Helmet advice for a JSON API; meets every MDN HTTP Observatory rule.
-const STRICT: &[(&str, &str)] = &[
+/// Current OWASP/Helmet advice for a JSON API; meets every MDN HTTP Observatory rule
+/// (`"preset": "strict"`).
+pub const STRICT_HEADERS: &[(&str, &str)] = &[
     (HSTS, HSTS_VALUE),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
@@ -40,8 +41,8 @@ const STRICT: &[(&str, &str)] = &[
 
 fn preset(name: PresetName) -> &'static [(&'static str, &'static str)] {
     match name {
-        PresetName::Seed => SEED,
-        PresetName::Strict => STRICT,
+        PresetName::Seed => SEED_HEADERS,
+        PresetName::Strict => STRICT_HEADERS,
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! The stack runs envoy.yaml's policy with `rate_limit_mode: shadow`: every tier is still
 //! evaluated and reported (and the headers applied), but nothing is refused, so a run of
-//! thousands of requests tests the API rather than the login tier's 5/minute.
+//! thousands of requests tests the API rather than the login tier's 5/minute. It also runs the
+//! `strict` header preset, whose answers are then scored by the MDN Observatory's rules (A+).
 //!
 //! `origin/api-fuzz/schemathesis-baseline.json` lists the failures accepted on purpose; any
 //! other failure fails the run. It holds one: schemathesis expects 405 for an undeclared `QUERY`
@@ -25,6 +26,7 @@ const MAX_EXAMPLES: &str = "100";
 pub fn run() -> Result<()> {
     let mut policy = crate::envoy::envoy_yaml_policy()?;
     policy["rate_limit_mode"] = "shadow".into();
+    policy["preset"] = "strict".into();
     let dir = state_dir().join("api-fuzz");
     std::fs::create_dir_all(&dir)?;
     let policy_file = dir.join("policy.json");
@@ -48,6 +50,7 @@ pub fn run() -> Result<()> {
         .output()
         .context("running schemathesis (cargo xtask setup installs it)")?;
     let undeclared = undeclared_methods_get_405(&token);
+    let observatory = crate::observatory::strict_earns_a_plus();
     let report = String::from_utf8_lossy(&out.stdout);
     let summary = report.lines().skip_while(|l| !l.contains("SUMMARY")).collect::<Vec<_>>().join("\n");
     stack.interrupt()?;
@@ -58,7 +61,9 @@ pub fn run() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{summary}");
-    undeclared
+    undeclared?;
+    println!("    strict preset, MDN Observatory rules: {}", observatory?);
+    Ok(())
 }
 
 /// What the baseline's entries stand for, checked here so they hide nothing else: on the GET

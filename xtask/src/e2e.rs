@@ -136,6 +136,7 @@ pub fn run() -> Result<()> {
     ensure!(videos.contains("https://media.example/e2e.mp4"), "the video is listed: {videos}");
     let headers = curl(&["-D", "-", "-o", "/dev/null", "-H", &auth, "https://localhost:8443/api/v1/videos"])?;
     ensure!(headers.to_ascii_lowercase().contains("x-frame-options: deny"), "security headers: {headers}");
+    crate::observatory::seed_values_present()?;
 
     // 3. The login tier's burst: after the demo login, four more fit, then 429s.
     let mut codes = Vec::new();

@@ -12,6 +12,7 @@ mod e2e;
 mod envoy;
 mod fuzz;
 mod load;
+mod observatory;
 mod setup;
 mod stage;
 mod test;
