@@ -74,6 +74,11 @@ impl Gcra {
         }
     }
 
+    /// The furthest ahead of `now` a TAT can be when it is stored: a spent burst.
+    pub fn horizon(&self, now: u64) -> u64 {
+        now.saturating_add(self.window)
+    }
+
     /// Whether a stored TAT means the key has its whole quota again (its state carries nothing).
     pub fn is_idle(tat: u64, now: u64) -> bool {
         tat <= now

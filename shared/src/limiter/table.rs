@@ -69,12 +69,26 @@ impl Bucket {
 
     /// Runs one request of key `fingerprint` (non-zero) through the bucket.
     pub fn admit(&mut self, fingerprint: u64, gcra: &Gcra, now: u64) -> Admission {
+        // No TAT is stored more than one window ahead of the time it is written, so one further
+        // ahead of `now` means the clock stepped back (hosts read the wall clock, which NTP or a
+        // resumed VM can move). Kept, it would refuse its key, and through the floor every
+        // newcomer, for as long as the step. It is cut to a spent burst and written back, so
+        // quota returns at the sustained rate from the new time.
+        let horizon = gcra.horizon(now);
+        let mut rewound = false;
+        for tat in std::iter::once(&mut self.floor).chain(self.ways.iter_mut().map(|w| &mut w.tat)) {
+            if *tat > horizon {
+                *tat = horizon;
+                rewound = true;
+            }
+        }
+
         if let Some(way) = self.ways.iter_mut().find(|w| w.fingerprint == fingerprint) {
             let (verdict, next) = gcra.check(way.tat, now);
             if let Some(next) = next {
                 way.tat = next;
             }
-            return Admission { verdict, changed: next.is_some(), evicted: false };
+            return Admission { verdict, changed: next.is_some() || rewound, evicted: false };
         }
 
         // A newcomer takes an empty way, else an idle one, else evicts the least indebted.
@@ -92,7 +106,7 @@ impl Bucket {
                 Admission { verdict, changed: true, evicted }
             }
             // Denied newcomers leave no trace: they would be denied the same way next time.
-            None => Admission { verdict, changed: false, evicted: false },
+            None => Admission { verdict, changed: rewound, evicted: false },
         }
     }
 
@@ -154,6 +168,35 @@ mod tests {
         // Key 1 is back within its window and must still be denied.
         let back = bucket.admit(1, &gcra(), later);
         assert!(!back.verdict.allowed);
+    }
+
+    /// Found by the filter fuzz target: after the wall clock stepped back ten hours, a client
+    /// was told to retry in 36,971 s, and would have been refused for all ten.
+    #[test]
+    fn a_clock_that_steps_back_costs_at_most_a_spent_burst() {
+        let gcra = Gcra::new(Rate::new(5, 60).unwrap());
+        let mut bucket = Bucket::default();
+        let before = 40_000 * SEC;
+        for _ in 0..5 {
+            assert!(bucket.admit(1, &gcra, before).verdict.allowed);
+        }
+        // One more key than ways: an eviction puts a TAT in the floor.
+        for fp in 2..=WAYS as u64 + 1 {
+            bucket.admit(fp, &gcra, before);
+        }
+        assert!(bucket.floor > before);
+
+        let back = before - 36_000 * SEC;
+        let known = bucket.admit(1, &gcra, back);
+        assert!(!known.verdict.allowed);
+        assert_eq!(known.verdict.retry_after, 12 * SEC, "one interval, not the step");
+        assert!(known.changed, "the cut state is written back");
+        let newcomer = bucket.admit(99, &gcra, back);
+        assert_eq!(newcomer.verdict.retry_after, 12 * SEC, "the floor is cut too");
+
+        let later = back + 12 * SEC;
+        assert!(bucket.admit(1, &gcra, later).verdict.allowed, "quota returns from the new time");
+        assert!(bucket.admit(99, &gcra, later).verdict.allowed);
     }
 
     #[test]
