@@ -79,3 +79,107 @@ fn the_scorer_fails_what_it_should() {
     let same = scan(&bare, (308, Some("https://localhost:8443/x")), "localhost");
     assert!(same.results.contains(&("redirection-to-https", 0)));
 }
+
+/// Each rule's outcomes, one header at a time on top of a response that passes everything else.
+#[test]
+fn each_rule_scores_as_published() {
+    let good: Vec<(String, String)> = [
+        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+        ("referrer-policy", "no-referrer"),
+        ("strict-transport-security", "max-age=31536000"),
+        ("x-content-type-options", "nosniff"),
+        ("cross-origin-resource-policy", "same-origin"),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+    .collect();
+    let with = |name: &str, value: Option<&str>| {
+        let mut headers: Vec<(String, String)> = good.iter().filter(|(n, _)| n != name).cloned().collect();
+        if let Some(value) = value {
+            headers.push((name.to_owned(), value.to_owned()));
+        }
+        scan(&headers, (301, Some("https://localhost/")), "localhost").results
+    };
+    let cases: [(&str, Option<&str>, (&str, i32)); 22] = [
+        ("content-security-policy", None, ("csp-not-implemented", -25)),
+        ("content-security-policy", Some("default-src http://a"), ("csp-implemented-with-insecure-scheme", -20)),
+        (
+            "content-security-policy",
+            Some("script-src 'self' 'unsafe-inline'"),
+            ("csp-implemented-with-unsafe-inline", -20),
+        ),
+        (
+            "content-security-policy",
+            Some("default-src 'self' 'unsafe-eval'"),
+            ("csp-implemented-with-unsafe-eval", -10),
+        ),
+        (
+            "content-security-policy",
+            Some("default-src 'self'; style-src 'unsafe-inline'"),
+            ("csp-implemented-with-unsafe-inline-in-style-src-only", 0),
+        ),
+        ("content-security-policy", Some("default-src 'self'"), ("csp-implemented-with-no-unsafe", 5)),
+        ("referrer-policy", Some("strict-origin"), ("referrer-policy-private", 5)),
+        ("referrer-policy", Some("no-referrer-when-downgrade"), ("referrer-policy-no-referrer-when-downgrade", 0)),
+        ("referrer-policy", Some("unsafe-url"), ("referrer-policy-unsafe", -5)),
+        ("referrer-policy", Some("sometimes"), ("referrer-policy-header-invalid", -5)),
+        ("referrer-policy", None, ("referrer-policy-not-implemented", 0)),
+        ("strict-transport-security", None, ("hsts-not-implemented", -20)),
+        ("strict-transport-security", Some("max-age=300"), ("hsts-implemented-max-age-less-than-six-months", -10)),
+        ("strict-transport-security", Some("max-age=soon"), ("hsts-header-invalid", -20)),
+        ("x-content-type-options", Some("sniff"), ("x-content-type-options-header-invalid", -5)),
+        ("x-content-type-options", None, ("x-content-type-options-not-implemented", -5)),
+        (
+            "cross-origin-resource-policy",
+            Some("cross-origin"),
+            ("cross-origin-resource-policy-implemented-with-cross-origin", 0),
+        ),
+        ("cross-origin-resource-policy", Some("anyone"), ("cross-origin-resource-policy-header-invalid", -5)),
+        ("cross-origin-resource-policy", None, ("cross-origin-resource-policy-not-implemented", 0)),
+        ("x-frame-options", Some("DENY"), ("x-frame-options-implemented-via-csp", 5)),
+        ("x-frame-options", Some("SAMEORIGIN"), ("x-frame-options-implemented-via-csp", 5)),
+        ("content-security-policy", Some("default-src 'none'"), ("x-frame-options-not-implemented", -20)),
+    ];
+    for (name, value, expected) in cases {
+        let results = with(name, value);
+        assert!(results.contains(&expected), "{name}: {value:?} → {results:?}, expected {expected:?}");
+    }
+    // Without frame-ancestors, X-Frame-Options decides.
+    let no_ancestors = |xfo: &str| {
+        let mut headers: Vec<(String, String)> =
+            good.iter().filter(|(n, _)| n != "content-security-policy").cloned().collect();
+        headers.push(("content-security-policy".into(), "default-src 'none'".into()));
+        headers.push(("x-frame-options".into(), xfo.into()));
+        scan(&headers, (301, Some("https://localhost/")), "localhost").results
+    };
+    assert!(no_ancestors("DENY").contains(&("x-frame-options-sameorigin-or-deny", 0)));
+    assert!(no_ancestors("ALLOW-FROM x").contains(&("x-frame-options-header-invalid", -20)));
+}
+
+#[test]
+fn grades_follow_the_published_bands() {
+    use portcullis_core::observatory::Scan;
+    let bands = [
+        (0, "A+"),
+        (-5, "A"),
+        (-12, "A-"),
+        (-17, "B+"),
+        (-25, "B"),
+        (-33, "B-"),
+        (-38, "C+"),
+        (-45, "C"),
+        (-53, "C-"),
+        (-57, "D+"),
+        (-65, "D"),
+        (-72, "D-"),
+        (-80, "F"),
+        (-200, "F"),
+    ];
+    for (penalty, grade) in bands {
+        let scan = Scan { results: vec![("penalty", penalty)] };
+        assert_eq!(scan.grade(), grade, "score {}", scan.score());
+    }
+    // Bonuses count only from 90 up.
+    assert_eq!(Scan { results: vec![("p", -11), ("b", 10)] }.score(), 89);
+    assert_eq!(Scan { results: vec![("p", -10), ("b", 10)] }.score(), 100);
+}

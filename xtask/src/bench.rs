@@ -14,6 +14,8 @@ pub enum Suite {
     Envoy,
     /// Worker bundle size (raw and gzipped).
     Worker,
+    /// Line coverage of the core, the filter and the origin (as `cargo xtask coverage`).
+    Coverage,
     /// Origin requests/s and latency percentiles (wrk over TLS).
     Origin,
     /// Every suite.
@@ -42,6 +44,9 @@ pub fn run(suite: Suite) -> Result<()> {
     }
     if matches!(suite, Suite::Origin | Suite::All) {
         rows.extend(crate::bench_origin::run()?);
+    }
+    if matches!(suite, Suite::Coverage | Suite::All) {
+        rows.extend(crate::coverage::run()?);
     }
     println!("\n| benchmark | result |\n| --- | --- |");
     for (name, value) in rows {

@@ -46,7 +46,7 @@ enum Command {
     ComposeSecrets,
     /// Run every test of the project.
     Test,
-    /// Line coverage of the core and the origin (cargo-llvm-cov).
+    /// Line coverage of the core, the filter (natively) and the origin (cargo-llvm-cov), with their bars.
     Coverage,
     /// schemathesis (all checks) against the API through Envoy, on a stack started for the run.
     ApiFuzz,

@@ -44,6 +44,8 @@ pub fn run() -> Result<()> {
     crate::worker::test()?;
     stage("test: end to end: `cargo xtask up`, the demo scenarios, Ctrl-C", crate::e2e::run)?;
     stage("test: API fuzzing: schemathesis through Envoy (all checks)", crate::api_fuzz::run)?;
+    // Last: it rebuilds the tested crates instrumented, and every functional result is in by now.
+    crate::coverage::run()?;
     println!("\nall tests passed");
     Ok(())
 }
