@@ -5,6 +5,7 @@
 //! core's local reply or forwards and later applies the core's response edits (one read and one
 //! write of the response map). Every decision is made by the core.
 
+mod host_bytes;
 mod metrics;
 mod shared_data;
 
@@ -90,7 +91,7 @@ impl HttpContext for Filter {
         let method = request_header(":method");
         let authority = request_header(":authority");
         let path = request_header(":path");
-        let peer_bytes = property(&["source", "address"]);
+        let peer_bytes = host_bytes::property(b"source\0address");
         let peer = match peer_bytes.as_deref().map(std::str::from_utf8) {
             Some(Ok(addr)) => Peer::Socket(addr),
             _ => Peer::Unknown,
@@ -134,8 +135,8 @@ impl HttpContext for Filter {
         let edits = self.policy.response_edits(&plan);
         // One read and one write of the whole map: each host call costs far more than
         // rebuilding a dozen headers inside the VM.
-        let upstream = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
-        if let Err(status) = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, edits.rewrite(&upstream)) {
+        let upstream = host_bytes::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+        if let Err(status) = host_bytes::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &upstream)) {
             log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
         }
         Action::Continue
@@ -152,26 +153,48 @@ fn request_header(name: &str) -> Option<Vec<u8>> {
 /// every value matters (the last `X-Forwarded-For` line is the one a trusted proxy wrote).
 #[derive(Default)]
 struct RequestHeaderMap {
-    all: std::cell::OnceCell<Vec<(String, Vec<u8>)>>,
+    serialised: std::cell::OnceCell<Vec<u8>>,
 }
 
 impl RequestHeaders for RequestHeaderMap {
     fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
-        let all = self.all.get_or_init(|| hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default());
-        all.as_slice().for_each_value(name, visit);
+        let serialised =
+            self.serialised.get_or_init(|| host_bytes::get_map(MapType::HttpRequestHeaders).unwrap_or_default());
+        for (key, value) in host_bytes::pairs(serialised) {
+            if key.eq_ignore_ascii_case(name.as_bytes()) {
+                visit(value);
+            }
+        }
     }
+}
+
+/// The response map after `edits`, serialised for one host call: the upstream headers the
+/// edits leave alone, in their order, then every header the edits set (as
+/// [`portcullis_core::ResponseEdits::rewrite`] orders them).
+fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, upstream: &[u8]) -> Vec<u8> {
+    // A name that is not UTF-8 cannot be one the edits touch (theirs are ASCII tokens).
+    let kept: Vec<(&[u8], &[u8])> = host_bytes::pairs(upstream)
+        .filter(|(name, _)| std::str::from_utf8(name).map_or(true, |name| !edits.touches(name)))
+        .collect();
+    let (mut count, mut bytes) = (kept.len(), kept.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>());
+    edits.for_each_set(|name, value| {
+        count += 1;
+        bytes += name.len() + value.len();
+    });
+    let mut writer = host_bytes::MapWriter::new(count, bytes);
+    for (name, value) in kept {
+        writer.push(name, value);
+    }
+    edits.for_each_set(|name, value| writer.push(name.as_bytes(), value.as_bytes()));
+    writer.finish()
 }
 
 /// Whether the downstream connection is TLS, as Envoy saw it (never a client-supplied header).
 fn connection_scheme() -> Scheme {
-    match property(&["connection", "tls_version"]) {
+    match host_bytes::property(b"connection\0tls_version") {
         Some(version) if !version.is_empty() => Scheme::Https,
         _ => Scheme::Http,
     }
-}
-
-fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
 fn now_nanos() -> u64 {
