@@ -16,6 +16,15 @@ use crate::tools::cache_dir;
 
 const CARGO_LLVM_COV: &str = "0.9.1";
 
+/// The instrumented builds, outside the clone and one directory per checkout: cargo-llvm-cov
+/// reports on every test binary in its target directory, and another checkout's binaries would
+/// add that checkout's files — all uncovered — to this one's figures.
+fn target_dir() -> std::path::PathBuf {
+    let checkout: String =
+        root().to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    cache_dir().join("coverage").join(checkout.trim_matches('-'))
+}
+
 fn tool_root() -> std::path::PathBuf {
     cache_dir().join("tools/cargo-llvm-cov")
 }
@@ -44,7 +53,7 @@ fn measure(target: &Target<'_>, envs: &[(&str, String)]) -> Result<f64> {
     if !target.test_args.is_empty() {
         command.arg("--").args(target.test_args);
     }
-    command.current_dir(root()).env("PATH", path).env("CARGO_TARGET_DIR", cache_dir().join("coverage-target"));
+    command.current_dir(root()).env("PATH", path).env("CARGO_TARGET_DIR", target_dir());
     for (k, v) in envs {
         command.env(k, v);
     }
