@@ -1,7 +1,7 @@
 //! Who the client is: the peer address, or an address from forwarding headers only as far as
 //! trusted hops vouch for it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use ipnet::IpNet;
 
@@ -20,18 +20,23 @@ pub enum ClientKey {
 
 impl ClientKey {
     /// Stable bytes for hashing: a tag, then the address.
-    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
-        match self {
+    /// A type byte then the address octets, on the stack: the limiter hashes this per request.
+    pub(crate) fn to_bytes(self) -> ([u8; 17], usize) {
+        let mut out = [0u8; 17];
+        let len = match self {
             Self::V4(octets) => {
-                out.push(4);
-                out.extend_from_slice(octets);
+                out[0] = 4;
+                out[1..5].copy_from_slice(&octets);
+                5
             }
             Self::V6(octets) => {
-                out.push(6);
-                out.extend_from_slice(octets);
+                out[0] = 6;
+                out[1..].copy_from_slice(&octets);
+                17
             }
-            Self::Unknown => out.push(0),
-        }
+            Self::Unknown => 1,
+        };
+        (out, len)
     }
 }
 
@@ -182,13 +187,20 @@ fn parse_cidr(text: &str) -> Option<IpNet> {
 
 /// An address as hosts and proxies write it: `ip`, `ip:port`, `[v6]`, `[v6]:port`.
 pub(crate) fn parse_ip(text: &str) -> Option<IpAddr> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(ip);
+    // One parser per shape rather than trying each in turn (this runs on every limited
+    // request). The shapes are disjoint: an IPv4 address has no colon, `ip:port` exactly one,
+    // an IPv6 address at least two, and only the bracketed forms start with `[`.
+    if let Some(inner) = text.strip_prefix('[') {
+        if let Ok(socket) = text.parse::<SocketAddrV6>() {
+            return Some(IpAddr::V6(*socket.ip()));
+        }
+        return inner.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
     }
-    if let Ok(socket) = text.parse::<SocketAddr>() {
-        return Some(socket.ip());
+    match text.bytes().filter(|&b| b == b':').take(2).count() {
+        0 => text.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        1 => text.parse::<SocketAddrV4>().ok().map(|socket| IpAddr::V4(*socket.ip())),
+        _ => text.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
     }
-    text.strip_prefix('[')?.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 /// The `for=` node of one RFC 7239 element; `unknown` and obfuscated names give `None`.
@@ -292,5 +304,39 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.path, "client_ip.trusted_proxies[1]");
+    }
+
+    #[test]
+    fn each_address_shape_parses_as_before() {
+        let by_trying_each = |text: &str| {
+            text.parse::<IpAddr>()
+                .ok()
+                .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+                .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(IpAddr::V6))
+        };
+        for text in [
+            "1.2.3.4",
+            "1.2.3.4:80",
+            "1.2.3.4:80:90",
+            "1.2.3.4:",
+            "::1",
+            "[::1]",
+            "[::1]:443",
+            "[::1]x",
+            "::ffff:1.2.3.4",
+            "[1.2.3.4]",
+            "fe80::1%2",
+            "[fe80::1%2]:80",
+            "",
+            ":",
+            "::",
+            "[]",
+            "01.2.3.4",
+            "1.2.3.4 ",
+            "a:b",
+            "[::1]:99999",
+        ] {
+            assert_eq!(parse_ip(text), by_trying_each(text), "{text:?}");
+        }
     }
 }

@@ -8,14 +8,33 @@ use proxy_wasm::types::Status;
 /// Stateless: shared data is addressed through free host calls.
 pub struct SharedDataStore;
 
-fn key(index: u32) -> String {
-    // Runs twice per limited request; `format!` costs several times more inside the VM.
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(index);
-    let mut key = String::with_capacity(PREFIX.len() + digits.len());
-    key.push_str(PREFIX);
-    key.push_str(digits);
-    key
+/// `portcullis/<index>`, built on the stack: it runs twice per limited request, and a heap
+/// string (let alone `format!`) costs several times more inside the VM.
+struct Key {
+    bytes: [u8; PREFIX.len() + 10],
+    len: usize,
+}
+
+impl Key {
+    fn new(index: u32) -> Self {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(index).as_bytes();
+        let mut bytes = [0; PREFIX.len() + 10];
+        let len = PREFIX.len() + digits.len();
+        if let Some((prefix, rest)) = bytes.get_mut(..len).map(|key| key.split_at_mut(PREFIX.len())) {
+            prefix.copy_from_slice(PREFIX.as_bytes());
+            rest.copy_from_slice(digits);
+        }
+        Self { bytes, len }
+    }
+
+    fn as_str(&self) -> &str {
+        self.bytes.get(..self.len).and_then(|key| std::str::from_utf8(key).ok()).unwrap_or_default()
+    }
+}
+
+fn key(index: u32) -> Key {
+    Key::new(index)
 }
 
 const PREFIX: &str = "portcullis/";
@@ -31,8 +50,8 @@ impl SharedDataStore {
         let empty = [0u8; BUCKET_BYTES];
         for index in 0..bucket_count {
             let key = key(index);
-            if hostcalls::get_shared_data(&key)?.0.is_none() {
-                hostcalls::set_shared_data(&key, Some(&empty), None)?;
+            if hostcalls::get_shared_data(key.as_str())?.0.is_none() {
+                hostcalls::set_shared_data(key.as_str(), Some(&empty), None)?;
             }
         }
         Ok(())
@@ -41,7 +60,8 @@ impl SharedDataStore {
 
 impl BucketStore for SharedDataStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError> {
-        let (bytes, cas) = hostcalls::get_shared_data(&key(index)).map_err(|s| StoreError(format!("get: {s:?}")))?;
+        let (bytes, cas) =
+            hostcalls::get_shared_data(key(index).as_str()).map_err(|s| StoreError(format!("get: {s:?}")))?;
         Ok(Loaded { bytes, version: Version(cas.unwrap_or(0)) })
     }
 
@@ -50,7 +70,7 @@ impl BucketStore for SharedDataStore {
         if expected.0 == 0 {
             return Err(StoreError(format!("bucket {index} was never prepared")));
         }
-        match hostcalls::set_shared_data(&key(index), Some(bytes), Some(expected.0)) {
+        match hostcalls::set_shared_data(key(index).as_str(), Some(bytes), Some(expected.0)) {
             Ok(()) => Ok(Swap::Written),
             Err(Status::CasMismatch) => Ok(Swap::Conflict),
             Err(status) => Err(StoreError(format!("set: {status:?}"))),
