@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::headers::{HSTS, HeaderProfile, HeaderSink};
+use crate::headers::{HeaderSet, HeaderSink};
 use crate::limiter::gcra::ceil_secs;
 
 /// What the host does with a request.
@@ -112,58 +112,58 @@ pub(crate) struct RateReport {
 /// The header edits for one response.
 #[derive(Debug, Clone)]
 pub struct ResponseEdits<'p> {
-    pub(crate) profile: &'p HeaderProfile,
-    pub(crate) https: bool,
+    pub(crate) set: &'p HeaderSet,
     pub(crate) rate: Vec<(&'static str, String)>,
 }
 
-const RATE_LIMIT_HEADERS: [&str; 6] =
+pub(crate) const RATE_LIMIT_HEADERS: [&str; 6] =
     ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after"];
 
 impl<'p> ResponseEdits<'p> {
-    pub(crate) fn new(profile: &'p HeaderProfile, https: bool, rate: Option<(&str, u32, u32, RateReport)>) -> Self {
-        Self { profile, https, rate: rate.map_or_else(Vec::new, rate_limit_headers) }
+    pub(crate) fn new(set: &'p HeaderSet, rate: Option<(&str, u32, u32, RateReport)>) -> Self {
+        Self { set, rate: rate.map_or_else(Vec::new, rate_limit_headers) }
     }
 
     /// Writes every edit into `sink`.
     pub fn apply<S: HeaderSink + ?Sized>(&self, sink: &mut S) {
-        for name in &self.profile.remove {
+        for name in self.set.removed() {
             sink.remove(name);
-        }
-        if !self.https {
-            // HSTS over plain HTTP is ignored by browsers and misleads scanners (RFC 6797 §7.2).
-            sink.remove(HSTS);
         }
         self.for_each_set(|name, value| sink.set(name, value));
     }
 
-    /// Every header these edits set, in order.
+    /// Every header these edits set, in order: [`ResponseEdits::header_set`]'s, then
+    /// [`ResponseEdits::rate_limit_headers`].
     pub fn for_each_set<'s>(&'s self, mut set: impl FnMut(&'s str, &'s str)) {
-        for (name, value) in &self.profile.set {
+        for (name, value) in self.set.headers() {
             set(name, value);
-        }
-        if let (Some(hsts), true) = (&self.profile.hsts, self.https) {
-            set(HSTS, hsts);
         }
         for (name, value) in &self.rate {
             set(name, value);
         }
     }
 
+    /// The profile's part of these edits, the same for every response of its profile and scheme.
+    pub fn header_set(&self) -> &'p HeaderSet {
+        self.set
+    }
+
     /// Whether these edits set or remove `name` (so an upstream value of it must not survive).
     pub fn touches(&self, name: &str) -> bool {
-        let is = |other: &str| other.eq_ignore_ascii_case(name);
-        is(HSTS)
-            || self.profile.set.iter().any(|(n, _)| is(n))
-            || self.profile.remove.iter().any(|n| is(n))
-            || (!self.rate.is_empty() && RATE_LIMIT_HEADERS.iter().any(|n| is(n)))
+        self.touches_bytes(name.as_bytes())
+    }
+
+    /// [`ResponseEdits::touches`] for a name as the host holds it: bytes that are not UTF-8 are
+    /// never a name the edits touch (theirs are ASCII tokens).
+    pub fn touches_bytes(&self, name: &[u8]) -> bool {
+        self.set.manages(name, !self.rate.is_empty())
     }
 
     /// The whole response header list after the edits: the upstream headers the edits leave
     /// alone, in their order, then every header the edits set. For hosts that replace a header
     /// map in one call rather than editing it field by field.
     pub fn rewrite<'s, V: AsRef<[u8]>>(&'s self, upstream: &'s [(String, V)]) -> Vec<(&'s str, &'s [u8])> {
-        let mut headers = Vec::with_capacity(upstream.len() + self.profile.set.len() + self.rate.len() + 1);
+        let mut headers = Vec::with_capacity(upstream.len() + self.set.headers().len() + self.rate.len());
         for (name, value) in upstream {
             if !self.touches(name) {
                 headers.push((name.as_str(), value.as_ref()));

@@ -103,6 +103,91 @@ impl HeaderProfile {
     }
 }
 
+/// What a profile does to a response over one scheme, compiled with the policy so that a
+/// response only copies it: the headers to set (HSTS last, over HTTPS only), the ones to
+/// remove, and every name an upstream value of must not survive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderSet {
+    index: usize,
+    set: Vec<(String, String)>,
+    remove: Vec<String>,
+    managed: ManagedNames,
+    /// `managed` plus the rate-limit names, for responses that carry rate-limit headers.
+    managed_with_rate: ManagedNames,
+}
+
+impl HeaderSet {
+    pub(crate) fn compile(index: usize, profile: &HeaderProfile, https: bool, rate_names: &[&str]) -> Self {
+        let mut set = profile.set.clone();
+        let mut remove = profile.remove.clone();
+        match (&profile.hsts, https) {
+            (Some(hsts), true) => set.push((HSTS.to_owned(), hsts.clone())),
+            // HSTS over plain HTTP is ignored by browsers and misleads scanners (RFC 6797 §7.2).
+            (_, false) => remove.push(HSTS.to_owned()),
+            (None, true) => {}
+        }
+        let profile_names = || {
+            std::iter::once(HSTS)
+                .chain(profile.set.iter().map(|(name, _)| name.as_str()))
+                .chain(profile.remove.iter().map(String::as_str))
+        };
+        let managed = ManagedNames::new(profile_names());
+        let managed_with_rate = ManagedNames::new(profile_names().chain(rate_names.iter().copied()));
+        Self { index, set, remove, managed, managed_with_rate }
+    }
+
+    /// This set's position in [`crate::Policy::header_sets`], for hosts that prepare each set
+    /// in their own form once.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The headers to set, in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.set
+    }
+
+    pub(crate) fn removed(&self) -> &[String] {
+        &self.remove
+    }
+
+    pub(crate) fn manages(&self, name: &[u8], with_rate: bool) -> bool {
+        if with_rate { self.managed_with_rate.contains(name) } else { self.managed.contains(name) }
+    }
+}
+
+/// Lowercase header names grouped by length: every upstream header is tested against them, and
+/// most lengths hold no managed name at all, so a test is usually one bounds check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ManagedNames {
+    by_len: Vec<Vec<Box<[u8]>>>,
+}
+
+impl ManagedNames {
+    fn new<'a>(names: impl Iterator<Item = &'a str>) -> Self {
+        let mut by_len: Vec<Vec<Box<[u8]>>> = Vec::new();
+        for name in names {
+            let lower = name.to_ascii_lowercase().into_bytes().into_boxed_slice();
+            if by_len.len() <= lower.len() {
+                by_len.resize_with(lower.len() + 1, Vec::new);
+            }
+            if let Some(same_len) = by_len.get_mut(lower.len())
+                && !same_len.contains(&lower)
+            {
+                same_len.push(lower);
+            }
+        }
+        Self { by_len }
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        // Only the upstream byte needs folding (the stored names are lowercase), and only when it
+        // differs, which a lowercase upstream name (the usual case) never does.
+        let same = |lower: &[u8]| lower.iter().zip(name).all(|(&l, &b)| l == b || l == b.to_ascii_lowercase());
+        self.by_len.get(name.len()).is_some_and(|same_len| same_len.iter().any(|n| same(n)))
+    }
+}
+
 /// Checks a header name is an RFC 9110 token the policy may manage; returns it lowercased.
 pub(crate) fn validate_name(name: &str) -> Result<String, String> {
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);

@@ -4,8 +4,10 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::client::ClientIdentity;
 use crate::config::{self, ConfigError, LimitMode, PolicyConfig, StoreErrorMode, TierConfig};
-use crate::decision::{Decision, Forward, LocalResponse, Outcome, RateReport, ResponseEdits, ResponsePlan};
-use crate::headers::HeaderProfile;
+use crate::decision::{
+    Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits, ResponsePlan,
+};
+use crate::headers::{HeaderProfile, HeaderSet};
 use crate::host::{HostPattern, parse_authority};
 use crate::limiter::gcra::{Gcra, ceil_secs};
 use crate::limiter::store::BucketStore;
@@ -17,9 +19,12 @@ use crate::request::{Request, RequestHeaders, Scheme};
 /// A policy compiled once from its JSON document; cheap to consult per request.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    default_profile: HeaderProfile,
+    /// The default profile's header sets, over HTTP and over HTTPS.
+    default_sets: [HeaderSet; 2],
     /// Longest prefix first.
-    profiles: Vec<(String, HeaderProfile)>,
+    profiles: Vec<String>,
+    /// Each of `profiles`' header sets, over HTTP and over HTTPS.
+    profile_sets: Vec<[HeaderSet; 2]>,
     allowed_hosts: Vec<HostPattern>,
     redirect: Option<Redirect>,
     identity: ClientIdentity,
@@ -140,9 +145,15 @@ impl Policy {
         let tiers = compile_tiers(&tier_configs, config.rate_limit_mode)?;
         let limited = tiers.iter().filter(|t| t.limit.is_some()).count() as u32;
 
+        let sets = |slot: usize, profile: &HeaderProfile| {
+            [false, true]
+                .map(|https| HeaderSet::compile(slot * 2 + usize::from(https), profile, https, &RATE_LIMIT_HEADERS))
+        };
+        let profile_sets = profiles.iter().enumerate().map(|(i, (_, profile))| sets(i + 1, profile)).collect();
         Ok(Self {
-            default_profile,
-            profiles,
+            default_sets: sets(0, &default_profile),
+            profiles: profiles.into_iter().map(|(prefix, _)| prefix).collect(),
+            profile_sets,
             allowed_hosts,
             redirect,
             identity: ClientIdentity::compile(&config.client_ip)?,
@@ -234,16 +245,23 @@ impl Policy {
 
     /// Header edits for a response produced under `plan`.
     pub fn response_edits(&self, plan: &ResponsePlan) -> ResponseEdits<'_> {
-        let profile = match plan.profile {
-            0 => &self.default_profile,
-            n => self.profiles.get(usize::from(n) - 1).map_or(&self.default_profile, |(_, p)| p),
+        let sets = match plan.profile {
+            0 => &self.default_sets,
+            n => self.profile_sets.get(usize::from(n) - 1).unwrap_or(&self.default_sets),
         };
+        let [http, https] = sets;
         let rate = plan.rate.filter(|r| r.retry_after.is_some() || self.headers_on_success).and_then(|report| {
             let tier = self.tiers.get(usize::from(report.tier))?;
             let (gcra, _) = tier.limit.as_ref()?;
             Some((tier.name.as_str(), gcra.limit(), gcra.period_secs(), report))
         });
-        ResponseEdits::new(profile, plan.https, rate)
+        ResponseEdits::new(if plan.https { https } else { http }, rate)
+    }
+
+    /// Every header set a response can get, in [`HeaderSet::index`] order: hosts that prepare
+    /// them in their own form do it once, here.
+    pub fn header_sets(&self) -> impl Iterator<Item = &HeaderSet> {
+        std::iter::once(&self.default_sets).chain(&self.profile_sets).flatten()
     }
 
     /// A plan for responses the host produces without a request decision (e.g. a codec error).
@@ -252,7 +270,7 @@ impl Policy {
     }
 
     fn profile_for(&self, canonical: &str) -> u16 {
-        self.profiles.iter().position(|(prefix, _)| has_prefix(canonical, prefix)).map_or(0, |i| (i + 1) as u16)
+        self.profiles.iter().position(|prefix| has_prefix(canonical, prefix)).map_or(0, |i| (i + 1) as u16)
     }
 
     fn redirect(&self, redirect: &Redirect, method: &[u8], host: &str, target: &[u8], plan: ResponsePlan) -> Decision {

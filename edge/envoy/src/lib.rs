@@ -29,6 +29,7 @@ proxy_wasm::main! {{
 struct Root {
     policy: Option<Rc<Policy>>,
     metrics: Option<Rc<Metrics>>,
+    header_sets: Option<Rc<[host_bytes::Block]>>,
 }
 
 impl Context for Root {}
@@ -51,6 +52,7 @@ impl RootContext for Root {
             return false;
         }
         self.metrics = Some(Rc::new(Metrics::define()));
+        self.header_sets = Some(policy.header_sets().map(|set| host_bytes::Block::new(set.headers())).collect());
         self.policy = Some(Rc::new(policy));
         self.set_tick_period(metrics::FLUSH_EVERY);
         true
@@ -65,7 +67,8 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
         let metrics = self.metrics.clone()?;
-        Some(Box::new(Filter { policy, metrics, plan: None, replied: false }))
+        let header_sets = self.header_sets.clone()?;
+        Some(Box::new(Filter { policy, metrics, header_sets, plan: None, replied: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -76,6 +79,8 @@ impl RootContext for Root {
 struct Filter {
     policy: Rc<Policy>,
     metrics: Rc<Metrics>,
+    /// Each of the policy's header sets serialised, by index.
+    header_sets: Rc<[host_bytes::Block]>,
     /// Set by the request phase; the response phase of a request that never reached it
     /// (Envoy's own early replies) falls back to the default profile.
     plan: Option<ResponsePlan>,
@@ -136,7 +141,9 @@ impl HttpContext for Filter {
         // One read and one write of the whole map: each host call costs far more than
         // rebuilding a dozen headers inside the VM.
         let upstream = host_bytes::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-        if let Err(status) = host_bytes::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &upstream)) {
+        if let Err(status) =
+            host_bytes::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &self.header_sets, &upstream))
+        {
             log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
         }
         Action::Continue
@@ -170,22 +177,47 @@ impl RequestHeaders for RequestHeaderMap {
 
 /// The response map after `edits`, serialised for one host call: the upstream headers the
 /// edits leave alone, in their order, then every header the edits set (as
-/// [`portcullis_core::ResponseEdits::rewrite`] orders them).
-fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, upstream: &[u8]) -> Vec<u8> {
-    // A name that is not UTF-8 cannot be one the edits touch (theirs are ASCII tokens).
-    let kept: Vec<(&[u8], &[u8])> = host_bytes::pairs(upstream)
-        .filter(|(name, _)| std::str::from_utf8(name).map_or(true, |name| !edits.touches(name)))
-        .collect();
-    let (mut count, mut bytes) = (kept.len(), kept.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>());
-    edits.for_each_set(|name, value| {
-        count += 1;
-        bytes += name.len() + value.len();
-    });
-    let mut writer = host_bytes::MapWriter::new(count, bytes);
-    for (name, value) in kept {
-        writer.push(name, value);
+/// [`portcullis_core::ResponseEdits::rewrite`] orders them). The header set comes from
+/// `header_sets`, serialised at configuration.
+fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, header_sets: &[host_bytes::Block], upstream: &[u8]) -> Vec<u8> {
+    let set = edits.header_set();
+    let built;
+    let block = match header_sets.get(set.index()) {
+        Some(block) => block,
+        None => {
+            built = host_bytes::Block::new(set.headers());
+            &built
+        }
+    };
+    // Which upstream pairs survive, worked out once: a bit per pair for the first 64 (more than
+    // any real response has), the test repeated for any beyond.
+    let (mut kept, mut count, mut size) = (0u64, block.count(), block.text_len());
+    for (i, (name, value)) in host_bytes::pairs(upstream).enumerate() {
+        if !edits.touches_bytes(name) {
+            kept |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            count += 1;
+            size += name.len() + value.len();
+        }
     }
-    edits.for_each_set(|name, value| writer.push(name.as_bytes(), value.as_bytes()));
+    let rate = edits.rate_limit_headers();
+    for (name, value) in rate {
+        count += 1;
+        size += name.len() + value.len();
+    }
+    let mut writer = host_bytes::MapWriter::new(count, size);
+    for (i, (name, value)) in host_bytes::pairs(upstream).enumerate() {
+        let keep = match 1u64.checked_shl(i as u32) {
+            Some(bit) => kept & bit != 0,
+            None => !edits.touches_bytes(name),
+        };
+        if keep {
+            writer.push(name, value);
+        }
+    }
+    writer.push_block(block);
+    for (name, value) in rate {
+        writer.push(name.as_bytes(), value.as_bytes());
+    }
     writer.finish()
 }
 
@@ -213,5 +245,33 @@ impl Metrics {
     fn count(&self, outcome: Outcome) {
         self.add(metrics::Counter::Requests);
         self.add(metrics::Counter::from(outcome));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_rewritten_map_is_the_cores_rewrite_sized_up_front() {
+        let policy = Policy::from_json(br#"{"allowed_hosts": ["localhost"]}"#).unwrap();
+        let sets: Vec<host_bytes::Block> =
+            policy.header_sets().map(|set| host_bytes::Block::new(set.headers())).collect();
+        let mut upstream = host_bytes::MapWriter::new(3, 32);
+        upstream.push(b":status", b"200");
+        upstream.push(b"server", b"uvicorn");
+        upstream.push(b"content-type", b"application/json");
+        let upstream = upstream.finish();
+        let listed: Vec<(String, Vec<u8>)> =
+            host_bytes::pairs(&upstream).map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), v.to_vec())).collect();
+        for https in [false, true] {
+            let edits = policy.response_edits(&policy.fallback_plan(https));
+            let out = rewrite(&edits, &sets, &upstream);
+            assert_eq!(out.capacity(), out.len());
+            let expected: Vec<(&[u8], &[u8])> =
+                edits.rewrite(&listed).into_iter().map(|(n, v)| (n.as_bytes(), v)).collect();
+            assert_eq!(host_bytes::pairs(&out).collect::<Vec<_>>(), expected);
+        }
     }
 }
