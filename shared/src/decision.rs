@@ -113,7 +113,7 @@ pub(crate) struct RateReport {
 #[derive(Debug, Clone)]
 pub struct ResponseEdits<'p> {
     pub(crate) set: &'p HeaderSet,
-    pub(crate) rate: Vec<(&'static str, String)>,
+    pub(crate) rate: RateLimitHeaders,
 }
 
 pub(crate) const RATE_LIMIT_HEADERS: [&str; 6] =
@@ -121,7 +121,7 @@ pub(crate) const RATE_LIMIT_HEADERS: [&str; 6] =
 
 impl<'p> ResponseEdits<'p> {
     pub(crate) fn new(set: &'p HeaderSet, rate: Option<(&str, u32, u32, RateReport)>) -> Self {
-        Self { set, rate: rate.map_or_else(Vec::new, rate_limit_headers) }
+        Self { set, rate: rate.map_or_else(RateLimitHeaders::default, RateLimitHeaders::new) }
     }
 
     /// Writes every edit into `sink`.
@@ -175,45 +175,101 @@ impl<'p> ResponseEdits<'p> {
 
     /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), the legacy
     /// `X-RateLimit-*` trio and, on a refusal, `Retry-After`.
-    pub fn rate_limit_headers(&self) -> &[(&'static str, String)] {
+    pub fn rate_limit_headers(&self) -> &RateLimitHeaders {
         &self.rate
     }
 }
 
-fn rate_limit_headers((tier, limit, window, report): (&str, u32, u32, RateReport)) -> Vec<(&'static str, String)> {
-    // Built by hand: these run on every response of a limited tier, and `format!` costs several
-    // times more than the pushes below inside a Wasm VM.
-    let mut numbers = itoa::Buffer::new();
-    // On a refusal the reset points at the same instant as Retry-After (draft §4).
-    let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));
-    let reset_text = numbers.format(reset).to_owned();
-    let limit_text = numbers.format(limit).to_owned();
-    let remaining_text = numbers.format(report.remaining).to_owned();
-    let quoted = |extra: usize| {
-        let mut s = String::with_capacity(tier.len() + 24 + extra);
-        s.push('"');
-        s.push_str(tier);
-        s.push('"');
-        s
-    };
-    let mut policy = quoted(0);
-    policy.push_str(";q=");
-    policy.push_str(&limit_text);
-    policy.push_str(";w=");
-    policy.push_str(numbers.format(window));
-    let mut current = quoted(0);
-    current.push_str(";r=");
-    current.push_str(&remaining_text);
-    current.push_str(";t=");
-    current.push_str(&reset_text);
-    let mut headers = Vec::with_capacity(6);
-    headers.push(("ratelimit-policy", policy));
-    headers.push(("ratelimit", current));
-    headers.push(("x-ratelimit-limit", limit_text));
-    headers.push(("x-ratelimit-remaining", remaining_text));
-    if report.retry_after.is_some() {
-        headers.push(("retry-after", reset_text.clone()));
+/// The rate-limit headers of one response, their values written one after another into one
+/// string: they go on every response of a limited tier, and a string per value would cost an
+/// allocation and a free each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    names: &'static [&'static str],
+    text: String,
+    /// Where each value ends in `text`, in `names` order.
+    ends: [usize; 6],
+}
+
+const ALLOWED_NAMES: [&str; 5] =
+    ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"];
+const REFUSED_NAMES: [&str; 6] =
+    ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after", "x-ratelimit-reset"];
+
+impl RateLimitHeaders {
+    fn new((tier, limit, window, report): (&str, u32, u32, RateReport)) -> Self {
+        // On a refusal the reset points at the same instant as Retry-After (draft §4).
+        let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));
+        let names: &'static [&'static str] = if report.retry_after.is_some() { &REFUSED_NAMES } else { &ALLOWED_NAMES };
+        let mut buffers = [itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new()];
+        let [limit_buf, remaining_buf, reset_buf, window_buf] = &mut buffers;
+        let limit = limit_buf.format(limit);
+        let remaining = remaining_buf.format(report.remaining);
+        let reset = reset_buf.format(reset);
+        let window = window_buf.format(window);
+
+        let mut text = String::with_capacity(2 * tier.len() + 4 * 20 + 16);
+        let mut ends = [0; 6];
+        let mut values = 0;
+        let mut value = |text: &mut String, parts: &[&str]| {
+            for part in parts {
+                text.push_str(part);
+            }
+            if let Some(end) = ends.get_mut(values) {
+                *end = text.len();
+            }
+            values += 1;
+        };
+        value(&mut text, &["\"", tier, "\";q=", limit, ";w=", window]);
+        value(&mut text, &["\"", tier, "\";r=", remaining, ";t=", reset]);
+        value(&mut text, &[limit]);
+        value(&mut text, &[remaining]);
+        if report.retry_after.is_some() {
+            value(&mut text, &[reset]);
+        }
+        value(&mut text, &[reset]);
+        Self { names, text, ends }
     }
-    headers.push(("x-ratelimit-reset", reset_text));
-    headers
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Each header's lowercase name and value, in the order they are set.
+    pub fn iter(&self) -> RateLimitHeadersIter<'_> {
+        RateLimitHeadersIter { headers: self, next: 0, start: 0 }
+    }
+}
+
+impl<'a> IntoIterator for &'a RateLimitHeaders {
+    type Item = (&'static str, &'a str);
+    type IntoIter = RateLimitHeadersIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+pub struct RateLimitHeadersIter<'a> {
+    headers: &'a RateLimitHeaders,
+    next: usize,
+    /// Where the next value starts.
+    start: usize,
+}
+
+impl<'a> Iterator for RateLimitHeadersIter<'a> {
+    type Item = (&'static str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let name = self.headers.names.get(self.next)?;
+        let end = *self.headers.ends.get(self.next)?;
+        let value = self.headers.text.get(self.start..end).unwrap_or_default();
+        self.next += 1;
+        self.start = end;
+        Some((name, value))
+    }
 }

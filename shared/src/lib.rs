@@ -44,7 +44,9 @@ pub mod observatory;
 
 pub use client::ClientKey;
 pub use config::{ConfigError, PolicyConfig};
-pub use decision::{Decision, Forward, LocalResponse, Outcome, ResponseEdits, ResponsePlan};
+pub use decision::{
+    Decision, Forward, LocalResponse, Outcome, RateLimitHeaders, RateLimitHeadersIter, ResponseEdits, ResponsePlan,
+};
 pub use headers::{HeaderSet, HeaderSink, SEED_HEADERS, STRICT_HEADERS};
 pub use limiter::store::{BucketStore, Loaded, MemoryStore, StoreError, Swap, Version};
 pub use limiter::table::BUCKET_BYTES;
