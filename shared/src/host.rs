@@ -7,17 +7,19 @@ use std::borrow::Cow;
 use std::net::Ipv6Addr;
 
 /// A validated, lowercased host name or IP literal (IPv6 kept without brackets). Borrowed from
-/// the request when it is already in that form, which is almost always.
+/// the request when it is already in that form, which is almost always. Bytes, all ASCII: the
+/// parse accepts nothing else, so it needs no separate UTF-8 pass over the authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host<'a> {
-    name: Cow<'a, str>,
+    name: Cow<'a, [u8]>,
     ipv6: bool,
 }
 
 impl Host<'_> {
     /// The host as it is written in a URL authority (IPv6 in brackets).
     pub fn url_form(&self) -> String {
-        if self.ipv6 { format!("[{}]", self.name) } else { self.name.clone().into_owned() }
+        let name = String::from_utf8_lossy(&self.name);
+        if self.ipv6 { format!("[{name}]") } else { name.into_owned() }
     }
 }
 
@@ -25,20 +27,19 @@ const MAX_HOST_LEN: usize = 253;
 
 /// Parses `host[:port]` from an authority; `None` for anything malformed.
 pub fn parse_authority(authority: &[u8]) -> Option<Host<'_>> {
-    let text = std::str::from_utf8(authority).ok()?;
-    if let Some(rest) = text.strip_prefix('[') {
-        let (literal, after) = rest.split_once(']')?;
-        if !after.is_empty() && !valid_port(after.strip_prefix(':')?.as_bytes()) {
+    if let Some(rest) = authority.strip_prefix(b"[") {
+        let close = rest.iter().position(|&b| b == b']')?;
+        let (literal, after) = (rest.get(..close)?, rest.get(close + 1..)?);
+        if !after.is_empty() && !valid_port(after.strip_prefix(b":")?) {
             return None;
         }
-        let addr: Ipv6Addr = literal.parse().ok()?;
-        return Some(Host { name: Cow::Owned(addr.to_string()), ipv6: true });
+        let addr: Ipv6Addr = std::str::from_utf8(literal).ok()?.parse().ok()?;
+        return Some(Host { name: Cow::Owned(addr.to_string().into_bytes()), ipv6: true });
     }
-    // Byte searches: `:` is ASCII, so it never splits a UTF-8 sequence.
-    let name = match text.bytes().rposition(|b| b == b':') {
-        Some(colon) if text.as_bytes().get(colon + 1..).is_some_and(valid_port) => text.get(..colon)?,
+    let name = match authority.iter().rposition(|&b| b == b':') {
+        Some(colon) if authority.get(colon + 1..).is_some_and(valid_port) => authority.get(..colon)?,
         Some(_) => return None,
-        None => text,
+        None => authority,
     };
     parse_host_name(name).map(|name| Host { name, ipv6: false })
 }
@@ -50,14 +51,14 @@ fn valid_port(port: &[u8]) -> bool {
 }
 
 /// A DNS name or IPv4 literal: letters, digits, `-`, `_` and non-empty dot-separated labels.
-fn parse_host_name(name: &str) -> Option<Cow<'_, str>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
+fn parse_host_name(name: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
     if name.is_empty() || name.len() > MAX_HOST_LEN {
         return None;
     }
     // One pass over the bytes instead of `split('.')`: this runs on every request.
     let (mut label_len, mut upper) = (0usize, false);
-    for b in name.bytes() {
+    for &b in name {
         if b == b'.' {
             if label_len == 0 {
                 return None;
@@ -94,25 +95,25 @@ impl HostPattern {
             return Ok(Self::Any);
         }
         if let Some(parent) = pattern.strip_prefix("*.") {
-            return parse_host_name(parent)
-                .map(|p| Self::Subdomains(p.into_owned()))
+            return parse_host_name(parent.as_bytes())
+                .map(|p| Self::Subdomains(String::from_utf8_lossy(&p).into_owned()))
                 .ok_or_else(|| format!("{pattern:?} is not a host name, *.domain or *"));
         }
         parse_authority(pattern.as_bytes())
             .filter(|_| !pattern.contains(':') || pattern.starts_with('['))
-            .map(|host| Self::Exact(host.name.into_owned()))
+            .map(|host| Self::Exact(String::from_utf8_lossy(&host.name).into_owned()))
             .ok_or_else(|| format!("{pattern:?} is not a host name (without port), *.domain or *"))
     }
 
     pub(crate) fn matches(&self, host: &Host<'_>) -> bool {
         match self {
             Self::Any => true,
-            Self::Exact(name) => *name == host.name,
-            Self::Subdomains(parent) => {
-                host.name.len() > parent.len() + 1
-                    && host.name.ends_with(parent.as_str())
-                    && host.name.as_bytes()[host.name.len() - parent.len() - 1] == b'.'
-            }
+            Self::Exact(name) => name.as_bytes() == &*host.name,
+            Self::Subdomains(parent) => host
+                .name
+                .strip_suffix(parent.as_bytes())
+                .and_then(|below| below.strip_suffix(b"."))
+                .is_some_and(|below| !below.is_empty()),
         }
     }
 }

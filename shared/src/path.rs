@@ -12,10 +12,24 @@ use percent_encoding::percent_decode;
 /// `\` read as `/`, `;params` cut from each segment, empty and `.` segments dropped, `..`
 /// resolved (never above the root), no trailing slash. Always starts with `/`.
 pub fn canonicalize(target: &[u8]) -> Cow<'_, str> {
+    match canonical(target) {
+        // The fast path only accepts ASCII, so this never needs the lossy branch.
+        Cow::Borrowed(plain) => std::str::from_utf8(plain)
+            .map_or_else(|_| Cow::Owned(String::from_utf8_lossy(plain).into_owned()), Cow::Borrowed),
+        Cow::Owned(bytes) => {
+            Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        }
+    }
+}
+
+/// [`canonicalize`] as bytes (always UTF-8): the request path works on bytes, and skipping the
+/// UTF-8 check of the common, already canonical, target saves a pass over it.
+pub(crate) fn canonical(target: &[u8]) -> Cow<'_, [u8]> {
     let end = target.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(target.len());
-    match already_canonical(&target[..end]) {
+    let path = target.get(..end).unwrap_or(target);
+    match already_canonical(path) {
         Some(plain) => Cow::Borrowed(plain),
-        None => Cow::Owned(canonicalize_slowly(&target[..end])),
+        None => Cow::Owned(canonicalize_slowly(path).into_bytes()),
     }
 }
 
@@ -61,7 +75,7 @@ fn canonicalize_slowly(path: &[u8]) -> String {
 
 /// The common case, without allocating: `/` followed by segments of lowercase letters, digits,
 /// `-`, `_` and non-leading `.`, single slashes, optionally one trailing slash.
-fn already_canonical(path: &[u8]) -> Option<&str> {
+fn already_canonical(path: &[u8]) -> Option<&[u8]> {
     let body = path.strip_prefix(b"/")?;
     let body = body.strip_suffix(b"/").unwrap_or(body);
     let mut segment_start = true;
@@ -80,14 +94,14 @@ fn already_canonical(path: &[u8]) -> Option<&str> {
     if segment_start && !body.is_empty() {
         return None;
     }
-    let canonical = &path[..1 + body.len()];
     // A lone "/" stays "/"; otherwise no trailing slash.
-    std::str::from_utf8(if body.is_empty() { &path[..1] } else { canonical }).ok()
+    path.get(..1 + body.len())
 }
 
 /// Whether canonical `path` lies under canonical `prefix`, on a segment boundary.
-pub(crate) fn has_prefix(path: &str, prefix: &str) -> bool {
-    prefix == "/" || (path.starts_with(prefix) && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+pub(crate) fn has_prefix(path: &[u8], prefix: &str) -> bool {
+    prefix == "/"
+        || path.strip_prefix(prefix.as_bytes()).is_some_and(|rest| rest.is_empty() || rest.first() == Some(&b'/'))
 }
 
 /// A route such as `/api/v1/jobs/{job_id}`, compiled to canonical segments.
@@ -125,11 +139,11 @@ impl RouteTemplate {
     }
 
     /// Matches a canonical path (as [`canonicalize`] returns it).
-    pub(crate) fn matches(&self, canonical: &str) -> bool {
+    pub(crate) fn matches(&self, canonical: &[u8]) -> bool {
         // Byte slicing rather than `split('/')`: every tier is tried on every request, and the
         // string searcher costs several times more inside a Wasm VM. Empty segments are
         // skipped, as the split would filter them.
-        let mut rest = canonical.as_bytes();
+        let mut rest = canonical;
         for expected in &self.segments {
             while let [b'/', tail @ ..] = rest {
                 rest = tail;
@@ -198,11 +212,11 @@ mod tests {
             ["/", "/a", "/a/", "/api/v1/jobs/5b7e-x_y.json", "/a.b/c", "//", "/a//b", "/./a", "/a/.", "/.a", "/a/b/"];
         for path in paths {
             if let Some(fast) = already_canonical(path.as_bytes()) {
-                assert_eq!(fast, canonicalize_slowly(path.as_bytes()), "{path}");
+                assert_eq!(fast, canonicalize_slowly(path.as_bytes()).as_bytes(), "{path}");
             }
         }
-        assert_eq!(already_canonical(b"/a/b/"), Some("/a/b"));
-        assert_eq!(already_canonical(b"/"), Some("/"));
+        assert_eq!(already_canonical(b"/a/b/"), Some(&b"/a/b"[..]));
+        assert_eq!(already_canonical(b"/"), Some(&b"/"[..]));
         for refused in [&b"//a"[..], b"/a/./b", b"/a/../b", b"/A", b"/a%2f", b"/a;b", b"a", b"/a//"] {
             assert_eq!(already_canonical(refused), None, "{refused:?}");
         }
@@ -212,7 +226,8 @@ mod tests {
         #[test]
         fn the_fast_path_never_disagrees(raw in "[/a.\\-]{0,12}") {
             if let Some(fast) = super::already_canonical(raw.as_bytes()) {
-                proptest::prop_assert_eq!(fast, super::canonicalize_slowly(raw.as_bytes()));
+                let slow = super::canonicalize_slowly(raw.as_bytes());
+                proptest::prop_assert_eq!(fast, slow.as_bytes());
             }
         }
     }
@@ -220,11 +235,11 @@ mod tests {
     #[test]
     fn templates_match_whole_segments() {
         let job = RouteTemplate::parse("/api/v1/jobs/{job_id}").unwrap();
-        assert!(job.matches("/api/v1/jobs/123"));
-        assert!(!job.matches("/api/v1/jobs"));
-        assert!(!job.matches("/api/v1/jobs/1/2"));
+        assert!(job.matches(b"/api/v1/jobs/123"));
+        assert!(!job.matches(b"/api/v1/jobs"));
+        assert!(!job.matches(b"/api/v1/jobs/1/2"));
         let login = RouteTemplate::parse("/API/v1/auth/login/").unwrap();
-        assert!(login.matches("/api/v1/auth/login"));
+        assert!(login.matches(b"/api/v1/auth/login"));
         assert!(RouteTemplate::parse("api").is_err());
         assert!(RouteTemplate::parse("/a/../b").is_err());
         assert!(RouteTemplate::parse("/a/{x").is_err());
@@ -241,15 +256,15 @@ mod tests {
                 (TemplateSegment::Param, Some(_)) => true,
                 _ => false,
             }) && parts.next().is_none();
-            proptest::prop_assert_eq!(route.matches(&path), by_split);
+            proptest::prop_assert_eq!(route.matches(path.as_bytes()), by_split);
         }
     }
 
     #[test]
     fn prefixes_respect_segment_boundaries() {
-        assert!(has_prefix("/docs", "/docs"));
-        assert!(has_prefix("/docs/x", "/docs"));
-        assert!(!has_prefix("/docsx", "/docs"));
-        assert!(has_prefix("/anything", "/"));
+        assert!(has_prefix(b"/docs", "/docs"));
+        assert!(has_prefix(b"/docs/x", "/docs"));
+        assert!(!has_prefix(b"/docsx", "/docs"));
+        assert!(has_prefix(b"/anything", "/"));
     }
 }

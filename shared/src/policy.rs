@@ -12,7 +12,7 @@ use crate::host::{HostPattern, parse_authority};
 use crate::limiter::gcra::{Gcra, ceil_secs};
 use crate::limiter::store::BucketStore;
 use crate::limiter::{Acquire, Limiter};
-use crate::path::{RouteTemplate, canonicalize, has_prefix};
+use crate::path::{RouteTemplate, canonical, canonicalize, has_prefix};
 use crate::rate::Rate;
 use crate::request::{Request, RequestHeaders, Scheme};
 
@@ -51,7 +51,7 @@ struct Tier {
 }
 
 impl Tier {
-    fn matches(&self, method: &[u8], canonical: &str) -> bool {
+    fn matches(&self, method: &[u8], canonical: &[u8]) -> bool {
         let method_ok = match &self.method {
             None => true,
             // HEAD is served by GET handlers, so it spends the GET tier's quota.
@@ -175,7 +175,7 @@ impl Policy {
         S: BucketStore + ?Sized,
     {
         let raw_target = request.path.filter(|p| !p.is_empty()).unwrap_or(b"/");
-        let path = canonicalize(raw_target);
+        let path = canonical(raw_target);
         let https = request.scheme == Scheme::Https
             || (self.identity.peer_is_trusted(&request.peer) && forwarded_proto_is_https(request.headers));
         let plan = ResponsePlan { profile: self.profile_for(&path), https, rate: None };
@@ -269,7 +269,7 @@ impl Policy {
         ResponsePlan { profile: 0, https, rate: None }
     }
 
-    fn profile_for(&self, canonical: &str) -> u16 {
+    fn profile_for(&self, canonical: &[u8]) -> u16 {
         self.profiles.iter().position(|prefix| has_prefix(canonical, prefix)).map_or(0, |i| (i + 1) as u16)
     }
 
