@@ -132,6 +132,21 @@ impl<'p> ResponseEdits<'p> {
         self.for_each_set(|name, value| sink.set(name, value));
     }
 
+    /// What [`ResponseEdits::apply`] does to a header list, in one pass over it rather than one
+    /// per header set: a local reply's list is built on every redirect and refusal.
+    pub(crate) fn apply_to_list(&self, headers: &mut Vec<(String, String)>) {
+        if self.set.sets_rate_names() && !self.rate.is_empty() {
+            // A rate-limit header would replace the profile's header of the same name.
+            return self.apply(headers);
+        }
+        headers.retain(|(name, _)| {
+            let name = name.as_bytes();
+            !(self.set.replaces(name) || self.rate.names.iter().any(|rate| rate.as_bytes().eq_ignore_ascii_case(name)))
+        });
+        headers.reserve(self.set.headers().len() + self.rate.len());
+        self.for_each_set(|name, value| headers.push((name.to_owned(), value.to_owned())));
+    }
+
     /// Every header these edits set, in order: [`ResponseEdits::header_set`]'s, then
     /// [`ResponseEdits::rate_limit_headers`].
     pub fn for_each_set<'s>(&'s self, mut set: impl FnMut(&'s str, &'s str)) {
@@ -271,5 +286,55 @@ impl<'a> Iterator for RateLimitHeadersIter<'a> {
         self.next += 1;
         self.start = end;
         Some((name, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Policy;
+
+    #[test]
+    fn applying_to_a_list_in_one_pass_is_applying_header_by_header() {
+        let documents = [
+            &br#"{}"#[..],
+            br#"{"remove_headers": ["Cache-Control", "retry-after"], "headers": {"Strict-Transport-Security": null}}"#,
+            br#"{"headers": {"RateLimit": "mine", "Location": "elsewhere", "X-Extra": "1"}}"#,
+            br#"{"preset": "strict", "profiles": [{"path_prefix": "/docs", "headers": {"content-type": "text/x"}}]}"#,
+        ];
+        let reports = [
+            None,
+            Some(RateReport { tier: 0, remaining: 3, reset_after: 1_500_000_000, retry_after: None }),
+            Some(RateReport { tier: 0, remaining: 0, reset_after: 0, retry_after: Some(2_000_000_000) }),
+        ];
+        for document in documents {
+            let policy = Policy::from_json(document).unwrap();
+            for (profile, https, rate) in [0, 1].into_iter().flat_map(|profile| {
+                [false, true].into_iter().flat_map(move |https| reports.map(move |rate| (profile, https, rate)))
+            }) {
+                let edits = policy.response_edits(&ResponsePlan { profile, https, rate });
+                assert_eq!(edits.rate_limit_headers().is_empty(), rate.is_none());
+                let initial: Vec<(String, String)> = [
+                    ("location", "https://x/"),
+                    ("Content-Type", "application/json"),
+                    ("cache-control", "no-store"),
+                    ("retry-after", "1"),
+                    ("ratelimit", "forged"),
+                    ("STRICT-TRANSPORT-SECURITY", "max-age=1"),
+                ]
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .into();
+                let (mut by_header, mut by_list) = (initial.clone(), initial);
+                edits.apply(&mut by_header);
+                edits.apply_to_list(&mut by_list);
+                assert_eq!(
+                    by_list,
+                    by_header,
+                    "{} profile {profile} https {https} {rate:?}",
+                    String::from_utf8_lossy(document)
+                );
+            }
+        }
     }
 }

@@ -114,6 +114,11 @@ pub struct HeaderSet {
     managed: ManagedNames,
     /// `managed` plus the rate-limit names, for responses that carry rate-limit headers.
     managed_with_rate: ManagedNames,
+    /// Exactly the names [`HeaderSet::removed`] and [`HeaderSet::headers`] hold.
+    replaced: ManagedNames,
+    /// Whether the profile itself sets a rate-limit header's name, which a response's own
+    /// rate-limit header then replaces.
+    sets_rate_names: bool,
 }
 
 impl HeaderSet {
@@ -133,7 +138,9 @@ impl HeaderSet {
         };
         let managed = ManagedNames::new(profile_names());
         let managed_with_rate = ManagedNames::new(profile_names().chain(rate_names.iter().copied()));
-        Self { index, set, remove, managed, managed_with_rate }
+        let replaced = ManagedNames::new(remove.iter().chain(set.iter().map(|(name, _)| name)).map(String::as_str));
+        let sets_rate_names = set.iter().any(|(name, _)| rate_names.contains(&name.as_str()));
+        Self { index, set, remove, managed, managed_with_rate, replaced, sets_rate_names }
     }
 
     /// This set's position in [`crate::Policy::header_sets`], for hosts that prepare each set
@@ -149,6 +156,14 @@ impl HeaderSet {
 
     pub(crate) fn removed(&self) -> &[String] {
         &self.remove
+    }
+
+    pub(crate) fn replaces(&self, name: &[u8]) -> bool {
+        self.replaced.contains(name)
+    }
+
+    pub(crate) fn sets_rate_names(&self) -> bool {
+        self.sets_rate_names
     }
 
     pub(crate) fn manages(&self, name: &[u8], with_rate: bool) -> bool {

@@ -280,7 +280,7 @@ impl Policy {
         let slash = if target.starts_with(b"/") { "" } else { "/" };
         let location = format!("https://{host}{port}{slash}{}", percent_encode(target, LOCATION_ESCAPE));
         let mut headers = vec![("location".to_owned(), location)];
-        self.response_edits(&plan).apply(&mut headers);
+        self.response_edits(&plan).apply_to_list(&mut headers);
         Decision::Respond(LocalResponse { status, headers, body: String::new(), plan, outcome: Outcome::Redirected })
     }
 
@@ -310,7 +310,7 @@ impl Policy {
         let body = serde_json::to_string(&Body { error, message }).unwrap_or_default();
         headers.push(("content-type".to_owned(), "application/json".to_owned()));
         headers.push(("cache-control".to_owned(), "no-store".to_owned()));
-        self.response_edits(&plan).apply(&mut headers);
+        self.response_edits(&plan).apply_to_list(&mut headers);
         Decision::Respond(LocalResponse { status, headers, body, plan, outcome })
     }
 }
