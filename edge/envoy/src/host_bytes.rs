@@ -2,9 +2,10 @@
 //!
 //! The SDK's header-map calls turn every name and value into its own `String`/`Vec` and
 //! serialise them back, and its property call builds two vectors for a constant path: together
-//! more than half of the filter's Wasm instructions per request. No crate offers a borrowed view
-//! of the ABI's serialised map, so the few calls that need one are made here, each `unsafe`
-//! block only passing pointers to the host.
+//! more than half of the filter's Wasm instructions per request; its shared-data calls take the
+//! key as text (a UTF-8 check of a key built from ASCII, twice per limited request) and panic on
+//! an unexpected status. No crate offers a borrowed view of the ABI's serialised map, so the few
+//! calls that need one are made here, each `unsafe` block only passing pointers to the host.
 //!
 //! The ABI's map: a little-endian `u32` count, then a `u32` name length and a `u32` value length
 //! per pair, then each name and each value followed by a NUL.
@@ -19,6 +20,20 @@ use proxy_wasm::types::{MapType, Status};
 unsafe extern "C" {
     fn proxy_get_header_map_pairs(map_type: MapType, return_data: *mut *mut u8, return_size: *mut usize) -> Status;
     fn proxy_set_header_map_pairs(map_type: MapType, data: *const u8, size: usize) -> Status;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> Status;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> Status;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -69,6 +84,30 @@ pub fn property(path: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     take(status, data, size)
+}
+
+/// A shared-data value and its CAS (0 when the host gives none); `(None, 0)` for a key the host
+/// does not hold. Unlike the SDK's call, which panics on any other status and takes the key as
+/// text, an unexpected status is an error the caller handles.
+pub fn get_shared_data(key: &[u8]) -> Result<(Option<Vec<u8>>, u32), Status> {
+    let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+    // SAFETY: the host reads `key.len()` bytes of a live slice and writes one pointer, one size
+    // and one CAS into the live locals.
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
+        Status::Ok if data.is_null() => Ok((None, cas)),
+        Status::Ok => Ok((take(Status::Ok, data, size), cas)),
+        Status::NotFound => Ok((None, 0)),
+        status => Err(status),
+    }
+}
+
+/// Writes a shared-data value if its CAS is still `cas` (0: unconditionally).
+pub fn set_shared_data(key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
+    // SAFETY: the host only reads `key.len()` and `value.len()` bytes of live slices.
+    match unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) } {
+        Status::Ok => Ok(()),
+        status => Err(status),
+    }
 }
 
 /// The pairs of a serialised map, borrowed from it. A map that does not parse ends where it

@@ -2,8 +2,9 @@
 //! same counts, and compare-and-swap makes concurrent updates exact.
 
 use portcullis_core::{BUCKET_BYTES, BucketStore, Loaded, StoreError, Swap, Version};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
+
+use crate::host_bytes;
 
 /// Stateless: shared data is addressed through free host calls.
 pub struct SharedDataStore;
@@ -28,8 +29,8 @@ impl Key {
         Self { bytes, len }
     }
 
-    fn as_str(&self) -> &str {
-        self.bytes.get(..self.len).and_then(|key| std::str::from_utf8(key).ok()).unwrap_or_default()
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
     }
 }
 
@@ -50,8 +51,8 @@ impl SharedDataStore {
         let empty = [0u8; BUCKET_BYTES];
         for index in 0..bucket_count {
             let key = key(index);
-            if hostcalls::get_shared_data(key.as_str())?.0.is_none() {
-                hostcalls::set_shared_data(key.as_str(), Some(&empty), None)?;
+            if host_bytes::get_shared_data(key.as_bytes())?.0.is_none() {
+                host_bytes::set_shared_data(key.as_bytes(), &empty, 0)?;
             }
         }
         Ok(())
@@ -61,8 +62,8 @@ impl SharedDataStore {
 impl BucketStore for SharedDataStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError> {
         let (bytes, cas) =
-            hostcalls::get_shared_data(key(index).as_str()).map_err(|s| StoreError(format!("get: {s:?}")))?;
-        Ok(Loaded { bytes, version: Version(cas.unwrap_or(0)) })
+            host_bytes::get_shared_data(key(index).as_bytes()).map_err(|s| StoreError(format!("get: {s:?}")))?;
+        Ok(Loaded { bytes, version: Version(cas) })
     }
 
     fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
@@ -70,7 +71,7 @@ impl BucketStore for SharedDataStore {
         if expected.0 == 0 {
             return Err(StoreError(format!("bucket {index} was never prepared")));
         }
-        match hostcalls::set_shared_data(key(index).as_str(), Some(bytes), Some(expected.0)) {
+        match host_bytes::set_shared_data(key(index).as_bytes(), bytes, expected.0) {
             Ok(()) => Ok(Swap::Written),
             Err(Status::CasMismatch) => Ok(Swap::Conflict),
             Err(status) => Err(StoreError(format!("set: {status:?}"))),
