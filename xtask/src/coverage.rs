@@ -38,7 +38,6 @@ fn ensure_tool() -> Result<()> {
 /// source files count (all of the selected packages' when `None`).
 struct Target<'a> {
     packages: &'a [&'a str],
-    test_args: &'a [&'a str],
     only: Option<&'a str>,
 }
 
@@ -49,9 +48,6 @@ fn measure(target: &Target<'_>, envs: &[(&str, String)]) -> Result<f64> {
     command.args(["llvm-cov", "--quiet", "--json", "--summary-only"]);
     for package in target.packages {
         command.args(["-p", package]);
-    }
-    if !target.test_args.is_empty() {
-        command.arg("--").args(target.test_args);
     }
     command.current_dir(root()).env("PATH", path).env("CARGO_TARGET_DIR", target_dir());
     for (k, v) in envs {
@@ -81,22 +77,24 @@ fn measure(target: &Target<'_>, envs: &[(&str, String)]) -> Result<f64> {
 
 pub fn run() -> Result<Vec<(String, String)>> {
     stage("coverage: cargo-llvm-cov", ensure_tool)?;
-    let core = Target { packages: &["portcullis-core"], test_args: &[], only: None };
+    let core = Target { packages: &["portcullis-core"], only: None };
     let core = stage("coverage: portcullis-core", || measure(&core, &[]))?;
-    // The wasm-tests cases on their native backend only: under wasmtime the filter's lines run
-    // in the VM, invisible to coverage (and the built .wasm is not needed).
+    // The filter crate's own tests and the wasm-tests cases; only the native backend's runs
+    // count, since under wasmtime the filter's lines execute inside the VM, out of sight.
     let filter = Target {
         packages: &["portcullis-envoy", "wasm-tests"],
-        test_args: &["native::"],
         only: Some(&format!("{}/", root().join("edge/envoy/src").display())),
     };
-    let filter = stage("coverage: portcullis-envoy (the wasm-tests cases, natively linked)", || measure(&filter, &[]))?;
+    let wasm = crate::envoy::build_filter()?;
+    let filter = stage("coverage: portcullis-envoy (its tests and the wasm-tests cases, natively linked)", || {
+        measure(&filter, &[("PORTCULLIS_FILTER_WASM", wasm.display().to_string())])
+    })?;
     let cluster = Cluster::for_tests()?;
     let origin = stage("coverage: portcullis-origin (against a hardened PostgreSQL)", || {
         cluster.start()?;
         let description = cluster.dir.join("cluster.json");
         std::fs::write(&description, serde_json::to_string(&cluster.describe()?)?)?;
-        let origin = Target { packages: &["portcullis-origin"], test_args: &[], only: None };
+        let origin = Target { packages: &["portcullis-origin"], only: None };
         measure(&origin, &[("PORTCULLIS_TEST_PG", description.display().to_string())])
     });
     let _ = cluster.destroy();
