@@ -3,9 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,13 +14,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use portcullis_origin::auth::Passwords;
 use portcullis_origin::configuration::Settings;
 use portcullis_origin::executor::{self, Engine, HttpSpeechToText};
 use portcullis_origin::secrets::{self, Secrets};
 use portcullis_origin::startup;
 use reqwest::StatusCode;
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -27,22 +26,6 @@ use uuid::Uuid;
 
 const KEY_CURRENT: [u8; 32] = [7; 32];
 const KEY_PREVIOUS: [u8; 32] = [9; 32];
-
-fn certs() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.portcullis/certs");
-    assert!(dir.join("origin.crt").exists(), "no dev certificates in {}: run `cargo xtask setup`", dir.display());
-    dir
-}
-
-fn test_database_url() -> (String, u16) {
-    let Some(path) = std::env::var_os("PORTCULLIS_TEST_PG") else {
-        panic!(
-            "PORTCULLIS_TEST_PG is not set: run these tests through `cargo xtask test`, which starts the test cluster"
-        );
-    };
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    (v["app_url"].as_str().unwrap().to_owned(), v["port"].as_u64().unwrap() as u16)
-}
 
 /// A TCP forwarder between the origin and PostgreSQL that a test can cut, to play a database
 /// outage without stopping the shared test cluster.
@@ -106,8 +89,9 @@ enum Jobs {
 }
 
 async fn spawn_with(extra: &[(&str, &str)], jobs: Jobs) -> TestApp {
-    let certs = certs();
-    let (db_url, db_port) = test_database_url();
+    let certs = support::certs();
+    let database = support::database();
+    let (db_url, db_port) = (database.app_url, database.port);
     let link = Link::start(db_port).await;
     let linked_url = db_url.replace(&format!(":{db_port}/"), &format!(":{}/", link.port));
     let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -163,20 +147,7 @@ impl TestApp {
     }
 
     async fn create_user(&self, password: &str) -> String {
-        let name = format!("user-{}", Uuid::new_v4().simple());
-        let id = Uuid::new_v4();
-        let hash = Passwords::hash(SecretString::from(password.to_owned())).await.unwrap();
-        let mut tx = self.pool.begin().await.unwrap();
-        sqlx::query("SELECT set_config('app.user_id', $1, true)").bind(id.to_string()).execute(&mut *tx).await.unwrap();
-        sqlx::query("INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(&name)
-            .bind(hash)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        name
+        support::create_user(&self.pool, password).await
     }
 
     async fn login(&self, username: &str, password: &str) -> reqwest::Response {

@@ -148,19 +148,8 @@ impl Server {
 
     /// A new user's access token.
     pub async fn session(&self) -> String {
-        let name = format!("user-{}", Uuid::new_v4().simple());
         let password = "correct horse battery";
-        let id = Uuid::new_v4();
-        let hash = Passwords::hash(SecretString::from(password.to_owned())).await.unwrap();
-        let mut tx = portcullis_origin::routes::as_user(&self.pool, id).await.unwrap();
-        sqlx::query("INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(&name)
-            .bind(hash)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        let name = create_user(&self.pool, password).await;
         let response = self
             .client
             .post(self.url("/api/v1/auth/login"))
@@ -219,4 +208,21 @@ pub async fn error_of(response: reqwest::Response) -> (reqwest::StatusCode, Valu
 /// The `field`s of a 422's details, in order.
 pub fn fields(body: &Value) -> Vec<String> {
     body["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A fresh user with `password`, inserted the way `user add` does; its username.
+pub async fn create_user(pool: &sqlx::PgPool, password: &str) -> String {
+    let name = format!("user-{}", Uuid::new_v4().simple());
+    let id = Uuid::new_v4();
+    let hash = Passwords::hash(SecretString::from(password.to_owned())).await.unwrap();
+    let mut tx = portcullis_origin::routes::as_user(pool, id).await.unwrap();
+    sqlx::query("INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(&name)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    name
 }
