@@ -152,14 +152,21 @@ fn core() -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Criterion's point estimate of the mean, from the estimates file of the latest run.
+/// Criterion's point estimate of the mean, from the estimates file of the latest run. The
+/// benchmark's directory is found by the id recorded in it, since criterion rewrites ids into
+/// file names by rules of its own.
 fn mean_ns(criterion: &Path, id: &str) -> Result<f64> {
-    // Criterion stores each benchmark under its id with `/` kept as a directory separator and
-    // other unsafe characters replaced by `_`.
-    let dir: String =
-        id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '/' || c == '-' { c } else { '_' }).collect();
-    let file = criterion.join(dir).join("new").join("estimates.json");
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)?;
-    value["mean"]["point_estimate"].as_f64().with_context(|| format!("no mean in {}", file.display()))
+    for entry in std::fs::read_dir(criterion).with_context(|| format!("reading {}", criterion.display()))? {
+        let latest = entry?.path().join("new");
+        let Ok(text) = std::fs::read_to_string(latest.join("benchmark.json")) else { continue };
+        let benchmark: serde_json::Value = serde_json::from_str(&text)?;
+        if benchmark["full_id"].as_str() != Some(id) {
+            continue;
+        }
+        let file = latest.join("estimates.json");
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        return value["mean"]["point_estimate"].as_f64().with_context(|| format!("no mean in {}", file.display()));
+    }
+    anyhow::bail!("criterion recorded no benchmark {id:?} under {}", criterion.display())
 }
