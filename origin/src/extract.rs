@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
 
-/// Whether `text` holds control characters (NUL among them: PostgreSQL cannot store it).
+/// Whether `text` holds control characters (NUL among them: PostgreSQL cannot store it): the
+/// negation of [`crate::patterns::NO_CONTROL`], which the schema publishes.
 pub fn has_control_chars(text: &str) -> bool {
     text.chars().any(char::is_control)
 }

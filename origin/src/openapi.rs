@@ -77,13 +77,13 @@ mod tests {
         let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let mut found = Vec::new();
         patterns_in(&document, &mut found);
-        let checked = [NO_CONTROL, SOURCE_URL, LANGUAGE, CURSOR];
+        let checked = [&NO_CONTROL, &SOURCE_URL, &LANGUAGE, &CURSOR].map(|p| p.text);
         for pattern in &found {
             assert!(checked.contains(&pattern.as_str()), "published but not checked: {pattern}");
         }
         for pattern in checked {
             assert!(found.iter().any(|f| f == pattern), "checked but not published: {pattern}");
         }
-        assert_eq!(found.iter().filter(|f| *f == SOURCE_URL).count(), 2, "/transcribe and /schedule: {found:?}");
+        assert_eq!(found.iter().filter(|f| **f == SOURCE_URL.text).count(), 2, "/transcribe and /schedule: {found:?}");
     }
 }

@@ -3,52 +3,50 @@
 //! published patterns with these: a value the schema admits is never refused, and one it refuses
 //! is never taken.
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use regex::Regex;
 
 /// No control characters (Unicode `Cc`: NUL, which PostgreSQL cannot store, among them).
-pub const NO_CONTROL: &str = r"^[^\x00-\x1F\x7F-\x9F]*$";
+pub static NO_CONTROL: Pattern = Pattern::new(r"^[^\x00-\x1F\x7F-\x9F]*$");
 
 /// `https://`, a DNS host name whose last label starts with a letter, an optional port, then
 /// any path and query without spaces or control characters. No user info and no IP literals:
 /// the job executor fetches this URL, and an address such as `https://169.254.169.254/` or
 /// `https://10.0.0.1/` must not be a way into the origin's network.
-pub const SOURCE_URL: &str = concat!(
+pub static SOURCE_URL: Pattern = Pattern::new(concat!(
     r"^https://",
     r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+",
     r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?",
     r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
     r"([/?#][^\s\x00-\x1F\x7F-\x9F]*)?$",
-);
+));
 
 /// A `GET /videos` cursor: the last item's creation time in µs and its id, canonical spelling only.
-pub const CURSOR: &str = r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+pub static CURSOR: Pattern =
+    Pattern::new(r"^[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$");
 
 /// A BCP 47 language tag's shape: `en`, `pt-BR`, `zh-Hant-TW`.
-pub const LANGUAGE: &str = r"^[A-Za-z0-9]{1,8}(-[A-Za-z0-9]{1,8})*$";
+pub static LANGUAGE: Pattern = Pattern::new(r"^[A-Za-z0-9]{1,8}(-[A-Za-z0-9]{1,8})*$");
 
-fn compiled(pattern: &'static str) -> &'static Regex {
-    static NO_CONTROL_RE: LazyLock<Regex> = LazyLock::new(|| compile(NO_CONTROL));
-    static SOURCE_URL_RE: LazyLock<Regex> = LazyLock::new(|| compile(SOURCE_URL));
-    static LANGUAGE_RE: LazyLock<Regex> = LazyLock::new(|| compile(LANGUAGE));
-    static CURSOR_RE: LazyLock<Regex> = LazyLock::new(|| compile(CURSOR));
-    match pattern {
-        SOURCE_URL => &SOURCE_URL_RE,
-        CURSOR => &CURSOR_RE,
-        LANGUAGE => &LANGUAGE_RE,
-        _ => &NO_CONTROL_RE,
+/// A regular expression kept as its source text (what the schema publishes) and compiled on
+/// first use.
+pub struct Pattern {
+    pub text: &'static str,
+    compiled: OnceLock<Regex>,
+}
+
+impl Pattern {
+    const fn new(text: &'static str) -> Self {
+        Self { text, compiled: OnceLock::new() }
     }
-}
 
-#[allow(clippy::expect_used)] // The patterns are constants; the unit tests compile each one.
-fn compile(pattern: &str) -> Regex {
-    Regex::new(pattern).expect("a valid constant pattern")
-}
-
-/// Whether `text` matches one of this module's patterns.
-pub fn matches(pattern: &'static str, text: &str) -> bool {
-    compiled(pattern).is_match(text)
+    pub fn matches(&self, text: &str) -> bool {
+        // The patterns are constants, each compiled by the unit tests below.
+        #[allow(clippy::expect_used)]
+        let regex = self.compiled.get_or_init(|| Regex::new(self.text).expect("a valid constant pattern"));
+        regex.is_match(text)
+    }
 }
 
 #[cfg(test)]
@@ -60,7 +58,7 @@ mod tests {
         for good in
             ["https://media.example/a.mp4", "https://a.b:8443/x?y=1#z", "https://x-1.example.com", "https://a.io/ä"]
         {
-            assert!(matches(SOURCE_URL, good), "{good}");
+            assert!(SOURCE_URL.matches(good), "{good}");
         }
         for bad in [
             "http://media.example/a.mp4",
@@ -76,21 +74,26 @@ mod tests {
             "https://media.example/a\u{85}",
             "https://media.example\n",
         ] {
-            assert!(!matches(SOURCE_URL, bad), "{bad}");
+            assert!(!SOURCE_URL.matches(bad), "{bad}");
         }
     }
 
     #[test]
     fn control_characters_are_refused_everywhere_in_the_text() {
-        assert!(matches(NO_CONTROL, "Zoë's talk — ok"));
+        assert!(NO_CONTROL.matches("Zoë's talk — ok"));
+        // `extract::has_control_chars` is this rule without the regex engine.
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let text = c.to_string();
+            assert_eq!(NO_CONTROL.matches(&text), !crate::extract::has_control_chars(&text), "{c:?}");
+        }
         for bad in ["a\u{0}", "\u{1f}", "x\u{7f}y", "\u{9f}"] {
-            assert!(!matches(NO_CONTROL, bad), "{bad:?}");
+            assert!(!NO_CONTROL.matches(bad), "{bad:?}");
         }
     }
 
     #[test]
     fn language_tags() {
-        assert!(matches(LANGUAGE, "pt-BR") && matches(LANGUAGE, "zh-Hant-TW"));
-        assert!(!matches(LANGUAGE, "pt_BR") && !matches(LANGUAGE, "toolongpart9") && !matches(LANGUAGE, "a-"));
+        assert!(LANGUAGE.matches("pt-BR") && LANGUAGE.matches("zh-Hant-TW"));
+        assert!(!LANGUAGE.matches("pt_BR") && !LANGUAGE.matches("toolongpart9") && !LANGUAGE.matches("a-"));
     }
 }

@@ -46,7 +46,7 @@ pub struct TranscribeRequest {
 pub fn check_source_url(field: &str, url: &str, problems: &mut Vec<FieldError>) {
     if url.chars().count() > 2048 {
         problems.push(FieldError::new(field, "must be at most 2048 characters"));
-    } else if !patterns::matches(patterns::SOURCE_URL, url) {
+    } else if !patterns::SOURCE_URL.matches(url) {
         problems.push(FieldError::new(
             field,
             "must be an https:// URL of a host name (no IP address, user or port 0), without spaces or control characters",
@@ -55,7 +55,7 @@ pub fn check_source_url(field: &str, url: &str, problems: &mut Vec<FieldError>) 
 }
 
 fn valid_language(tag: &str) -> bool {
-    (2..=16).contains(&tag.len()) && patterns::matches(patterns::LANGUAGE, tag)
+    (2..=16).contains(&tag.len()) && patterns::LANGUAGE.matches(tag)
 }
 
 impl Validate for TranscribeRequest {
@@ -145,7 +145,7 @@ fn encode_cursor(video: &Video) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    if !patterns::matches(patterns::CURSOR, cursor) {
+    if !patterns::CURSOR.matches(cursor) {
         return None;
     }
     let (micros, id) = cursor.split_once('_')?;
