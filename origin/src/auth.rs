@@ -2,6 +2,7 @@
 //! async runtime, equal work for unknown users), opaque rotating refresh tokens.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use argon2::Argon2;
@@ -15,6 +16,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -99,17 +101,36 @@ pub struct Claims {
     pub jti: String,
 }
 
-/// Password hashing with argon2id, on the blocking pool.
+/// Password hashing with argon2id, on the blocking pool, at most `max_concurrent` at once: each
+/// check holds ≈19 MiB and a core, so more at once only queue up memory. A check that finds no
+/// room is refused ([`ApiError::Busy`]) instead of waiting.
 #[derive(Clone)]
 pub struct Passwords {
     /// Verified against when the user does not exist, so both paths cost the same.
     dummy_hash: Arc<String>,
+    permits: Arc<Semaphore>,
+    counters: Arc<VerifyCounters>,
 }
 
+/// What the password checks have done, for tests and metrics.
+#[derive(Default)]
+struct VerifyCounters {
+    verifications: AtomicU64,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+}
+
+/// Room for one password check, taken before anything else of the login happens.
+pub struct VerifyPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+
 impl Passwords {
-    pub async fn new() -> Result<Self, ApiError> {
+    pub async fn new(max_concurrent: usize) -> Result<Self, ApiError> {
         let dummy = Self::hash(SecretString::from(Uuid::new_v4().to_string())).await?;
-        Ok(Self { dummy_hash: Arc::new(dummy) })
+        Ok(Self {
+            dummy_hash: Arc::new(dummy),
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            counters: Arc::default(),
+        })
     }
 
     pub async fn hash(password: SecretString) -> Result<String, ApiError> {
@@ -124,18 +145,45 @@ impl Passwords {
         .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?
     }
 
+    /// Room for one check now, or [`ApiError::Busy`].
+    pub fn permit(&self) -> Result<VerifyPermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map(VerifyPermit).map_err(|_| ApiError::Busy)
+    }
+
     /// Verifies `password` against `stored`, or against the dummy hash when there is no user.
-    pub async fn verify(&self, password: SecretString, stored: Option<String>) -> Result<bool, ApiError> {
+    pub async fn verify(
+        &self,
+        permit: VerifyPermit,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> Result<bool, ApiError> {
         let exists = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.as_ref().clone());
+        let counters = self.counters.clone();
         let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
+            let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            counters.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+            counters.verifications.fetch_add(1, Ordering::SeqCst);
+            let ok = PasswordHash::new(&hash)
                 .map(|parsed| Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok())
-                .unwrap_or(false)
+                .unwrap_or(false);
+            counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+            ok
         })
         .await
         .map_err(|e| ApiError::Internal(format!("verifying task: {e}")))?;
         Ok(ok && exists)
+    }
+
+    /// Password checks run so far.
+    pub fn verifications(&self) -> u64 {
+        self.counters.verifications.load(Ordering::SeqCst)
+    }
+
+    /// The most checks that ever ran at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.counters.peak_in_flight.load(Ordering::SeqCst)
     }
 }
 
@@ -150,6 +198,25 @@ pub fn new_refresh_token() -> (String, Vec<u8>) {
 
 pub fn hash_refresh_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The successor of a refresh token: HMAC-SHA-256 under `key`, so the same token always names
+/// the same successor (a second presentation inside the grace window gets the same answer) and
+/// nobody without the key can compute it.
+pub fn successor_refresh_token(key: &SecretString, token: &str) -> Result<(String, Vec<u8>), ApiError> {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret().as_bytes())
+        .map_err(|e| ApiError::Internal(format!("refresh successor key: {e}")))?;
+    mac.update(b"portcullis refresh successor\0");
+    mac.update(token.as_bytes());
+    let successor = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    let hash = hash_refresh_token(&successor);
+    Ok((successor, hash))
+}
+
+/// The login throttle's key for a username: its SHA-256 (the text itself is never stored).
+pub fn login_account_key(username: &str) -> Vec<u8> {
+    Sha256::digest(username.as_bytes()).to_vec()
 }
 
 /// The authenticated caller, from `Authorization: Bearer …`.

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::executor::ExecutorSettings;
+use crate::media::MediaSettings;
 use crate::secrets::Environment;
 
 #[derive(Debug, Clone)]
@@ -34,8 +36,41 @@ pub struct Settings {
     /// OpenAI/whisper-compatible speech-to-text base URL (`…/v1/audio/transcriptions`).
     pub stt_url: Option<String>,
     pub stt_model: String,
-    /// How often the job executor looks for due jobs.
-    pub job_poll: Duration,
+    /// How the job executor runs jobs (poll, concurrency, lease, attempts, time limit).
+    pub executor: ExecutorSettings,
+    /// What the media fetcher may reach, and how long and how much it reads.
+    pub media: MediaSettings,
+    /// Per-account throttling of failed logins and the bound on concurrent password checks.
+    pub login: LoginSettings,
+}
+
+/// How failed logins slow an account down (see `migrations/20261201000002_login_throttle.sql`).
+#[derive(Debug, Clone)]
+pub struct LoginSettings {
+    /// Consecutive failures an account takes before it must wait.
+    pub free_failures: u32,
+    /// The first wait; it doubles with each further failure.
+    pub base_delay: Duration,
+    /// The longest wait.
+    pub max_delay: Duration,
+    /// Password checks (argon2id, ≈19 MiB each) run at once; past it logins get 503.
+    pub max_concurrent_verifications: usize,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        Self {
+            free_failures: 5,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            max_concurrent_verifications: default_verifications(),
+        }
+    }
+}
+
+/// One password check per core: argon2id is CPU-bound, more at once only queue up memory.
+fn default_verifications() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// The policy when none is configured: the seed headers, the local host names, no rate limits
@@ -75,6 +110,21 @@ impl Settings {
         let stt_url = parse("PORTCULLIS_STT_URL", "");
         let stt_model = parse("PORTCULLIS_STT_MODEL", "whisper-1");
         let poll = parse("PORTCULLIS_JOB_POLL_MILLIS", "1000");
+        let concurrency = parse("PORTCULLIS_JOB_CONCURRENCY", "4");
+        let lease = parse("PORTCULLIS_JOB_LEASE_SECS", "30");
+        let attempts = parse("PORTCULLIS_JOB_MAX_ATTEMPTS", "3");
+        let job_timeout = parse("PORTCULLIS_JOB_TIMEOUT_SECS", "600");
+        let media_hosts = parse("PORTCULLIS_MEDIA_HOSTS", "");
+        let media_networks = parse("PORTCULLIS_MEDIA_ALLOW_NETWORKS", "");
+        let media_ca = parse("PORTCULLIS_MEDIA_CA_FILE", "");
+        let media_max = parse("PORTCULLIS_MEDIA_MAX_BYTES", "26214400");
+        let media_connect = parse("PORTCULLIS_MEDIA_CONNECT_TIMEOUT_SECS", "5");
+        let media_read = parse("PORTCULLIS_MEDIA_READ_TIMEOUT_SECS", "15");
+        let media_total = parse("PORTCULLIS_MEDIA_TIMEOUT_SECS", "120");
+        let free_failures = parse("PORTCULLIS_LOGIN_FREE_FAILURES", "5");
+        let base_delay = parse("PORTCULLIS_LOGIN_BASE_DELAY_SECS", "1");
+        let max_delay = parse("PORTCULLIS_LOGIN_MAX_DELAY_SECS", "60");
+        let verifications = parse("PORTCULLIS_LOGIN_CONCURRENCY", &default_verifications().to_string());
 
         let mut number = |variable: &'static str, text: &str, min: u64| -> u64 {
             match text.trim().parse::<u64>() {
@@ -91,7 +141,66 @@ impl Settings {
         let body_limit = number("PORTCULLIS_BODY_LIMIT_BYTES", &body_limit, 1024) as usize;
         let request_timeout = Duration::from_secs(number("PORTCULLIS_REQUEST_TIMEOUT_SECS", &timeout, 1));
         let db_max_connections = number("PORTCULLIS_DB_MAX_CONNECTIONS", &pool, 1) as u32;
-        let job_poll = Duration::from_millis(number("PORTCULLIS_JOB_POLL_MILLIS", &poll, 10));
+        let executor = ExecutorSettings {
+            poll: Duration::from_millis(number("PORTCULLIS_JOB_POLL_MILLIS", &poll, 10)),
+            concurrency: number("PORTCULLIS_JOB_CONCURRENCY", &concurrency, 1) as usize,
+            lease: Duration::from_secs(number("PORTCULLIS_JOB_LEASE_SECS", &lease, 1)),
+            max_attempts: number("PORTCULLIS_JOB_MAX_ATTEMPTS", &attempts, 1) as u32,
+            job_timeout: Duration::from_secs(number("PORTCULLIS_JOB_TIMEOUT_SECS", &job_timeout, 1)),
+        };
+        let login = LoginSettings {
+            free_failures: number("PORTCULLIS_LOGIN_FREE_FAILURES", &free_failures, 1) as u32,
+            base_delay: Duration::from_secs(number("PORTCULLIS_LOGIN_BASE_DELAY_SECS", &base_delay, 1)),
+            max_delay: Duration::from_secs(number("PORTCULLIS_LOGIN_MAX_DELAY_SECS", &max_delay, 1)),
+            max_concurrent_verifications: number("PORTCULLIS_LOGIN_CONCURRENCY", &verifications, 1) as usize,
+        };
+        let mut media = MediaSettings {
+            allowed_hosts: None,
+            allowed_networks: Vec::new(),
+            max_bytes: number("PORTCULLIS_MEDIA_MAX_BYTES", &media_max, 1),
+            connect_timeout: Duration::from_secs(number("PORTCULLIS_MEDIA_CONNECT_TIMEOUT_SECS", &media_connect, 1)),
+            read_timeout: Duration::from_secs(number("PORTCULLIS_MEDIA_READ_TIMEOUT_SECS", &media_read, 1)),
+            total_timeout: Duration::from_secs(number("PORTCULLIS_MEDIA_TIMEOUT_SECS", &media_total, 1)),
+            extra_roots_pem: None,
+        };
+        let hosts: Vec<String> =
+            media_hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase).collect();
+        for host in &hosts {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            if name.is_empty()
+                || !name
+                    .split('.')
+                    .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            {
+                errors.push(SettingError {
+                    variable: "PORTCULLIS_MEDIA_HOSTS",
+                    reason: format!("{host:?} is not a host name or *.domain"),
+                });
+            }
+        }
+        media.allowed_hosts = (!hosts.is_empty()).then_some(hosts);
+        for network in media_networks.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match network.parse::<ipnet::IpNet>() {
+                Ok(net) => media.allowed_networks.push(net.trunc()),
+                Err(_) => errors.push(SettingError {
+                    variable: "PORTCULLIS_MEDIA_ALLOW_NETWORKS",
+                    reason: format!("{network:?} is not a network in CIDR notation (10.1.2.0/24, fd00::/64)"),
+                }),
+            }
+        }
+        if !media_ca.is_empty() {
+            match std::fs::read(&media_ca) {
+                Ok(pem) if reqwest::Certificate::from_pem_bundle(&pem).is_ok_and(|certs| !certs.is_empty()) => {
+                    media.extra_roots_pem = Some(pem);
+                }
+                Ok(_) => errors.push(SettingError {
+                    variable: "PORTCULLIS_MEDIA_CA_FILE",
+                    reason: format!("{media_ca}: no PEM certificate in it"),
+                }),
+                Err(e) => errors
+                    .push(SettingError { variable: "PORTCULLIS_MEDIA_CA_FILE", reason: format!("{media_ca}: {e}") }),
+            }
+        }
 
         let mut address = |variable: &'static str, text: &str| -> Option<SocketAddr> {
             match text.parse() {
@@ -115,16 +224,11 @@ impl Settings {
                 String::new()
             })
         };
-        let cors_origins: Vec<String> =
-            cors.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
-        for origin in &cors_origins {
-            if origin == "*" || !(origin.starts_with("https://") || origin.starts_with("http://localhost")) {
-                errors.push(SettingError {
-                    variable: "PORTCULLIS_CORS_ORIGINS",
-                    reason: format!(
-                        "{origin:?} is not an https:// origin (a wildcard is never allowed with credentials)"
-                    ),
-                });
+        let mut cors_origins = Vec::new();
+        for origin in cors.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            match parse_cors_origin(origin) {
+                Ok(origin) => cors_origins.push(origin),
+                Err(reason) => errors.push(SettingError { variable: "PORTCULLIS_CORS_ORIGINS", reason }),
             }
         }
 
@@ -146,9 +250,41 @@ impl Settings {
                 db_max_connections,
                 stt_url: (!stt_url.is_empty()).then_some(stt_url),
                 stt_model,
-                job_poll,
+                executor,
+                media,
+                login,
             }),
             _ => Err(errors),
         }
     }
+}
+
+/// A browser origin as the `Origin` header spells it: `https://host[:port]`, or `http://` for a
+/// loopback host only (`localhost`, `127.0.0.1`, `[::1]`). Parsed, not prefix-matched, so
+/// `http://localhost.evil.com` is not `http://localhost`; returned in its serialised form, which
+/// is what browsers send and what CORS compares byte for byte.
+pub fn parse_cors_origin(text: &str) -> Result<String, String> {
+    let refuse = |why: &str| Err(format!("{text:?} {why} (a wildcard is never allowed with credentials)"));
+    if text == "*" {
+        return refuse("is a wildcard");
+    }
+    let Ok(url) = url::Url::parse(text) else { return refuse("is not an origin such as https://app.example") };
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+        return refuse("is not an origin: it has user info, a query or a fragment");
+    }
+    if url.path() != "/" || text.ends_with('/') {
+        return refuse("is not an origin: it has a path");
+    }
+    let loopback = matches!(
+        url.host(),
+        Some(url::Host::Domain("localhost"))
+            | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+            | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+    );
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return refuse("is not an https:// origin (http:// only for localhost, 127.0.0.1 or [::1])"),
+    }
+    Ok(url.origin().ascii_serialization())
 }

@@ -46,6 +46,10 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("too many attempts: retry after {0} s")]
+    Throttled(u64),
+    #[error("too many password checks at once")]
+    Busy,
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -66,7 +70,8 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,6 +88,12 @@ impl ApiError {
             Self::PayloadTooLarge => ("payload_too_large", "The request body is too large.".to_owned(), Vec::new()),
             Self::Validation(details) => ("validation_failed", "The request is not valid.".to_owned(), details),
             Self::Conflict(m) => ("conflict", m, Vec::new()),
+            Self::Throttled(_) => (
+                "rate_limited",
+                "Too many attempts for this account; retry after the time given.".to_owned(),
+                Vec::new(),
+            ),
+            Self::Busy => ("service_unavailable", "Too many logins at once; retry shortly.".to_owned(), Vec::new()),
             Self::Unavailable(_) => {
                 ("service_unavailable", "The service is temporarily unavailable; retry shortly.".to_owned(), Vec::new())
             }
@@ -100,10 +111,15 @@ impl IntoResponse for ApiError {
             Self::Unavailable(cause) => tracing::warn!(%cause, "dependency unavailable"),
             _ => {}
         }
-        let unavailable = matches!(self, Self::Unavailable(_));
+        let retry_after = match &self {
+            Self::Unavailable(_) => Some(HeaderValue::from_static("5")),
+            Self::Busy => Some(HeaderValue::from_static("1")),
+            Self::Throttled(seconds) => Some(HeaderValue::from(*seconds)),
+            _ => None,
+        };
         let mut response = (status, axum::Json(self.body())).into_response();
-        if unavailable {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

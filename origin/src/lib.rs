@@ -8,6 +8,7 @@ pub mod edge;
 pub mod error;
 pub mod executor;
 pub mod extract;
+pub mod media;
 pub mod openapi;
 pub mod patterns;
 pub mod routes;

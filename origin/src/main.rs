@@ -1,12 +1,11 @@
 //! `portcullis-origin`: the API server and its administrative commands.
 
 use std::io::BufRead;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use portcullis_origin::auth::Passwords;
 use portcullis_origin::configuration::Settings;
-use portcullis_origin::executor::{self, Engine, HttpSpeechToText};
+use portcullis_origin::executor::{Executor, HttpSpeechToText};
 use portcullis_origin::secrets::{self, ProcessEnvironment, Secrets};
 use portcullis_origin::{db, startup, telemetry};
 use secrecy::{ExposeSecret, SecretString};
@@ -73,15 +72,13 @@ async fn serve() -> anyhow::Result<()> {
     let settings = settings()?;
     let secrets =
         Secrets::load(&secrets::SERVE, &ProcessEnvironment).await.map_err(|e| anyhow::anyhow!("secrets:\n{e}"))?;
-    let stt = settings.stt_url.clone().map(|base_url| {
-        Arc::new(HttpSpeechToText { base_url, model: settings.stt_model.clone(), client: reqwest::Client::new() })
-            as Arc<dyn Engine>
-    });
-    let poll = settings.job_poll;
+    let stt = HttpSpeechToText::from_settings(&settings).map_err(|e| anyhow::anyhow!(e))?;
+    let executor_settings = settings.executor.clone();
     let (app, state) = startup::build(settings, &secrets).await.map_err(|e| anyhow::anyhow!(e))?;
     tracing::info!(address = %app.local_addr()?, "serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let jobs = tokio::spawn(executor::run(state.pool.clone(), stt, state.data_key.clone(), poll, stopped.clone()));
+    let executor = Executor::new(state.pool.clone(), stt, state.data_key.clone(), executor_settings);
+    let jobs = tokio::spawn(executor.run(stopped.clone()));
     let server = tokio::spawn(app.serve(stopped));
     startup::shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");

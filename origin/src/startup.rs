@@ -275,7 +275,7 @@ pub async fn build(settings: Settings, secrets: &crate::secrets::Secrets) -> Res
     let state = AppState {
         pool,
         jwt: Arc::new(jwt),
-        passwords: Passwords::new().await.map_err(|e| e.to_string())?,
+        passwords: Passwords::new(settings.login.max_concurrent_verifications).await.map_err(|e| e.to_string())?,
         settings: Arc::new(settings),
         data_key,
     };

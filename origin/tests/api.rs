@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_origin::configuration::Settings;
-use portcullis_origin::executor::{self, Engine, HttpSpeechToText};
+use portcullis_origin::executor::{Engine, Executor, HttpSpeechToText};
 use portcullis_origin::secrets::{self, Secrets};
 use portcullis_origin::startup;
 use reqwest::StatusCode;
@@ -113,7 +113,7 @@ async fn spawn_with(extra: &[(&str, &str)], jobs: Jobs) -> TestApp {
     }
     let settings = Settings::from_env(&env).unwrap();
     let secrets = Secrets::load(&secrets::SERVE, &env).await.unwrap();
-    let poll = settings.job_poll;
+    let executor_settings = settings.executor.clone();
     let (app, state) = startup::build(settings, &secrets).await.unwrap();
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
@@ -123,7 +123,8 @@ async fn spawn_with(extra: &[(&str, &str)], jobs: Jobs) -> TestApp {
         Jobs::Engine(engine) => Some(Some(engine)),
     };
     if let Some(engine) = engine {
-        tokio::spawn(executor::run(state.pool.clone(), engine, state.data_key.clone(), poll, stopped.clone()));
+        let executor = Executor::new(state.pool.clone(), engine, state.data_key.clone(), executor_settings);
+        tokio::spawn(executor.run(stopped.clone()));
     }
     tokio::spawn(app.serve(stopped));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.crt")).unwrap()).unwrap();
@@ -325,17 +326,49 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     assert_eq!(refresh("never-issued".into()).await.status(), 401);
 }
 
+/// Two holders of one refresh token (a thief and its owner), in both orders: inside the grace
+/// window the second presentation gets the same successor, so the chain does not fork; after the
+/// window, the holder left behind presenting a rotated token is a detected reuse that revokes the
+/// family, and so the other holder's chain too.
 #[tokio::test]
-async fn a_concurrent_refresh_inside_the_grace_window_revokes_nothing() {
-    let app = spawn_with(&[("PORTCULLIS_REFRESH_GRACE_SECS", "30")], Jobs::Off).await;
-    let (_, first) = app.session().await;
-    let send =
-        |token: &str| app.client.post(app.url("/api/v1/auth/refresh")).json(&json!({"refresh_token": token})).send();
-    let winner = send(&first).await.unwrap();
-    assert_eq!(winner.status(), 200);
-    let child = winner.json::<Value>().await.unwrap()["refresh_token"].as_str().unwrap().to_owned();
-    assert_eq!(send(&first).await.unwrap().status(), 401, "the loser of the race is refused");
-    assert_eq!(send(&child).await.unwrap().status(), 200, "but the family survives");
+async fn inside_the_grace_window_a_second_presentation_gets_the_same_successor() {
+    let app = spawn_with(&[("PORTCULLIS_REFRESH_GRACE_SECS", "2")], Jobs::Off).await;
+    let refresh = |token: String| {
+        let app = &app;
+        async move {
+            let response =
+                app.client.post(app.url("/api/v1/auth/refresh")).json(&json!({"refresh_token": token})).send().await;
+            let response = response.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body["refresh_token"].as_str().map(str::to_owned))
+        }
+    };
+    for first_presenter in ["thief", "owner"] {
+        let (_, shared) = app.session().await;
+        let (status, successor) = refresh(shared.clone()).await;
+        assert_eq!(status, 200, "{first_presenter} rotates first");
+        let (status, again) = refresh(shared.clone()).await;
+        assert_eq!(status, 200, "the other holder, inside the window, is not refused");
+        assert_eq!(again, successor, "and gets the same successor: the chain does not fork");
+        // The first presenter rotates the shared successor; the other one comes back later.
+        let successor = successor.unwrap();
+        let (status, next) = refresh(successor.clone()).await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        assert_eq!(refresh(successor).await.0, 401, "a rotated token after the window is a reuse");
+        assert_eq!(refresh(next.unwrap()).await.0, 401, "which revoked the whole family ({first_presenter} first)");
+    }
+
+    // A thief who rotates twice at once cannot make the owner's presentation a harmless 401:
+    // the owner's token, inside the window, names a successor that is already spent, which is a
+    // reuse, and the thief's chain dies with it.
+    let (_, shared) = app.session().await;
+    let (_, child) = refresh(shared.clone()).await;
+    let (status, grandchild) = refresh(child.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(refresh(shared).await.0, 401, "the owner is refused");
+    assert_eq!(refresh(grandchild.unwrap()).await.0, 401, "and so is the thief from now on");
 }
 
 #[tokio::test]
@@ -362,11 +395,10 @@ async fn jobs_belong_to_their_owner_only() {
     assert_eq!(videos["items"], json!([]), "bob sees none of alice's videos");
 }
 
-/// A speech-to-text test double speaking the OpenAI `POST /v1/audio/transcriptions` API, and the
-/// media server it fetches from.
+/// A speech-to-text test double speaking the OpenAI `POST /v1/audio/transcriptions` API.
 async fn speech_to_text_double() -> String {
-    use axum::routing::{get, post};
-    let app = axum::Router::new().route("/media.mp3", get(|| async { vec![0u8; 64] })).route(
+    use axum::routing::post;
+    let app = axum::Router::new().route(
         "/v1/audio/transcriptions",
         post(|mut form: axum::extract::Multipart| async move {
             let mut fields = Vec::new();
@@ -384,19 +416,6 @@ async fn speech_to_text_double() -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
-}
-
-/// Lets the engine fetch the double's media over plain HTTP (production media is https-only).
-struct PlainMedia(HttpSpeechToText, String);
-
-impl Engine for PlainMedia {
-    fn run(
-        &self,
-        mut job: executor::ClaimedJob,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>> {
-        job.params["source_url"] = json!(format!("{}/media.mp3", self.1));
-        self.0.run(job)
-    }
 }
 
 #[tokio::test]
@@ -434,14 +453,22 @@ async fn a_job_without_an_engine_fails_with_a_reason_and_can_be_deleted() {
 
 async fn a_transcription_runs_on_the_engine_and_its_result_is_stored_encrypted() {
     let stt = speech_to_text_double().await;
-    let engine = PlainMedia(
-        HttpSpeechToText { base_url: stt.clone(), model: "whisper-1".into(), client: reqwest::Client::new() },
-        stt,
-    );
+    let media = support::media::serve_https(
+        axum::Router::new().route("/b.mp3", axum::routing::get(|| async { vec![0u8; 64] })),
+        support::media::MEDIA_IP,
+    )
+    .await;
+    let engine = HttpSpeechToText {
+        base_url: stt,
+        model: "whisper-1".into(),
+        client: HttpSpeechToText::client(),
+        media: support::media::fetcher(),
+    };
     let app = spawn_with(&[], Jobs::Engine(Arc::new(engine))).await;
     let (token, _) = app.session().await;
+    let source_url = format!("https://media.example:{}/b.mp3", media.port());
     let job: Value = app
-        .post("/api/v1/transcribe", &token, json!({"source_url": "https://media.example/b.mp3", "language": "en"}))
+        .post("/api/v1/transcribe", &token, json!({"source_url": source_url, "language": "en"}))
         .await
         .json()
         .await

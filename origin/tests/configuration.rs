@@ -39,7 +39,21 @@ fn defaults_match_the_local_stack() {
     assert_eq!((s.body_limit, s.request_timeout), (65_536, Duration::from_secs(30)));
     assert_eq!(s.db_max_connections, 10);
     assert_eq!((s.stt_url, s.stt_model.as_str()), (None, "whisper-1"));
-    assert_eq!(s.job_poll, Duration::from_secs(1));
+    assert_eq!(s.executor.poll, Duration::from_secs(1));
+    assert_eq!(
+        (s.executor.concurrency, s.executor.lease, s.executor.max_attempts, s.executor.job_timeout),
+        (4, Duration::from_secs(30), 3, Duration::from_secs(600))
+    );
+    assert_eq!((s.media.allowed_hosts, s.media.allowed_networks, s.media.max_bytes), (None, vec![], 26_214_400));
+    assert_eq!(
+        (s.media.connect_timeout, s.media.read_timeout, s.media.total_timeout),
+        (Duration::from_secs(5), Duration::from_secs(15), Duration::from_secs(120))
+    );
+    assert_eq!(
+        (s.login.free_failures, s.login.base_delay, s.login.max_delay),
+        (5, Duration::from_secs(1), Duration::from_secs(60))
+    );
+    assert!(s.login.max_concurrent_verifications >= 1);
 }
 
 #[test]
@@ -62,6 +76,20 @@ fn every_setting_can_be_overridden_and_blank_means_default() {
         ("PORTCULLIS_STT_URL", "https://stt.example"),
         ("PORTCULLIS_STT_MODEL", "large-v3"),
         ("PORTCULLIS_JOB_POLL_MILLIS", "10"),
+        ("PORTCULLIS_JOB_CONCURRENCY", "2"),
+        ("PORTCULLIS_JOB_LEASE_SECS", "5"),
+        ("PORTCULLIS_JOB_MAX_ATTEMPTS", "7"),
+        ("PORTCULLIS_JOB_TIMEOUT_SECS", "60"),
+        ("PORTCULLIS_MEDIA_HOSTS", "Media.Example, *.cdn.example"),
+        ("PORTCULLIS_MEDIA_ALLOW_NETWORKS", "10.1.2.3/24, fd00::/64"),
+        ("PORTCULLIS_MEDIA_MAX_BYTES", "1000"),
+        ("PORTCULLIS_MEDIA_CONNECT_TIMEOUT_SECS", "1"),
+        ("PORTCULLIS_MEDIA_READ_TIMEOUT_SECS", "2"),
+        ("PORTCULLIS_MEDIA_TIMEOUT_SECS", "3"),
+        ("PORTCULLIS_LOGIN_FREE_FAILURES", "3"),
+        ("PORTCULLIS_LOGIN_BASE_DELAY_SECS", "2"),
+        ("PORTCULLIS_LOGIN_MAX_DELAY_SECS", "900"),
+        ("PORTCULLIS_LOGIN_CONCURRENCY", "8"),
         ("PORTCULLIS_JWT_KEYS", "ignored: secrets are not settings"),
     ]))
     .unwrap();
@@ -78,7 +106,22 @@ fn every_setting_can_be_overridden_and_blank_means_default() {
     );
     assert_eq!((s.body_limit, s.request_timeout, s.db_max_connections), (1024, Duration::from_secs(5), 2));
     assert_eq!((s.stt_url.as_deref(), s.stt_model.as_str()), (Some("https://stt.example"), "large-v3"));
-    assert_eq!(s.job_poll, Duration::from_millis(10));
+    assert_eq!(s.executor.poll, Duration::from_millis(10));
+    assert_eq!(
+        (s.executor.concurrency, s.executor.lease, s.executor.max_attempts, s.executor.job_timeout),
+        (2, Duration::from_secs(5), 7, Duration::from_secs(60))
+    );
+    assert_eq!(s.media.allowed_hosts, Some(vec!["media.example".to_owned(), "*.cdn.example".to_owned()]));
+    let networks: Vec<String> = s.media.allowed_networks.iter().map(ToString::to_string).collect();
+    assert_eq!(networks, ["10.1.2.0/24", "fd00::/64"]);
+    assert_eq!(
+        (s.media.max_bytes, s.media.connect_timeout, s.media.read_timeout, s.media.total_timeout),
+        (1000, Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3))
+    );
+    assert_eq!(
+        (s.login.free_failures, s.login.base_delay, s.login.max_delay, s.login.max_concurrent_verifications),
+        (3, Duration::from_secs(2), Duration::from_secs(900), 8)
+    );
 
     let blank = Settings::from_env(&env(&[("PORTCULLIS_LISTEN", "  "), ("PORTCULLIS_STT_MODEL", "")])).unwrap();
     assert_eq!((blank.listen.port(), blank.stt_model.as_str()), (9443, "whisper-1"));
@@ -121,14 +164,70 @@ fn addresses_policy_files_and_cors_origins_are_checked() {
     assert_eq!(found[0], "PORTCULLIS_LISTEN: \"localhost:9443\" is not host:port (an IP address)");
     assert_eq!(found[1], "PORTCULLIS_PLAIN_LISTEN: \"8080\" is not host:port (an IP address)");
     assert!(found[2].starts_with("PORTCULLIS_POLICY_FILE: /nonexistent/policy.json: "), "{}", found[2]);
-    assert_eq!(
-        found[3],
-        "PORTCULLIS_CORS_ORIGINS: \"*\" is not an https:// origin (a wildcard is never allowed with credentials)"
-    );
+    assert_eq!(found[3], "PORTCULLIS_CORS_ORIGINS: \"*\" is a wildcard (a wildcard is never allowed with credentials)");
     assert!(found[4].starts_with("PORTCULLIS_CORS_ORIGINS: \"http://app.example\""), "{}", found[4]);
 
     // A good listen address does not hide another setting's error.
     assert_eq!(errors(&[("PORTCULLIS_CORS_ORIGINS", "*")]).len(), 1);
+}
+
+#[test]
+fn cors_origins_are_parsed_not_prefix_matched() {
+    let origins = |text: &str| Settings::from_env(&env(&[("PORTCULLIS_CORS_ORIGINS", text)])).map(|s| s.cors_origins);
+    assert_eq!(
+        origins("https://App.Example:443, http://localhost:5173, http://127.0.0.1:8080, http://[::1]:3000").unwrap(),
+        ["https://app.example", "http://localhost:5173", "http://127.0.0.1:8080", "http://[::1]:3000"],
+        "in the serialised form browsers send"
+    );
+    for bad in [
+        "http://localhost.evil.com",
+        "http://localhost@evil.com",
+        "http://127.0.0.1.evil.com",
+        "https://app.example/path",
+        "https://app.example/",
+        "https://user@app.example",
+        "https://app.example?x",
+        "ftp://app.example",
+        "app.example",
+        "http://app.example",
+    ] {
+        let found = errors(&[("PORTCULLIS_CORS_ORIGINS", bad)]);
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+        assert!(found[0].starts_with(&format!("PORTCULLIS_CORS_ORIGINS: {bad:?} ")), "{}", found[0]);
+    }
+}
+
+#[test]
+fn media_and_job_settings_name_the_bad_variable() {
+    let found = errors(&[
+        ("PORTCULLIS_MEDIA_HOSTS", "ok.example, bad host, *."),
+        ("PORTCULLIS_MEDIA_ALLOW_NETWORKS", "10.0.0.0/33"),
+        ("PORTCULLIS_MEDIA_CA_FILE", "/nonexistent/ca.pem"),
+        ("PORTCULLIS_MEDIA_MAX_BYTES", "0"),
+        ("PORTCULLIS_JOB_CONCURRENCY", "0"),
+        ("PORTCULLIS_JOB_MAX_ATTEMPTS", "none"),
+        ("PORTCULLIS_LOGIN_CONCURRENCY", "0"),
+    ]);
+    let variables: Vec<&str> = found.iter().map(|e| e.split(':').next().unwrap()).collect();
+    assert_eq!(
+        variables,
+        [
+            "PORTCULLIS_JOB_CONCURRENCY",
+            "PORTCULLIS_JOB_MAX_ATTEMPTS",
+            "PORTCULLIS_LOGIN_CONCURRENCY",
+            "PORTCULLIS_MEDIA_MAX_BYTES",
+            "PORTCULLIS_MEDIA_HOSTS",
+            "PORTCULLIS_MEDIA_HOSTS",
+            "PORTCULLIS_MEDIA_ALLOW_NETWORKS",
+            "PORTCULLIS_MEDIA_CA_FILE",
+        ],
+        "{found:#?}"
+    );
+    let not_pem = std::env::temp_dir().join(format!("portcullis-not-pem-{}", std::process::id()));
+    std::fs::write(&not_pem, "hello").unwrap();
+    let found = errors(&[("PORTCULLIS_MEDIA_CA_FILE", not_pem.to_str().unwrap())]);
+    assert_eq!(found, [format!("PORTCULLIS_MEDIA_CA_FILE: {}: no PEM certificate in it", not_pem.display())]);
+    std::fs::remove_file(&not_pem).unwrap();
 }
 
 #[test]

@@ -13,7 +13,7 @@ use axum::extract::{Multipart, Path};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use portcullis_origin::executor::{self, ClaimedJob, Engine, HttpSpeechToText};
+use portcullis_origin::executor::{ClaimedJob, Engine, Executor, ExecutorSettings, HttpSpeechToText};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::{Jobs, Server};
@@ -63,14 +63,17 @@ async fn transcriptions(mut form: Multipart) -> Response {
     }
 }
 
-/// A speech-to-text test double (and the media server it fetches from) on an ephemeral port.
-async fn speech_to_text_double() -> String {
-    let app =
-        axum::Router::new().route("/media/{name}", get(media)).route("/v1/audio/transcriptions", post(transcriptions));
+/// A speech-to-text test double on an ephemeral port (plain HTTP: it is the operator's service),
+/// and the HTTPS media server it fetches from, as `https://media.example:PORT`.
+async fn speech_to_text_double() -> (String, String) {
+    let app = axum::Router::new().route("/v1/audio/transcriptions", post(transcriptions));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    let media_server =
+        support::media::serve_https(axum::Router::new().route("/media/{name}", get(media)), support::media::MEDIA_IP)
+            .await;
+    (format!("http://{addr}"), format!("https://media.example:{}", media_server.port()))
 }
 
 /// A local port with nothing listening on it.
@@ -80,7 +83,12 @@ async fn closed_port() -> u16 {
 }
 
 fn engine(base_url: String) -> HttpSpeechToText {
-    HttpSpeechToText { base_url, model: MODEL.into(), client: reqwest::Client::new() }
+    HttpSpeechToText {
+        base_url,
+        model: MODEL.into(),
+        client: HttpSpeechToText::client(),
+        media: support::media::fetcher(),
+    }
 }
 
 fn job(kind: &str, params: Value) -> ClaimedJob {
@@ -93,19 +101,19 @@ fn transcription(source_url: String) -> ClaimedJob {
 
 #[tokio::test]
 async fn a_transcription_sends_the_media_the_model_and_the_language() {
-    let double = speech_to_text_double().await;
+    let (double, media) = speech_to_text_double().await;
     // A trailing slash on the base URL is not doubled.
     let stt = engine(format!("{double}/"));
-    let with_language = job("transcription", json!({"source_url": format!("{double}/media/talk"), "language": "de"}));
+    let with_language = job("transcription", json!({"source_url": format!("{media}/media/talk"), "language": "de"}));
     assert_eq!(stt.run(with_language).await, Ok("talk heard in de".to_owned()));
-    assert_eq!(stt.run(transcription(format!("{double}/media/talk"))).await, Ok("talk heard".to_owned()));
+    assert_eq!(stt.run(transcription(format!("{media}/media/talk"))).await, Ok("talk heard".to_owned()));
 }
 
 #[tokio::test]
 async fn every_upstream_failure_is_a_reason_never_a_result() {
-    let double = speech_to_text_double().await;
+    let (double, media_base) = speech_to_text_double().await;
     let stt = engine(double.clone());
-    let media = |name: &str| transcription(format!("{double}/media/{name}"));
+    let media = |name: &str| transcription(format!("{media_base}/media/{name}"));
     let closed = closed_port().await;
 
     let reason = |outcome: Result<String, String>| outcome.expect_err("a failure, not a result");
@@ -113,9 +121,14 @@ async fn every_upstream_failure_is_a_reason_never_a_result() {
     let not_json = reason(stt.run(media("not-json")).await);
     assert!(not_json.starts_with("speech-to-text answer: "), "{not_json}");
     assert_eq!(reason(stt.run(media("no-text")).await), "speech-to-text answer has no text");
-    assert_eq!(reason(stt.run(media("missing")).await), "fetching the media answered 404 Not Found");
-    let unreachable_media = reason(stt.run(transcription(format!("http://127.0.0.1:{closed}/a.mp3"))).await);
-    assert!(unreachable_media.starts_with("fetching the media: "), "{unreachable_media}");
+    assert_eq!(
+        reason(stt.run(media("missing")).await),
+        "the media could not be fetched: the media server answered 404"
+    );
+    let unreachable_media = reason(stt.run(transcription(format!("https://media.example:{closed}/a.mp3"))).await);
+    assert_eq!(unreachable_media, "the media could not be fetched: its host could not be reached");
+    let internal = reason(stt.run(transcription(format!("https://127.0.0.1:{closed}/a.mp3"))).await);
+    assert_eq!(internal, "the media could not be fetched: its host resolves to an address that is not public");
 
     let wrong_model = HttpSpeechToText { model: "whisper-unknown".into(), ..engine(double.clone()) };
     assert_eq!(reason(wrong_model.run(media("talk")).await), "speech-to-text answered 400 Bad Request");
@@ -139,44 +152,22 @@ async fn unreachable_pool() -> sqlx::PgPool {
 #[tokio::test]
 async fn the_executor_returns_at_once_when_stopped_before_it_starts() {
     let (_stop, stopped) = watch::channel(true);
-    let run = executor::run(unreachable_pool().await, None, SecretString::from("k"), Duration::from_secs(60), stopped);
+    let settings = ExecutorSettings { poll: Duration::from_secs(60), ..ExecutorSettings::default() };
+    let run = Executor::new(unreachable_pool().await, None, SecretString::from("k"), settings).run(stopped);
     tokio::time::timeout(Duration::from_secs(2), run).await.expect("a stopped executor does not poll");
 }
 
 #[tokio::test]
 async fn the_executor_outlives_an_unreachable_database_and_stops_when_told() {
     let (stop, stopped) = watch::channel(false);
-    let run = tokio::spawn(executor::run(
-        unreachable_pool().await,
-        None,
-        SecretString::from("k"),
-        Duration::from_millis(10),
-        stopped,
-    ));
+    let settings = ExecutorSettings { poll: Duration::from_millis(10), ..ExecutorSettings::default() };
+    let run =
+        tokio::spawn(Executor::new(unreachable_pool().await, None, SecretString::from("k"), settings).run(stopped));
     // Long enough for several polls to fail.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!run.is_finished(), "a database outage does not end the executor");
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), run).await.expect("it stops when told").unwrap();
-}
-
-/// The engine fetching from the double instead of the `https://` URL the API accepted (the
-/// double serves plain HTTP): `https://media.example/NAME` becomes the double's `/media/NAME`.
-struct MediaFromDouble {
-    engine: HttpSpeechToText,
-    double: String,
-}
-
-impl Engine for MediaFromDouble {
-    fn run(
-        &self,
-        mut job: ClaimedJob,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>> {
-        if let Some(name) = job.params["source_url"].as_str().and_then(|url| url.rsplit('/').next()) {
-            job.params["source_url"] = json!(format!("{}/media/{name}", self.double));
-        }
-        self.engine.run(job)
-    }
 }
 
 async fn transcribe(server: &Server, token: &str, body: Value) -> Value {
@@ -208,15 +199,17 @@ async fn stored_result(server: &Server, token: &str, job: &str, key: &str) -> (V
 
 #[tokio::test]
 async fn jobs_run_through_the_api_store_results_encrypted_and_failures_with_their_reason() {
-    let double = speech_to_text_double().await;
-    let engine = MediaFromDouble { engine: engine(double.clone()), double };
-    let server = support::serve(&[], Jobs::On(Some(Arc::new(engine)))).await;
+    let (double, media) = speech_to_text_double().await;
+    let server = support::serve(&[], Jobs::On(Some(Arc::new(engine(double))))).await;
     let token = server.session().await;
 
     let ok =
-        transcribe(&server, &token, json!({"source_url": "https://media.example/lecture", "language": "fr"})).await;
-    let unavailable = transcribe(&server, &token, json!({"source_url": "https://media.example/unavailable"})).await;
-    let no_text = transcribe(&server, &token, json!({"source_url": "https://media.example/no-text"})).await;
+        transcribe(&server, &token, json!({"source_url": format!("{media}/media/lecture"), "language": "fr"})).await;
+    let unavailable = transcribe(&server, &token, json!({"source_url": format!("{media}/media/unavailable")})).await;
+    let no_text = transcribe(&server, &token, json!({"source_url": format!("{media}/media/no-text")})).await;
+    // The API takes any public-looking host name; this one resolves to nothing here. The owner
+    // reads a reason class, never the library's error or the URL.
+    let nowhere = transcribe(&server, &token, json!({"source_url": "https://nowhere.example/a.mp3"})).await;
 
     let done = server.finished_job(ok["id"].as_str().unwrap(), &token).await;
     assert_eq!((done["status"].as_str(), done["result"].as_str()), (Some("succeeded"), Some("lecture heard in fr")));
@@ -236,6 +229,9 @@ async fn jobs_run_through_the_api_store_results_encrypted_and_failures_with_thei
         (failed["status"].as_str(), failed["error"].as_str()),
         (Some("failed"), Some("speech-to-text answer has no text"))
     );
+
+    let failed = server.finished_job(nowhere["id"].as_str().unwrap(), &token).await;
+    assert_eq!(failed["error"], "the media could not be fetched: its host could not be reached");
 
     // An analysis has no engine here: it fails saying so.
     let analysis =

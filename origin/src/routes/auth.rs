@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{hash_refresh_token, new_refresh_token};
+use crate::auth::{hash_refresh_token, login_account_key, new_refresh_token, successor_refresh_token};
 use crate::error::{ApiError, ErrorBody, FieldError};
 use crate::extract::{ValidJson, Validate};
 use crate::startup::AppState;
@@ -86,19 +86,37 @@ async fn issue_pair(state: &AppState, user: Uuid) -> Result<TokenResponse, ApiEr
 }
 
 /// Exchange credentials for an access token and a refresh token.
+///
+/// Failed logins slow the account down whatever address they come from: after a few failures
+/// each attempt must wait a doubling delay (capped), answered 429 with `Retry-After` before the
+/// password is looked at; a success clears it. At most one password check per core runs at
+/// once; past that, 503 with `Retry-After`.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
         (status = 200, description = "Authenticated", body = TokenResponse),
         (status = 401, description = "Wrong credentials (no detail given)", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
-        (status = 429, description = "Over the endpoint's rate limit (at the edge)", body = ErrorBody),
-        (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
+        (status = 429, description = "Over the endpoint's rate limit (at the edge), or the account's failed-login delay; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The database is unreachable, or too many logins at once; see Retry-After", body = ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
     ValidJson(request): ValidJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let permit = state.passwords.permit()?;
+    let throttle = &state.settings.login;
+    let account = login_account_key(&request.username);
+    let wait: f64 = sqlx::query_scalar("SELECT app.login_attempt($1, $2, $3, $4)")
+        .bind(&account)
+        .bind(i32::try_from(throttle.free_failures).unwrap_or(i32::MAX))
+        .bind(throttle.base_delay.as_secs_f64())
+        .bind(throttle.max_delay.as_secs_f64())
+        .fetch_one(&state.pool)
+        .await?;
+    if wait > 0.0 {
+        return Err(ApiError::Throttled(wait.ceil().max(1.0) as u64));
+    }
     let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, password_hash FROM app.find_login($1)")
         .bind(&request.username)
         .fetch_optional(&state.pool)
@@ -107,16 +125,21 @@ pub async fn login(
         Some((user, hash)) => (Some(user), Some(hash)),
         None => (None, None),
     };
-    let valid = state.passwords.verify(SecretString::from(request.password), hash).await?;
+    let valid = state.passwords.verify(permit, SecretString::from(request.password), hash).await?;
     match (valid, user) {
-        (true, Some(user)) => Ok(Json(issue_pair(&state, user).await?)),
+        (true, Some(user)) => {
+            sqlx::query("SELECT app.login_succeeded($1)").bind(&account).execute(&state.pool).await?;
+            Ok(Json(issue_pair(&state, user).await?))
+        }
         _ => Err(ApiError::Unauthorized),
     }
 }
 
 /// Rotate a refresh token: the old one stops working, a new pair is issued. Presenting a
 /// rotated token again revokes its whole family (it was stolen or replayed), except within a
-/// short grace window that tolerates two concurrent refreshes.
+/// short grace window, where it gets the same successor as the first presentation (two tabs,
+/// a retry): both holders then share one token, and whichever rotates it second after the
+/// window is a detected reuse.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 200, description = "Rotated", body = TokenResponse),
@@ -131,7 +154,7 @@ pub async fn refresh(
     ValidJson(request): ValidJson<RefreshRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let settings = &state.settings;
-    let (token, new_hash) = new_refresh_token();
+    let (token, new_hash) = successor_refresh_token(&state.data_key, &request.refresh_token)?;
     let mut tx = state.pool.begin().await?;
     let row: (String, Option<Uuid>) = sqlx::query_as(
         "SELECT outcome, user_id FROM app.rotate_refresh_token($1, $2, now() + make_interval(secs => $3), make_interval(secs => $4))",
@@ -145,7 +168,7 @@ pub async fn refresh(
     // Commit whatever happened: a reuse revokes the family and that must stick.
     tx.commit().await?;
     match row {
-        (outcome, Some(user)) if outcome == "rotated" => {
+        (outcome, Some(user)) if outcome == "rotated" || outcome == "replayed" => {
             let access_token =
                 state.jwt.issue(user, settings.access_ttl, &settings.jwt_issuer, &settings.jwt_audience)?;
             Ok(Json(TokenResponse {

@@ -4,6 +4,8 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod media;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +16,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use portcullis_origin::auth::Passwords;
 use portcullis_origin::configuration::Settings;
-use portcullis_origin::executor::{self, Engine};
+use portcullis_origin::executor::{Engine, Executor};
 use portcullis_origin::secrets::{self, Secrets};
 use portcullis_origin::startup;
+use portcullis_origin::startup::AppState;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -107,6 +110,7 @@ pub struct Server {
     pub client: reqwest::Client,
     pub pool: sqlx::PgPool,
     pub data_key: String,
+    pub state: AppState,
     stop: watch::Sender<bool>,
 }
 
@@ -125,16 +129,17 @@ pub async fn serve(extra: &[(&str, &str)], jobs: Jobs) -> Server {
     let data_key = env["PORTCULLIS_DATA_KEY"].clone();
     let settings = Settings::from_env(&env).unwrap();
     let loaded = Secrets::load(&secrets::SERVE, &env).await.unwrap();
-    let poll = settings.job_poll;
+    let executor_settings = settings.executor.clone();
     let (app, state) = startup::build(settings, &loaded).await.unwrap();
     let addr = app.local_addr().unwrap();
     let plain = app.plain_listener.as_ref().map(|l| l.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);
     if let Jobs::On(engine) = jobs {
-        tokio::spawn(executor::run(state.pool.clone(), engine, state.data_key.clone(), poll, stopped.clone()));
+        let executor = Executor::new(state.pool.clone(), engine, state.data_key.clone(), executor_settings);
+        tokio::spawn(executor.run(stopped.clone()));
     }
     tokio::spawn(app.serve(stopped));
-    Server { addr, plain, client: client(addr, None), pool: state.pool.clone(), data_key, stop }
+    Server { addr, plain, client: client(addr, None), pool: state.pool.clone(), data_key, state, stop }
 }
 
 impl Server {
