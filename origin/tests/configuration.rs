@@ -292,3 +292,20 @@ fn tls_configuration_errors_name_the_file_or_secret() {
     assert!(err.starts_with("certificate and key: "), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `.env.example` is where users look for settings: every variable this module reads is there.
+#[test]
+fn every_setting_is_listed_in_the_env_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/configuration.rs")).unwrap();
+    let example = std::fs::read_to_string(root.join("../.env.example")).unwrap();
+    let listed: Vec<&str> = example.lines().filter_map(|l| l.strip_suffix('=')).collect();
+    let read: std::collections::BTreeSet<&str> = source
+        .split('"')
+        .filter(|s| s.starts_with("PORTCULLIS_") && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        .collect();
+    assert!(read.len() > 30, "found the settings: {read:?}");
+    for variable in read {
+        assert!(listed.contains(&variable), "{variable} is read but not listed in .env.example");
+    }
+}
