@@ -52,16 +52,16 @@ impl HttpSpeechToText {
     pub fn from_settings(settings: &crate::configuration::Settings) -> Result<Option<Arc<dyn Engine>>, String> {
         let Some(base_url) = settings.stt_url.clone() else { return Ok(None) };
         let media = MediaFetcher::new(settings.media.clone())?;
-        Ok(Some(Arc::new(Self { base_url, model: settings.stt_model.clone(), client: Self::client(), media })))
+        Ok(Some(Arc::new(Self { base_url, model: settings.stt_model.clone(), client: Self::client()?, media })))
     }
 
     /// A client for the operator's speech-to-text service, with bounded connect and read time.
-    pub fn client() -> reqwest::Client {
+    pub fn client() -> Result<reqwest::Client, String> {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .build()
-            .unwrap_or_default()
+            .map_err(|e| format!("speech-to-text client: {e}"))
     }
 }
 

@@ -461,7 +461,7 @@ async fn a_transcription_runs_on_the_engine_and_its_result_is_stored_encrypted()
     let engine = HttpSpeechToText {
         base_url: stt,
         model: "whisper-1".into(),
-        client: HttpSpeechToText::client(),
+        client: HttpSpeechToText::client().unwrap(),
         media: support::media::fetcher(),
     };
     let app = spawn_with(&[], Jobs::Engine(Arc::new(engine))).await;

@@ -86,7 +86,7 @@ fn engine(base_url: String) -> HttpSpeechToText {
     HttpSpeechToText {
         base_url,
         model: MODEL.into(),
-        client: HttpSpeechToText::client(),
+        client: HttpSpeechToText::client().unwrap(),
         media: support::media::fetcher(),
     }
 }

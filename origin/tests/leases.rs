@@ -234,7 +234,7 @@ async fn an_origin_killed_mid_job_leaves_the_job_to_another_origin(pool: &PgPool
     let engine = HttpSpeechToText {
         base_url: stt,
         model: "whisper-1".into(),
-        client: HttpSpeechToText::client(),
+        client: HttpSpeechToText::client().unwrap(),
         media: support::media::fetcher(),
     };
     let (stop, second) = start(pool, Arc::new(engine), quick(2));
