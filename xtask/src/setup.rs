@@ -26,7 +26,18 @@ pub fn run() -> Result<()> {
     })?;
     stage("setup: development certificates", || crate::certs::ensure().map(|_| ()))?;
     stage("setup: PostgreSQL 15 with pgaudit", crate::db::ensure_packages)?;
+    stage("setup: wrk (the load generator of the end-to-end stage and the benchmarks)", ensure_wrk)?;
     stage("setup: docker-compose (to validate docker-compose.yml)", crate::compose::ensure_tool)?;
     crate::worker::setup()?;
     stage("setup: cargo-fuzz", crate::fuzz::ensure_tool)
+}
+
+/// Debian's `wrk`, installed when missing (needs root and the package index).
+fn ensure_wrk() -> Result<()> {
+    if std::process::Command::new("wrk").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    use anyhow::Context as _;
+    exec(cmd("apt-get", &["install", "-y", "-qq", "wrk"]).env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("installing wrk (needs root and the Debian package index; try `apt-get update`)")
 }
