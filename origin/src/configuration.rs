@@ -109,22 +109,25 @@ impl Settings {
         let pool = parse("PORTCULLIS_DB_MAX_CONNECTIONS", "10");
         let stt_url = parse("PORTCULLIS_STT_URL", "");
         let stt_model = parse("PORTCULLIS_STT_MODEL", "whisper-1");
-        let poll = parse("PORTCULLIS_JOB_POLL_MILLIS", "1000");
-        let concurrency = parse("PORTCULLIS_JOB_CONCURRENCY", "4");
-        let lease = parse("PORTCULLIS_JOB_LEASE_SECS", "30");
-        let attempts = parse("PORTCULLIS_JOB_MAX_ATTEMPTS", "3");
-        let job_timeout = parse("PORTCULLIS_JOB_TIMEOUT_SECS", "600");
+        // The executor's, the fetcher's and the throttle's own defaults, so each number is written once.
+        let (jobs, fetch, logins) = (ExecutorSettings::default(), MediaSettings::default(), LoginSettings::default());
+        let poll = parse("PORTCULLIS_JOB_POLL_MILLIS", &jobs.poll.as_millis().to_string());
+        let concurrency = parse("PORTCULLIS_JOB_CONCURRENCY", &jobs.concurrency.to_string());
+        let lease = parse("PORTCULLIS_JOB_LEASE_SECS", &jobs.lease.as_secs().to_string());
+        let attempts = parse("PORTCULLIS_JOB_MAX_ATTEMPTS", &jobs.max_attempts.to_string());
+        let job_timeout = parse("PORTCULLIS_JOB_TIMEOUT_SECS", &jobs.job_timeout.as_secs().to_string());
         let media_hosts = parse("PORTCULLIS_MEDIA_HOSTS", "");
         let media_networks = parse("PORTCULLIS_MEDIA_ALLOW_NETWORKS", "");
         let media_ca = parse("PORTCULLIS_MEDIA_CA_FILE", "");
-        let media_max = parse("PORTCULLIS_MEDIA_MAX_BYTES", "26214400");
-        let media_connect = parse("PORTCULLIS_MEDIA_CONNECT_TIMEOUT_SECS", "5");
-        let media_read = parse("PORTCULLIS_MEDIA_READ_TIMEOUT_SECS", "15");
-        let media_total = parse("PORTCULLIS_MEDIA_TIMEOUT_SECS", "120");
-        let free_failures = parse("PORTCULLIS_LOGIN_FREE_FAILURES", "5");
-        let base_delay = parse("PORTCULLIS_LOGIN_BASE_DELAY_SECS", "1");
-        let max_delay = parse("PORTCULLIS_LOGIN_MAX_DELAY_SECS", "60");
-        let verifications = parse("PORTCULLIS_LOGIN_CONCURRENCY", &default_verifications().to_string());
+        let media_max = parse("PORTCULLIS_MEDIA_MAX_BYTES", &fetch.max_bytes.to_string());
+        let media_connect =
+            parse("PORTCULLIS_MEDIA_CONNECT_TIMEOUT_SECS", &fetch.connect_timeout.as_secs().to_string());
+        let media_read = parse("PORTCULLIS_MEDIA_READ_TIMEOUT_SECS", &fetch.read_timeout.as_secs().to_string());
+        let media_total = parse("PORTCULLIS_MEDIA_TIMEOUT_SECS", &fetch.total_timeout.as_secs().to_string());
+        let free_failures = parse("PORTCULLIS_LOGIN_FREE_FAILURES", &logins.free_failures.to_string());
+        let base_delay = parse("PORTCULLIS_LOGIN_BASE_DELAY_SECS", &logins.base_delay.as_secs().to_string());
+        let max_delay = parse("PORTCULLIS_LOGIN_MAX_DELAY_SECS", &logins.max_delay.as_secs().to_string());
+        let verifications = parse("PORTCULLIS_LOGIN_CONCURRENCY", &logins.max_concurrent_verifications.to_string());
 
         let mut number = |variable: &'static str, text: &str, min: u64| -> u64 {
             match text.trim().parse::<u64>() {

@@ -159,7 +159,10 @@ impl Executor {
                         self.finish(id, outcome).await;
                     }
                 }
-                _ = renew.tick() => self.renew(&mut handles).await,
+                _ = renew.tick() => {
+                    self.renew(&mut handles).await;
+                    self.reap().await;
+                }
                 _ = tokio::time::sleep(self.settings.poll) => {}
                 _ = shutdown.changed() => break,
             }
@@ -177,19 +180,28 @@ impl Executor {
         }
     }
 
-    /// Re-queues expired leases, then claims as many due jobs as there is room for.
+    /// Puts the jobs whose executor stopped renewing back in the queue (or fails them). Leases
+    /// run out on the lease's clock, so this runs with the renewals, not on every poll.
+    async fn reap(&self) {
+        let reaped: Result<i32, _> = sqlx::query_scalar("SELECT app.reap_expired_jobs($1)")
+            .bind(i32::try_from(self.settings.max_attempts).unwrap_or(i32::MAX))
+            .fetch_one(&self.pool)
+            .await;
+        match reaped {
+            Ok(0) => {}
+            Ok(jobs) => {
+                tracing::warn!(jobs, "jobs whose executor stopped renewing went back to the queue (or failed)");
+            }
+            Err(err) => tracing::warn!(error = %err, "could not re-queue expired job leases"),
+        }
+    }
+
+    /// Claims as many due jobs as there is room for.
     async fn claim(
         &self,
         running: &mut JoinSet<Outcome>,
         handles: &mut HashMap<Uuid, AbortHandle>,
     ) -> Result<(), sqlx::Error> {
-        let reaped: i32 = sqlx::query_scalar("SELECT app.reap_expired_jobs($1)")
-            .bind(i32::try_from(self.settings.max_attempts).unwrap_or(i32::MAX))
-            .fetch_one(&self.pool)
-            .await?;
-        if reaped > 0 {
-            tracing::warn!(jobs = reaped, "jobs whose executor stopped renewing went back to the queue (or failed)");
-        }
         let room = self.settings.concurrency.saturating_sub(running.len());
         if room == 0 {
             return Ok(());

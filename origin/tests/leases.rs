@@ -22,7 +22,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use portcullis_origin::auth::Passwords;
 use portcullis_origin::executor::{ClaimedJob, Engine, Executor, ExecutorSettings, HttpSpeechToText};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -37,18 +36,7 @@ async fn pool() -> PgPool {
 
 /// A user of its own for each scenario; its id.
 async fn user(pool: &PgPool) -> Uuid {
-    let id = Uuid::new_v4();
-    let hash = Passwords::hash(SecretString::from("not used".to_owned())).await.unwrap();
-    let mut tx = portcullis_origin::routes::as_user(pool, id).await.unwrap();
-    sqlx::query("INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(format!("lease-{}", id.simple()))
-        .bind(hash)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    id
+    support::insert_user(pool, "not used").await.0
 }
 
 async fn queue(pool: &PgPool, owner: Uuid, params: Value) -> Uuid {

@@ -34,6 +34,11 @@ async fn counting_listener(ip: &str, port: u16) -> Arc<AtomicUsize> {
     count
 }
 
+/// A loopback port nothing listens on (yet).
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
+}
+
 fn owner_text(err: &FetchError) -> String {
     let text = err.to_string();
     for leak in ["127.", "10.0", "169.254", "::1", "ffff", ".example", "https://", "Error", "error:"] {
@@ -45,9 +50,7 @@ fn owner_text(err: &FetchError) -> String {
 #[tokio::test]
 async fn names_resolving_to_internal_addresses_are_never_connected_to() {
     // One port with listeners on both loopbacks: whatever the client tried, they would count it.
-    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
+    let port = free_port().await;
     let v4 = counting_listener("127.0.0.1", port).await;
     let v6 = counting_listener("::1", port).await;
     for answer in ["127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254"] {
@@ -80,9 +83,7 @@ async fn names_resolving_to_internal_addresses_are_never_connected_to() {
 
 #[tokio::test]
 async fn a_public_server_redirecting_inwards_is_not_followed_there() {
-    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let inner_port = probe.local_addr().unwrap().port();
-    drop(probe);
+    let inner_port = free_port().await;
     let inner = counting_listener("127.0.0.1", inner_port).await;
     let redirect = move |to: String| async move { (StatusCode::FOUND, [(header::LOCATION, to)]).into_response() };
     let public = serve_https(

@@ -153,7 +153,7 @@ impl MediaFetcher {
             .https_only(true)
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
-            .timeout(settings.total_timeout)
+            // The total limit is applied once around the whole fetch, redirects included (`fetch`).
             .use_rustls_tls();
         if let Some(pem) = &settings.extra_roots_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("media CA: {e}"))? {

@@ -217,6 +217,11 @@ pub fn fields(body: &Value) -> Vec<String> {
 
 /// A fresh user with `password`, inserted the way `user add` does; its username.
 pub async fn create_user(pool: &sqlx::PgPool, password: &str) -> String {
+    insert_user(pool, password).await.1
+}
+
+/// A fresh user with `password`: its id and username.
+pub async fn insert_user(pool: &sqlx::PgPool, password: &str) -> (Uuid, String) {
     let name = format!("user-{}", Uuid::new_v4().simple());
     let id = Uuid::new_v4();
     let hash = Passwords::hash(SecretString::from(password.to_owned())).await.unwrap();
@@ -229,5 +234,5 @@ pub async fn create_user(pool: &sqlx::PgPool, password: &str) -> String {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    name
+    (id, name)
 }
