@@ -53,6 +53,25 @@ impl std::fmt::Display for ClientKey {
 /// At most this many forwarding entries are read; a longer chain is attacker padding.
 const MAX_CHAIN: usize = 32;
 
+/// The peer of one request, parsed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResolvedPeer {
+    Address {
+        ip: IpAddr,
+        trusted: bool,
+    },
+    /// The platform vouches for `CF-Connecting-IP`.
+    Cloudflare,
+    /// No usable address.
+    Unknown,
+}
+
+impl ResolvedPeer {
+    pub(crate) fn is_trusted_proxy(self) -> bool {
+        matches!(self, Self::Address { trusted: true, .. })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ClientIdentity {
     trusted: Vec<IpNet>,
@@ -90,14 +109,16 @@ impl ClientIdentity {
         })
     }
 
-    /// Whether the immediate peer is a trusted proxy (so its `X-Forwarded-Proto` is believed).
-    pub(crate) fn peer_is_trusted(&self, peer: &Peer<'_>) -> bool {
-        if self.trusted_hops == 0 && self.trusted.is_empty() {
-            return false;
-        }
+    /// Works out the peer once per request: its address and whether it is a trusted proxy
+    /// (so its `X-Forwarded-Proto` is believed). The client key comes from the same answer.
+    pub(crate) fn peer(&self, peer: &Peer<'_>) -> ResolvedPeer {
         match peer {
-            Peer::Socket(addr) => parse_ip(addr).is_some_and(|ip| self.is_trusted(ip, 0)),
-            Peer::Cloudflare | Peer::Unknown => false,
+            Peer::Socket(addr) => match parse_ip(addr) {
+                Some(ip) => ResolvedPeer::Address { ip, trusted: self.is_trusted(ip, 0) },
+                None => ResolvedPeer::Unknown,
+            },
+            Peer::Cloudflare => ResolvedPeer::Cloudflare,
+            Peer::Unknown => ResolvedPeer::Unknown,
         }
     }
 
@@ -105,10 +126,11 @@ impl ClientIdentity {
         hop < usize::from(self.trusted_hops) || self.trusted.iter().any(|net| net.contains(&ip))
     }
 
-    pub(crate) fn identify<H: RequestHeaders + ?Sized>(&self, peer: &Peer<'_>, headers: &H) -> ClientKey {
-        let start = match peer {
-            Peer::Socket(addr) => parse_ip(addr),
-            Peer::Cloudflare => {
+    /// The client's rate-limit key, from the peer [`ClientIdentity::peer`] resolved.
+    pub(crate) fn identify<H: RequestHeaders + ?Sized>(&self, peer: ResolvedPeer, headers: &H) -> ClientKey {
+        let (mut client, trusted) = match peer {
+            ResolvedPeer::Address { ip, trusted } => (ip, trusted),
+            ResolvedPeer::Cloudflare => {
                 let mut found = None;
                 headers.for_each_value("cf-connecting-ip", &mut |value| {
                     found = found.or_else(|| std::str::from_utf8(value).ok().and_then(|v| parse_ip(v.trim())));
@@ -116,21 +138,19 @@ impl ClientIdentity {
                 // Cloudflare sets exactly this header; nothing else is consulted.
                 return found.map_or(ClientKey::Unknown, |ip| self.key(ip));
             }
-            Peer::Unknown => None,
+            ResolvedPeer::Unknown => return ClientKey::Unknown,
         };
-        let Some(mut client) = start else {
-            return ClientKey::Unknown;
-        };
-        if self.trusted_hops == 0 && self.trusted.is_empty() {
+        if !trusted {
+            // An untrusted peer is the client whatever its headers say.
             return self.key(client);
         }
 
         let chain = self.forwarding_chain(headers);
         // Walk right to left: each entry was written by the hop to its right, so it is only
-        // believed while that hop is trusted. A malformed entry ends the walk at the last
-        // address a trusted hop vouched for.
+        // believed while that hop is trusted (the peer, hop 0, already is). A malformed entry
+        // ends the walk at the last address a trusted hop vouched for.
         for (hop, entry) in chain.iter().rev().enumerate() {
-            if !self.is_trusted(client, hop) {
+            if hop > 0 && !self.is_trusted(client, hop) {
                 break;
             }
             match entry {
@@ -231,7 +251,7 @@ mod tests {
 
     fn key(id: &ClientIdentity, peer: &str, xff: &[&str]) -> String {
         let headers: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
-        id.identify(&Peer::Socket(peer), headers.as_slice()).to_string()
+        id.identify(id.peer(&Peer::Socket(peer)), headers.as_slice()).to_string()
     }
 
     #[test]
@@ -270,16 +290,16 @@ mod tests {
     fn unusable_peers_share_the_unknown_key() {
         let id = identity(&[], 0);
         assert_eq!(key(&id, "envoy://internal", &[]), "unknown");
-        assert_eq!(id.identify(&Peer::Unknown, &[] as &[(&str, &str)]), ClientKey::Unknown);
+        assert_eq!(id.identify(id.peer(&Peer::Unknown), &[] as &[(&str, &str)]), ClientKey::Unknown);
     }
 
     #[test]
     fn cloudflare_peer_reads_cf_connecting_ip_only() {
         let id = identity(&[], 0);
         let headers = [("cf-connecting-ip", "198.51.100.77"), ("x-forwarded-for", "1.1.1.1")];
-        assert_eq!(id.identify(&Peer::Cloudflare, &headers[..]).to_string(), "198.51.100.77");
+        assert_eq!(id.identify(id.peer(&Peer::Cloudflare), &headers[..]).to_string(), "198.51.100.77");
         let garbage = [("cf-connecting-ip", "nope")];
-        assert_eq!(id.identify(&Peer::Cloudflare, &garbage[..]), ClientKey::Unknown);
+        assert_eq!(id.identify(id.peer(&Peer::Cloudflare), &garbage[..]), ClientKey::Unknown);
     }
 
     #[test]
@@ -291,9 +311,9 @@ mod tests {
         })
         .unwrap();
         let headers = [("forwarded", r#"for=6.6.6.6, for="[2001:db8::1]:4711";proto=https"#)];
-        assert_eq!(id.identify(&Peer::Socket("10.0.0.2"), &headers[..]).to_string(), "2001:db8::");
+        assert_eq!(id.identify(id.peer(&Peer::Socket("10.0.0.2")), &headers[..]).to_string(), "2001:db8::");
         let hidden = [("forwarded", "for=_hidden")];
-        assert_eq!(id.identify(&Peer::Socket("10.0.0.2"), &hidden[..]).to_string(), "10.0.0.2");
+        assert_eq!(id.identify(id.peer(&Peer::Socket("10.0.0.2")), &hidden[..]).to_string(), "10.0.0.2");
     }
 
     #[test]

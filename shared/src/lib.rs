@@ -5,6 +5,11 @@
 //! [`Policy::decide`] with the current time and its [`BucketStore`], and either sends the
 //! [`LocalResponse`] or forwards the request and later applies [`Policy::response_edits`].
 //!
+//! Where the rate-limit state is behind an asynchronous call (a Durable Object, the fleet's
+//! rate-limit service), the same decision is made in two phases: [`Policy::begin`] gives the
+//! decision or a [`LimitCheck`] of plain data, the host runs the GCRA step where the state
+//! lives, and [`Policy::finish`] turns its [`Acquire`] into the decision.
+//!
 //! ```
 //! use portcullis_core::{Decision, MemoryStore, Peer, Policy, Request, Scheme};
 //!
@@ -48,7 +53,9 @@ pub use decision::{
     Decision, Forward, LocalResponse, Outcome, RateLimitHeaders, RateLimitHeadersIter, ResponseEdits, ResponsePlan,
 };
 pub use headers::{HeaderSet, HeaderSink, SEED_HEADERS, STRICT_HEADERS};
+pub use limiter::gcra::{Gcra, Verdict};
 pub use limiter::store::{BucketStore, Loaded, MemoryStore, StoreError, Swap, Version};
 pub use limiter::table::BUCKET_BYTES;
-pub use policy::Policy;
+pub use limiter::{Acquire, Slot};
+pub use policy::{Begin, LimitCheck, Policy};
 pub use request::{Peer, Request, RequestHeaders, Scheme};

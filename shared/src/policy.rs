@@ -9,9 +9,9 @@ use crate::decision::{
 };
 use crate::headers::{HeaderProfile, HeaderSet};
 use crate::host::{HostPattern, parse_authority};
-use crate::limiter::gcra::{Gcra, ceil_secs};
+use crate::limiter::gcra::{Gcra, Verdict, ceil_secs};
 use crate::limiter::store::BucketStore;
-use crate::limiter::{Acquire, Limiter};
+use crate::limiter::{Acquire, Limiter, Slot};
 use crate::path::{RouteTemplate, canonical, canonicalize, has_prefix};
 use crate::rate::Rate;
 use crate::request::{Request, RequestHeaders, Scheme};
@@ -60,6 +60,59 @@ impl Tier {
             }
         };
         method_ok && self.route.matches(canonical)
+    }
+}
+
+/// The first phase of a decision: see [`Policy::begin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// No rate-limit state is involved: this is the decision.
+    Decided(Decision),
+    /// A limited tier: check this limit where the state lives, then [`Policy::finish`].
+    Check(LimitCheck),
+}
+
+/// A pending rate-limit check: which limit, for which client, in which bucket. Plain data,
+/// small and `Copy`, so a host can keep it across an asynchronous call and send its numbers to
+/// wherever the state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitCheck {
+    /// The tier's index among all tiers.
+    tier: u16,
+    /// The tier's ordinal among limited tiers.
+    limited: u32,
+    slot: Slot,
+    client: u128,
+    gcra: Gcra,
+    shadow: bool,
+    plan: ResponsePlan,
+}
+
+impl LimitCheck {
+    /// The bucket (index and fingerprint) this (tier, client) pair lives in, for bucket stores.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// The tier's rate, compiled.
+    pub fn gcra(&self) -> Gcra {
+        self.gcra
+    }
+
+    /// The tier's ordinal among the policy's limited tiers, `0..` in configuration order.
+    pub fn limited_tier(&self) -> u32 {
+        self.limited
+    }
+
+    /// A keyed hash of the client alone (`limiter.hash_key`), for stores keyed by client: the
+    /// same on every host with the same key, and no address can be read back from it.
+    pub fn client_id(&self) -> u128 {
+        self.client
+    }
+
+    /// Whether the tier only reports (shadow mode) rather than refuses.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
     }
 }
 
@@ -168,79 +221,132 @@ impl Policy {
         self.limiter.bucket_count()
     }
 
-    /// Decides a request. `now` is Unix time in nanoseconds; `store` holds rate-limit state.
+    /// Decides a request in one phase, for hosts whose rate-limit state is in process: `now`
+    /// is Unix time in nanoseconds; `store` holds the buckets. The same as [`Policy::begin`],
+    /// then [`Policy::acquire`] over `store`, then [`Policy::finish`].
     pub fn decide<H, S>(&self, request: &Request<'_, H>, now: u64, store: &S) -> Decision
     where
         H: RequestHeaders + ?Sized,
         S: BucketStore + ?Sized,
     {
+        match self.begin(request) {
+            Begin::Decided(decision) => decision,
+            Begin::Check(check) => self.finish(&check, self.acquire(&check, store, now)),
+        }
+    }
+
+    /// The first phase of a decision; no state and no clock. Either the decision is made
+    /// (redirect, bad host, an untiered or unlimited path), or a [`LimitCheck`] of plain data
+    /// says which limit to check for which client. The host runs that check where the state
+    /// lives ([`Policy::acquire`] over a bucket store, the same GCRA step in a Durable Object
+    /// or Redis) and hands the answer to [`Policy::finish`].
+    pub fn begin<H>(&self, request: &Request<'_, H>) -> Begin
+    where
+        H: RequestHeaders + ?Sized,
+    {
         let raw_target = request.path.filter(|p| !p.is_empty()).unwrap_or(b"/");
         let path = canonical(raw_target);
-        let https = request.scheme == Scheme::Https
-            || (self.identity.peer_is_trusted(&request.peer) && forwarded_proto_is_https(request.headers));
+        // The peer is parsed and judged once; the scheme and the client key both use it.
+        let peer = self.identity.peer(&request.peer);
+        let https =
+            request.scheme == Scheme::Https || (peer.is_trusted_proxy() && forwarded_proto_is_https(request.headers));
         let plan = ResponsePlan { profile: self.profile_for(&path), https, rate: None };
 
         let host =
             request.authority.and_then(parse_authority).filter(|h| self.allowed_hosts.iter().any(|p| p.matches(h)));
         let Some(host) = host else {
-            return self.local_json(
+            return Begin::Decided(self.local_json(
                 400,
                 plan,
                 Outcome::BadHost,
                 "bad_host",
                 "The Host header names no host this service answers for.",
                 Vec::new(),
-            );
+            ));
         };
 
         if let Some(redirect) = &self.redirect
             && !https
             && !redirect.exempt.iter().any(|prefix| has_prefix(&path, prefix))
         {
-            return self.redirect(redirect, request.method, &host.url_form(), raw_target, plan);
+            return Begin::Decided(self.redirect(redirect, request.method, &host.url_form(), raw_target, plan));
         }
 
+        let forward = Begin::Decided(Decision::Forward(Forward { plan, outcome: Outcome::Forwarded }));
         let Some((ordinal, tier)) = self.tiers.iter().enumerate().find(|(_, t)| t.matches(request.method, &path))
         else {
-            return Decision::Forward(Forward { plan, outcome: Outcome::Forwarded });
+            return forward;
         };
-        let Some((gcra, limited_ordinal)) = &tier.limit else {
-            return Decision::Forward(Forward { plan, outcome: Outcome::Forwarded });
+        let Some((gcra, limited)) = &tier.limit else {
+            return forward;
         };
-        let client = self.identity.identify(&request.peer, request.headers);
-        let slot = self.limiter.slot(&tier.name, *limited_ordinal, &client);
-        let tier_id = ordinal as u16;
-        let report = |verdict: crate::limiter::gcra::Verdict, refused: bool| RateReport {
-            tier: tier_id,
+        let client = self.identity.identify(peer, request.headers);
+        Begin::Check(LimitCheck {
+            tier: ordinal as u16,
+            limited: *limited,
+            slot: self.limiter.slot(&tier.name, *limited, &client),
+            client: self.limiter.client_id(&client),
+            gcra: *gcra,
+            shadow: tier.shadow,
+            plan,
+        })
+    }
+
+    /// Runs `check` over a bucket store: the compare-and-swap loop around the pure GCRA step
+    /// ([`crate::limiter::table::Bucket::admit`]).
+    pub fn acquire<S: BucketStore + ?Sized>(&self, check: &LimitCheck, store: &S, now: u64) -> Acquire {
+        self.limiter.acquire(store, check.slot, &check.gcra, now)
+    }
+
+    /// The second phase: the decision `check` leads to given the limiter's answer, with the
+    /// same status, headers and body as a one-phase [`Policy::decide`].
+    pub fn finish(&self, check: &LimitCheck, answer: Acquire) -> Decision {
+        let plan = check.plan;
+        let Some(tier) = self.tiers.get(usize::from(check.tier)) else {
+            // A check from another policy: nothing to limit it by, and nothing to forward it
+            // unprotected with either.
+            return self.store_failed(plan);
+        };
+        let report = |verdict: Verdict, refused: bool| RateReport {
+            tier: check.tier,
             remaining: verdict.remaining,
             reset_after: verdict.reset_after,
             retry_after: refused.then_some(verdict.retry_after),
         };
         let forward = |rate, outcome| Decision::Forward(Forward { plan: ResponsePlan { rate, ..plan }, outcome });
 
-        match self.limiter.acquire(store, slot, gcra, now) {
+        match answer {
             Acquire::Allowed(verdict) => forward(Some(report(verdict, false)), Outcome::Forwarded),
-            Acquire::Denied(verdict) if tier.shadow => forward(Some(report(verdict, false)), Outcome::ShadowLimited),
+            Acquire::Denied(verdict) if check.shadow => forward(Some(report(verdict, false)), Outcome::ShadowLimited),
             Acquire::Denied(verdict) => self.too_many(tier, plan, report(verdict, true)),
             Acquire::Contended => {
                 // Every race for this bucket was lost, which only happens under a flood on it:
                 // count the request as over the limit and ask for one emission interval.
-                let wait = gcra.emission();
-                let refusal = RateReport { tier: tier_id, remaining: 0, reset_after: wait, retry_after: Some(wait) };
-                if tier.shadow { forward(None, Outcome::ShadowLimited) } else { self.too_many(tier, plan, refusal) }
+                let wait = check.gcra.emission();
+                let refusal = RateReport { tier: check.tier, remaining: 0, reset_after: wait, retry_after: Some(wait) };
+                if check.shadow { forward(None, Outcome::ShadowLimited) } else { self.too_many(tier, plan, refusal) }
             }
             Acquire::StoreFailed(_) => match self.limiter.on_store_error {
                 StoreErrorMode::Allow => forward(None, Outcome::StoreErrorAllowed),
-                StoreErrorMode::Deny => self.local_json(
-                    503,
-                    plan,
-                    Outcome::StoreErrorDenied,
-                    "limiter_unavailable",
-                    "Rate limiting is unavailable; try again shortly.",
-                    vec![("retry-after".to_owned(), "1".to_owned())],
-                ),
+                StoreErrorMode::Deny => self.store_failed(plan),
             },
         }
+    }
+
+    /// The name of the tier `check` limits.
+    pub fn tier_name(&self, check: &LimitCheck) -> &str {
+        self.tiers.get(usize::from(check.tier)).map_or("", |tier| tier.name.as_str())
+    }
+
+    fn store_failed(&self, plan: ResponsePlan) -> Decision {
+        self.local_json(
+            503,
+            plan,
+            Outcome::StoreErrorDenied,
+            "limiter_unavailable",
+            "Rate limiting is unavailable; try again shortly.",
+            vec![("retry-after".to_owned(), "1".to_owned())],
+        )
     }
 
     /// Header edits for a response produced under `plan`.

@@ -1,12 +1,51 @@
-//! Replays the conformance vector file through the core itself, with an in-process store.
+//! Replays the conformance vector file through the core itself: in one phase over an
+//! in-process bucket store, and in two phases over a store keyed by client (as the fleet's
+//! Redis keeps it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use portcullis_core::conformance::{Action, EPOCH_MS, Observed, Vectors};
-use portcullis_core::{Decision, MemoryStore, Peer, Policy, Request, Scheme};
+use portcullis_core::{Acquire, Begin, Decision, MemoryStore, Peer, Policy, Request, Scheme};
 
 #[test]
 fn core_meets_every_conformance_vector() {
+    let store = RefCell::new(MemoryStore::new());
+    replay_vectors(
+        || *store.borrow_mut() = MemoryStore::new(),
+        |policy, request, now| policy.decide(request, now, &*store.borrow()),
+    );
+}
+
+/// The two-phase path with the GCRA step run on one TAT per (tier, client id), the way the
+/// rate-limit service's script keeps it: the same decisions, headers and bodies.
+#[test]
+fn two_phases_over_a_store_keyed_by_client_meet_every_vector() {
+    let tats: RefCell<HashMap<(u32, u128), u64>> = RefCell::new(HashMap::new());
+    let checks = RefCell::new(0u32);
+    replay_vectors(
+        || tats.borrow_mut().clear(),
+        |policy, request, now| match policy.begin(request) {
+            Begin::Decided(decision) => decision,
+            Begin::Check(check) => {
+                *checks.borrow_mut() += 1;
+                let key = (check.limited_tier(), check.client_id());
+                let mut tats = tats.borrow_mut();
+                let tat = tats.get(&key).copied().unwrap_or(0);
+                let (verdict, next) = check.gcra().check(tat, now);
+                if let Some(next) = next {
+                    tats.insert(key, next);
+                }
+                policy.finish(&check, Acquire::from_verdict(verdict))
+            }
+        },
+    );
+    assert!(*checks.borrow() > 50, "the vectors exercise limited tiers");
+}
+
+fn replay_vectors(reset: impl Fn(), decide: impl Fn(&Policy, &Request<'_, Vec<(String, String)>>, u64) -> Decision) {
     let vectors = Vectors::load().expect("the vector file parses");
     assert!(vectors.cases.len() >= 30, "the vector file lost cases");
     let mut failures = Vec::new();
@@ -15,7 +54,7 @@ fn core_meets_every_conformance_vector() {
     for case in &vectors.cases {
         let policy = Policy::from_json(&vectors.config_json(case))
             .unwrap_or_else(|e| panic!("config {} of {:?}: {e}", case.config, case.name));
-        let store = MemoryStore::new();
+        reset();
         for (index, step) in case.steps.iter().enumerate() {
             let r = &step.request;
             let peer = match r.peer.as_deref() {
@@ -34,7 +73,7 @@ fn core_meets_every_conformance_vector() {
             let now = (EPOCH_MS + step.at_ms) * 1_000_000;
             for attempt in 0..step.repeat {
                 requests += 1;
-                let observed = match policy.decide(&request, now, &store) {
+                let observed = match decide(&policy, &request, now) {
                     Decision::Respond(local) => Observed {
                         action: Action::Respond,
                         status: local.status,

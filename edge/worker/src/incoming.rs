@@ -1,12 +1,9 @@
-//! The request as the core sees it, owned so it can cross to a Durable Object and back.
+//! The request as the core sees it, read once from the Workers request.
 
-use std::cell::RefCell;
-
-use portcullis_core::{Peer, Request, RequestHeaders, Scheme};
-use serde::{Deserialize, Serialize};
+use portcullis_core::{Peer, Request, Scheme};
 
 /// Method, scheme, authority, target and headers of one request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Incoming {
     pub method: String,
     pub https: bool,
@@ -38,8 +35,8 @@ impl Incoming {
         Ok(Self { method: req.inner().method(), https: url.scheme() == "https", authority, target, headers })
     }
 
-    /// The core's view, reading headers through `headers`.
-    pub fn request<'a, H: RequestHeaders + ?Sized>(&'a self, headers: &'a H) -> Request<'a, H> {
+    /// The core's view of this request.
+    pub fn request(&self) -> Request<'_, [(String, String)]> {
         Request {
             method: self.method.as_bytes(),
             scheme: if self.https { Scheme::Https } else { Scheme::Http },
@@ -47,49 +44,7 @@ impl Incoming {
             path: Some(self.target.as_bytes()),
             // Cloudflare vouches for CF-Connecting-IP; the core reads it itself.
             peer: Peer::Cloudflare,
-            headers,
+            headers: &self.headers,
         }
-    }
-
-    /// A copy carrying only the headers named in `names` (what the core actually read).
-    pub fn with_only(&self, names: &[String]) -> Self {
-        Self {
-            headers: self
-                .headers
-                .iter()
-                .filter(|(name, _)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
-                .cloned()
-                .collect(),
-            ..self.clone()
-        }
-    }
-}
-
-/// Request headers that remember which names the core asked for, so a Durable Object is sent
-/// exactly those (never cookies or credentials it has no use for).
-pub struct Recorded<'a> {
-    all: &'a [(String, String)],
-    asked: RefCell<Vec<String>>,
-}
-
-impl<'a> Recorded<'a> {
-    pub fn new(all: &'a [(String, String)]) -> Self {
-        Self { all, asked: RefCell::new(Vec::new()) }
-    }
-
-    pub fn asked(&self) -> Vec<String> {
-        self.asked.borrow().clone()
-    }
-}
-
-impl RequestHeaders for Recorded<'_> {
-    fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
-        {
-            let mut asked = self.asked.borrow_mut();
-            if !asked.iter().any(|n| n == name) {
-                asked.push(name.to_owned());
-            }
-        }
-        self.all.for_each_value(name, visit);
     }
 }

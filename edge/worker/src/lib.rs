@@ -15,11 +15,10 @@ pub mod ratelimits;
 pub mod respond;
 pub mod settings;
 
-use portcullis_core::Decision;
+use portcullis_core::{Acquire, Begin, Decision, StoreError};
 use worker::{Context, Env, Request, Response, Result, console_error, event};
 
-use crate::incoming::{Incoming, Recorded};
-use crate::limiter::Probe;
+use crate::incoming::Incoming;
 use crate::settings::{LimiterMode, Settings};
 
 pub use limiter::RateLimiter;
@@ -75,23 +74,19 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 async fn handle(req: &Request, env: &Env, settings: &Settings) -> Result<Response> {
     let incoming = Incoming::from_worker(req)?;
     let policy = settings.active_policy();
-    let now = now_nanos();
-    let recorded = Recorded::new(&incoming.headers);
-    let probe = Probe::default();
-    let decision = policy.decide(&incoming.request(&recorded), now, &probe);
-    let decision = match probe.touched() {
-        // No rate-limit state involved: the probe's decision is the decision.
-        None => decision,
-        Some(index) => match settings.limiter {
-            LimiterMode::DurableObject => {
-                let asked = limiter::ask(env, index, &incoming, &recorded).await;
-                let decision =
-                    policy.decide(&incoming.request(&incoming.headers), asked.now.unwrap_or(now), &asked.replay);
-                limiter::check_replay(index, asked.outcome.as_deref(), decision.outcome());
-                decision
-            }
-            LimiterMode::Ratelimits => ratelimits::decide(env, settings, &incoming, index, now).await,
-        },
+    // Decided once: the first phase needs no state; a limited tier's check runs where its
+    // state lives and the second phase turns the verdict into the decision.
+    let decision = match policy.begin(&incoming.request()) {
+        Begin::Decided(decision) => decision,
+        Begin::Check(check) => {
+            let answer = match (&settings.limiter, &settings.ratelimits) {
+                (LimiterMode::DurableObject, _) => limiter::ask(env, &check).await,
+                (LimiterMode::Ratelimits, Some(mode)) => ratelimits::ask(env, mode, &check).await,
+                // Settings always carry the mode's data in this mode; fail as a store error if not.
+                (LimiterMode::Ratelimits, None) => Acquire::StoreFailed(StoreError("no ratelimits settings".into())),
+            };
+            policy.finish(&check, answer)
+        }
     };
     match decision {
         Decision::Respond(reply) => respond::local(&reply),

@@ -1,119 +1,83 @@
 //! Rate-limit state on Cloudflare: a Durable Object per bucket of the core's table.
 //!
-//! The core decides which bucket a (tier, client) pair lives in only inside
-//! [`Policy::decide`]. The Worker therefore decides once against a [`Probe`] store that holds
-//! nothing and records which bucket the core touched. No bucket touched means the decision
-//! needs no state (redirect, bad host, unlimited or untiered path) and is final. Otherwise the
-//! request goes to the Durable Object named after that bucket, which runs the same decision
-//! over its own copy of the bucket (a Durable Object is single-threaded, so its
-//! compare-and-swap never conflicts), persists the result and answers with the instant it used
-//! and the bucket as it was before. The Worker then replays the decision over exactly that
-//! state ([`Replay`]): the core is deterministic, so it gets the object's verdict together with
-//! the response plan (which the core does not serialise).
+//! The Worker decides in two phases. [`Policy::begin`](portcullis_core::Policy::begin) names
+//! the bucket, the key's fingerprint in it and the tier's rate; the Worker sends those numbers
+//! (nothing of the request) to the object named after the bucket, which runs the core's GCRA
+//! step over its copy of the bucket, persists it and answers with the verdict; the Worker
+//! finishes the decision with it. A Durable Object is single-threaded, so its step never races.
 //!
 //! One object per bucket: requests of one (tier, client) always meet in one object, so limits
 //! are exact across isolates and locations, and the number of objects is bounded by
 //! `Policy::bucket_count()` however many addresses an attacker uses.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
-use portcullis_core::{BucketStore, Loaded, Outcome, Policy, StoreError, Swap, Version};
+use portcullis_core::limiter::table::Bucket;
+use portcullis_core::rate::Rate;
+use portcullis_core::{Acquire, Gcra, LimitCheck, StoreError, Verdict};
 use serde::{Deserialize, Serialize};
 use worker::{
     DurableObject, Env, Method, Request, RequestInit, Response, Result, State, console_error, durable_object,
 };
 
-use crate::incoming::{Incoming, Recorded};
-use crate::settings::{self, RATE_LIMITER_BINDING};
+use crate::settings::RATE_LIMITER_BINDING;
 
-/// What the Worker sends to a bucket's object.
-#[derive(Debug, Serialize, Deserialize)]
+/// What the Worker sends to a bucket's object: one request of one key at one rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ask {
     pub index: u32,
-    pub request: Incoming,
+    pub fingerprint: u64,
+    pub limit: u32,
+    pub period_secs: u32,
 }
 
-/// What the object answers: enough to replay its decision exactly.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Answer {
-    /// The instant (Unix ns) the object decided at.
-    pub now: u64,
-    /// The bucket before this request; `None` when it was empty.
-    pub before: Option<Vec<u8>>,
-    /// Set when the object could not reach its state; the policy's `on_store_error` applies.
-    pub failure: Option<String>,
-    /// The object's own outcome (`Outcome::as_str`), to check the replay against.
-    pub outcome: Option<String>,
-}
-
-/// A store with nothing in it that records the bucket the core asked for.
-#[derive(Debug, Default)]
-pub struct Probe {
-    touched: Cell<Option<u32>>,
-    written: RefCell<Option<Vec<u8>>>,
-}
-
-impl Probe {
-    pub fn touched(&self) -> Option<u32> {
-        self.touched.get()
-    }
-
-    /// What the core wrote into the empty bucket.
-    pub fn written(&self) -> Option<Vec<u8>> {
-        self.written.borrow().clone()
-    }
-}
-
-impl BucketStore for Probe {
-    fn load(&self, index: u32) -> std::result::Result<Loaded, StoreError> {
-        self.touched.set(Some(index));
-        Ok(Loaded { bytes: None, version: Version(0) })
-    }
-
-    fn compare_and_swap(&self, _index: u32, _expected: Version, bytes: &[u8]) -> std::result::Result<Swap, StoreError> {
-        *self.written.borrow_mut() = Some(bytes.to_vec());
-        Ok(Swap::Written)
-    }
-}
-
-/// One bucket as the object saw it, for replaying the object's decision in the Worker.
-#[derive(Debug)]
-pub struct Replay {
-    index: u32,
-    before: Option<Vec<u8>>,
-    failure: Option<String>,
-}
-
-impl Replay {
-    pub fn from_answer(index: u32, answer: &Answer) -> Self {
-        Self { index, before: answer.before.clone(), failure: answer.failure.clone() }
-    }
-
-    /// The object could not be asked: every load fails and `on_store_error` decides.
-    pub fn failed(index: u32, why: String) -> Self {
-        Self { index, before: None, failure: Some(why) }
-    }
-}
-
-impl BucketStore for Replay {
-    fn load(&self, index: u32) -> std::result::Result<Loaded, StoreError> {
-        if let Some(why) = &self.failure {
-            return Err(StoreError(why.clone()));
+impl Ask {
+    pub fn for_check(check: &LimitCheck) -> Self {
+        let gcra = check.gcra();
+        Self {
+            index: check.slot().index,
+            fingerprint: check.slot().fingerprint,
+            limit: gcra.limit(),
+            period_secs: gcra.period_secs(),
         }
-        if index != self.index {
-            return Err(StoreError(format!("bucket {index} asked for, bucket {} replayed", self.index)));
+    }
+}
+
+/// What the object answers: its verdict, or why it has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    Verdict {
+        allowed: bool,
+        remaining: u32,
+        reset_after_ns: u64,
+        retry_after_ns: u64,
+    },
+    /// The object could not reach its state; the policy's `on_store_error` applies.
+    Failed(String),
+}
+
+impl Answer {
+    fn from_verdict(verdict: Verdict) -> Self {
+        Self::Verdict {
+            allowed: verdict.allowed,
+            remaining: verdict.remaining,
+            reset_after_ns: verdict.reset_after,
+            retry_after_ns: verdict.retry_after,
         }
-        Ok(Loaded { bytes: self.before.clone(), version: Version(1) })
     }
 
-    fn compare_and_swap(
-        &self,
-        _index: u32,
-        _expected: Version,
-        _bytes: &[u8],
-    ) -> std::result::Result<Swap, StoreError> {
-        Ok(Swap::Written)
+    /// The core's view of this answer.
+    pub fn acquire(self) -> Acquire {
+        match self {
+            Self::Verdict { allowed, remaining, reset_after_ns, retry_after_ns } => Acquire::from_verdict(Verdict {
+                allowed,
+                remaining,
+                reset_after: reset_after_ns,
+                retry_after: retry_after_ns,
+            }),
+            Self::Failed(why) => Acquire::StoreFailed(StoreError(why)),
+        }
     }
 }
 
@@ -122,76 +86,56 @@ pub fn object_name(index: u32) -> String {
     format!("bucket-{index}")
 }
 
-/// The object's verdict, ready to replay.
-pub struct Asked {
-    pub replay: Replay,
-    /// The instant the object decided at (`None`: it was not reached).
-    pub now: Option<u64>,
-    pub outcome: Option<String>,
-}
-
-/// Asks bucket `index`'s object to decide `incoming`, sending only the headers the core read.
-pub async fn ask(env: &Env, index: u32, incoming: &Incoming, recorded: &Recorded<'_>) -> Asked {
-    match ask_object(env, index, incoming.with_only(&recorded.asked())).await {
-        Ok(answer) => {
-            Asked { replay: Replay::from_answer(index, &answer), now: Some(answer.now), outcome: answer.outcome }
-        }
+/// Runs `check` in its bucket's object. An object that cannot be reached is a store failure:
+/// the policy's `on_store_error` decides, never a guess.
+pub async fn ask(env: &Env, check: &LimitCheck) -> Acquire {
+    let ask = Ask::for_check(check);
+    match ask_object(env, ask).await {
+        Ok(answer) => answer.acquire(),
         Err(err) => {
-            console_error!("portcullis: rate-limit object {index} unreachable: {err}");
-            Asked { replay: Replay::failed(index, err.to_string()), now: None, outcome: None }
+            console_error!("portcullis: rate-limit object {}: {err}", ask.index);
+            Acquire::StoreFailed(StoreError(format!("object {}: {err}", ask.index)))
         }
     }
 }
 
-async fn ask_object(env: &Env, index: u32, request: Incoming) -> Result<Answer> {
+async fn ask_object(env: &Env, ask: Ask) -> Result<Answer> {
     let namespace = env.durable_object(RATE_LIMITER_BINDING)?;
-    let stub = namespace.id_from_name(&object_name(index))?.get_stub()?;
-    let body = serde_json::to_string(&Ask { index, request })?;
+    let stub = namespace.id_from_name(&object_name(ask.index))?.get_stub()?;
+    let body = serde_json::to_string(&ask)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(worker::wasm_bindgen::JsValue::from_str(&body)));
-    let request = Request::new_with_init("https://rate-limiter.internal/decide", &init)?;
+    let request = Request::new_with_init("https://rate-limiter.internal/step", &init)?;
     let mut response = stub.fetch_with_request(request).await?;
     if response.status_code() != 200 {
         let text = response.text().await.unwrap_or_default();
         return Err(worker::Error::RustError(format!("status {}: {text}", response.status_code())));
     }
-    response.json::<Answer>().await
+    // Parsed here, not by the runtime's JSON (which reads numbers as doubles and would round a
+    // 64-bit fingerprint).
+    Ok(serde_json::from_str(&response.text().await?)?)
 }
-
-/// Checks that the Worker's replay reached the object's outcome (it always should: the core is
-/// deterministic). A mismatch is logged, never hidden.
-pub fn check_replay(index: u32, object: Option<&str>, replayed: Outcome) {
-    if let Some(object) = object
-        && object != replayed.as_str()
-    {
-        console_error!("portcullis: bucket {index}: object decided {object}, replay {}", replayed.as_str());
-    }
-}
-
-/// Bucket index → (version, bytes; `None` while empty).
-type Buckets = HashMap<u32, (u32, Option<Vec<u8>>)>;
 
 /// One bucket of the core's table per object: its bytes in memory and in the object's storage.
 #[durable_object(fetch)]
 pub struct RateLimiter {
     state: State,
-    env: Env,
-    /// index → (version, bytes); loaded from storage on first use.
-    buckets: RefCell<Buckets>,
+    /// index → the bucket's bytes (`None` while empty); loaded from storage on first use.
+    buckets: RefCell<HashMap<u32, Option<Vec<u8>>>>,
 }
 
 impl DurableObject for RateLimiter {
-    fn new(state: State, env: Env) -> Self {
-        Self { state, env, buckets: RefCell::new(HashMap::new()) }
+    fn new(state: State, _env: Env) -> Self {
+        Self { state, buckets: RefCell::new(HashMap::new()) }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let ask: Ask = match req.json().await {
+        let ask = req.text().await.and_then(|text| Ok(serde_json::from_str::<Ask>(&text)?));
+        let ask = match ask {
             Ok(ask) => ask,
             Err(err) => return Response::error(format!("bad request: {err}"), 400),
         };
-        let answer = self.decide(ask).await;
-        Response::from_json(&answer)
+        Response::ok(serde_json::to_string(&self.step(ask).await)?)
     }
 }
 
@@ -200,24 +144,17 @@ fn storage_key(index: u32) -> String {
 }
 
 impl RateLimiter {
-    async fn decide(&self, ask: Ask) -> Answer {
-        let now = crate::now_nanos();
-        let failed = |why: String| Answer { now, before: None, failure: Some(why), outcome: None };
-        let settings = settings::load(&self.env);
-        let settings = match settings.as_ref() {
-            Ok(settings) => settings,
-            Err(err) => return failed(format!("configuration: {err}")),
-        };
+    async fn step(&self, ask: Ask) -> Answer {
         if let Err(err) = self.prepare(ask.index).await {
             console_error!("portcullis: rate-limit object: loading bucket {}: {err}", ask.index);
-            return failed(format!("loading bucket {}: {err}", ask.index));
+            return Answer::Failed(format!("loading bucket {}: {err}", ask.index));
         }
-        let (answer, written) = decide_here(&settings.policy, &self.buckets, &ask, now);
-        if let Some((index, bytes)) = written {
+        let (answer, written) = step_here(&self.buckets, ask, crate::now_nanos());
+        if let Some(bytes) = written {
             // The verdict already counts in memory; the write makes it survive eviction. Output
             // gates hold the answer back until the write is durable.
-            if let Err(err) = self.state.storage().put(&storage_key(index), bytes).await {
-                console_error!("portcullis: rate-limit object: persisting bucket {index}: {err}");
+            if let Err(err) = self.state.storage().put(&storage_key(ask.index), bytes).await {
+                console_error!("portcullis: rate-limit object: persisting bucket {}: {err}", ask.index);
             }
         }
         answer
@@ -231,65 +168,44 @@ impl RateLimiter {
         let stored: Option<Vec<u8>> = self.state.storage().get(&storage_key(index)).await?;
         // Input gates keep other events out while storage is read; `or_insert` keeps this
         // correct even if one got in.
-        self.buckets.borrow_mut().entry(index).or_insert((u32::from(stored.is_some()), stored));
+        self.buckets.borrow_mut().entry(index).or_insert(stored);
         Ok(())
     }
 }
 
-/// Runs the core over the object's in-memory buckets. Returns the answer and the bucket to
-/// persist, if the decision wrote one.
-fn decide_here(policy: &Policy, buckets: &RefCell<Buckets>, ask: &Ask, now: u64) -> (Answer, Option<(u32, Vec<u8>)>) {
-    let store = ObjectStore { buckets, before: RefCell::new(None), written: RefCell::new(None) };
-    let headers = ask.request.headers.as_slice();
-    let decision = policy.decide(&ask.request.request(headers), now, &store);
-    let before = store.before.into_inner().flatten();
-    (
-        Answer { now, before, failure: None, outcome: Some(decision.outcome().as_str().to_owned()) },
-        store.written.into_inner(),
-    )
-}
-
-/// The object's buckets as a [`BucketStore`]. Only buckets loaded from storage are served;
-/// anything else is a store error, so the policy's `on_store_error` applies, never a guess.
-struct ObjectStore<'a> {
-    buckets: &'a RefCell<Buckets>,
-    /// The first load: the state this request started from.
-    before: RefCell<Option<Option<Vec<u8>>>>,
-    written: RefCell<Option<(u32, Vec<u8>)>>,
-}
-
-impl BucketStore for ObjectStore<'_> {
-    fn load(&self, index: u32) -> std::result::Result<Loaded, StoreError> {
-        let buckets = self.buckets.borrow();
-        let (version, bytes) =
-            buckets.get(&index).ok_or_else(|| StoreError(format!("bucket {index} is not held by this object")))?;
-        self.before.borrow_mut().get_or_insert_with(|| bytes.clone());
-        Ok(Loaded { bytes: bytes.clone(), version: Version(*version) })
+/// The core's GCRA step over the object's in-memory copy of bucket `ask.index`. Returns the
+/// answer and the bytes to persist when the step changed the bucket.
+fn step_here(buckets: &RefCell<HashMap<u32, Option<Vec<u8>>>>, ask: Ask, now: u64) -> (Answer, Option<Vec<u8>>) {
+    let Some(rate) = Rate::new(ask.limit, ask.period_secs) else {
+        return (Answer::Failed(format!("{}/{} s is not a rate", ask.limit, ask.period_secs)), None);
+    };
+    if ask.fingerprint == 0 {
+        return (Answer::Failed("fingerprint 0 marks an empty way".into()), None);
     }
-
-    fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> std::result::Result<Swap, StoreError> {
-        let mut buckets = self.buckets.borrow_mut();
-        let entry =
-            buckets.get_mut(&index).ok_or_else(|| StoreError(format!("bucket {index} is not held by this object")))?;
-        if entry.0 != expected.0 {
-            return Ok(Swap::Conflict);
-        }
-        *entry = (entry.0.wrapping_add(1).max(1), Some(bytes.to_vec()));
-        *self.written.borrow_mut() = Some((index, bytes.to_vec()));
-        Ok(Swap::Written)
+    let mut buckets = buckets.borrow_mut();
+    let Some(stored) = buckets.get_mut(&ask.index) else {
+        return (Answer::Failed(format!("bucket {} is not held by this object", ask.index)), None);
+    };
+    let mut bucket = Bucket::decode(stored.as_deref());
+    let admission = bucket.admit(ask.fingerprint, &Gcra::new(rate), now);
+    let written = admission.changed.then(|| bucket.encode().to_vec());
+    if let Some(bytes) = &written {
+        *stored = Some(bytes.clone());
     }
+    (Answer::from_verdict(admission.verdict), written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_core::Decision;
+    use crate::incoming::Incoming;
+    use portcullis_core::{Begin, Decision, Outcome, Policy};
 
     const NOW: u64 = 1_700_000_000_000_000_000;
 
-    fn incoming(path: &str, ip: &str) -> Incoming {
+    fn incoming(method: &str, path: &str, ip: &str) -> Incoming {
         Incoming {
-            method: "POST".into(),
+            method: method.into(),
             https: true,
             authority: Some("localhost".into()),
             target: path.into(),
@@ -297,41 +213,38 @@ mod tests {
         }
     }
 
-    fn probe(policy: &Policy, request: &Incoming) -> (Decision, Option<u32>, Vec<String>) {
-        let probe = Probe::default();
-        let recorded = Recorded::new(&request.headers);
-        let decision = policy.decide(&request.request(&recorded), NOW, &probe);
-        (decision, probe.touched(), recorded.asked())
+    fn check(policy: &Policy, request: &Incoming) -> Option<LimitCheck> {
+        match policy.begin(&request.request()) {
+            Begin::Check(check) => Some(check),
+            Begin::Decided(_) => None,
+        }
     }
 
     #[test]
-    fn stateless_decisions_touch_no_bucket() {
+    fn stateless_decisions_ask_no_object() {
         let policy = Policy::from_json(b"{}").unwrap();
-        let mut health = incoming("/api/v1/health", "192.0.2.1");
-        health.method = "GET".into();
-        assert_eq!(probe(&policy, &health).1, None);
-        let mut plain = incoming("/api/v1/auth/login", "192.0.2.1");
+        assert_eq!(check(&policy, &incoming("GET", "/api/v1/health", "192.0.2.1")), None);
+        let mut plain = incoming("POST", "/api/v1/auth/login", "192.0.2.1");
         plain.https = false;
-        assert_eq!(probe(&policy, &plain).1, None, "redirected before limiting");
+        assert_eq!(check(&policy, &plain), None, "redirected before limiting");
     }
 
     #[test]
-    fn the_object_and_the_replay_agree_and_count_exactly() {
+    fn the_object_counts_exactly_and_the_worker_finishes_with_its_verdict() {
         let policy = Policy::from_json(b"{}").unwrap();
-        let buckets = RefCell::new(HashMap::new());
-        let request = incoming("/api/v1/auth/login", "192.0.2.7");
-        let (_, index, asked) = probe(&policy, &request);
-        let index = index.unwrap();
-        assert_eq!(asked, ["cf-connecting-ip"], "cookies never travel to the object");
-        buckets.borrow_mut().insert(index, (0, None));
-        let ask = Ask { index, request: request.with_only(&asked) };
+        let request = incoming("POST", "/api/v1/auth/login", "192.0.2.7");
+        let check = check(&policy, &request).unwrap();
+        let ask = Ask::for_check(&check);
+        assert_eq!((ask.limit, ask.period_secs), (5, 60));
+        let wire = serde_json::to_string(&ask).unwrap();
+        assert!(!wire.contains("secret") && !wire.contains("192.0.2.7"), "only numbers travel: {wire}");
+
+        let buckets = RefCell::new(HashMap::from([(ask.index, None)]));
         let mut statuses = Vec::new();
         for _ in 0..7 {
-            let (answer, _) = decide_here(&policy, &buckets, &ask, NOW);
-            let replay = Replay::from_answer(index, &answer);
-            let decision = policy.decide(&request.request(&request.headers), answer.now, &replay);
-            assert_eq!(Some(decision.outcome().as_str()), answer.outcome.as_deref());
-            statuses.push(match decision {
+            let (answer, _) = step_here(&buckets, ask, NOW);
+            let answer: Answer = serde_json::from_str(&serde_json::to_string(&answer).unwrap()).unwrap();
+            statuses.push(match policy.finish(&check, answer.acquire()) {
                 Decision::Forward(_) => 200,
                 Decision::Respond(reply) => reply.status,
             });
@@ -342,24 +255,27 @@ mod tests {
     #[test]
     fn a_template_tier_and_an_ipv6_prefix_share_one_bucket() {
         let policy = Policy::from_json(b"{}").unwrap();
-        let mut a = incoming("/api/v1/jobs/1", "2001:db8:1:2::1");
-        let mut b = incoming("/API/v1//jobs/other-id/", "2001:db8:1:2:ffff::9");
-        a.method = "GET".into();
-        b.method = "HEAD".into();
-        assert_eq!(probe(&policy, &a).1, probe(&policy, &b).1);
-        let mut c = a.clone();
-        c.headers[0].1 = "2001:db8:1:3::1".into();
-        assert_ne!(probe(&policy, &a).1, probe(&policy, &c).1);
+        let slot = |method: &str, path: &str, ip: &str| check(&policy, &incoming(method, path, ip)).unwrap().slot();
+        assert_eq!(
+            slot("GET", "/api/v1/jobs/1", "2001:db8:1:2::1"),
+            slot("HEAD", "/API/v1//jobs/x/", "2001:db8:1:2:ffff::9")
+        );
+        assert_ne!(slot("GET", "/api/v1/jobs/1", "2001:db8:1:2::1"), slot("GET", "/api/v1/jobs/1", "2001:db8:1:3::1"));
     }
 
     #[test]
-    fn an_unreachable_object_follows_on_store_error() {
+    fn an_unreachable_or_broken_object_follows_on_store_error() {
         let deny = Policy::from_json(br#"{"limiter":{"on_store_error":"deny"}}"#).unwrap();
-        let request = incoming("/api/v1/auth/login", "192.0.2.8");
-        let replay = Replay::failed(0, "down".into());
-        let (_, index, _) = probe(&deny, &request);
-        let replay = Replay { index: index.unwrap(), ..replay };
-        let decision = deny.decide(&request.request(&request.headers), NOW, &replay);
+        let check = check(&deny, &incoming("POST", "/api/v1/auth/login", "192.0.2.8")).unwrap();
+        let decision = deny.finish(&check, Answer::Failed("down".into()).acquire());
         assert_eq!(decision.outcome(), Outcome::StoreErrorDenied);
+        let empty = RefCell::new(HashMap::new());
+        let (answer, written) = step_here(&empty, Ask::for_check(&check), NOW);
+        assert!(matches!(answer, Answer::Failed(_)) && written.is_none(), "a bucket never loaded is no guess");
+        let bad_rate = Ask { limit: 0, ..Ask::for_check(&check) };
+        assert!(matches!(
+            step_here(&RefCell::new(HashMap::from([(bad_rate.index, None)])), bad_rate, NOW).0,
+            Answer::Failed(_)
+        ));
     }
 }

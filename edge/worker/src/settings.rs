@@ -53,10 +53,8 @@ pub struct RatelimitsSettings {
     /// The same policy without rate-limit headers on forwarded responses: the binding reports no
     /// remaining quota, so there is nothing true to put in them.
     pub quiet: Policy,
-    /// Limited tiers in the core's order: (binding name, rate).
+    /// Limited tiers in the core's order (`LimitCheck::limited_tier`): (binding name, rate).
     pub tiers: Vec<(String, Rate)>,
-    /// Buckets per limited tier in the core's table (`bucket_count / tiers`).
-    pub buckets_per_tier: u32,
 }
 
 /// The `ratelimits` binding a limited tier needs.
@@ -153,14 +151,13 @@ fn compile(raw: &Raw, has_binding: &dyn Fn(&str) -> bool) -> Result<Settings, Se
     };
     let ratelimits = match limiter {
         LimiterMode::DurableObject => None,
-        LimiterMode::Ratelimits => Some(ratelimits_settings(&document, &policy, has_binding)?),
+        LimiterMode::Ratelimits => Some(ratelimits_settings(&document, has_binding)?),
     };
     Ok(Settings { policy, origin, limiter, ratelimits })
 }
 
 fn ratelimits_settings(
     document: &config::PolicyConfig,
-    policy: &Policy,
     has_binding: &dyn Fn(&str) -> bool,
 ) -> Result<RatelimitsSettings, SettingsError> {
     let quiet = Policy::compile(&config::PolicyConfig { rate_limit_headers_on_success: false, ..document.clone() })
@@ -198,11 +195,7 @@ fn ratelimits_settings(
         }
         tiers.push((binding, rate));
     }
-    let buckets_per_tier = match u32::try_from(tiers.len()) {
-        Ok(0) | Err(_) => 0,
-        Ok(n) => policy.bucket_count() / n,
-    };
-    Ok(RatelimitsSettings { quiet, tiers, buckets_per_tier })
+    Ok(RatelimitsSettings { quiet, tiers })
 }
 
 fn parse_origin(text: Option<&str>) -> Result<Url, SettingsError> {

@@ -52,6 +52,11 @@ impl Gcra {
         self.emission
     }
 
+    /// `emission × limit` nanoseconds: how far a key's TAT may run ahead of now (a spent burst).
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
     /// Decides one request at `now` for a key whose stored TAT is `tat` (0 for a new key).
     /// Returns the verdict and, when allowed, the TAT to store.
     pub fn check(&self, tat: u64, now: u64) -> (Verdict, Option<u64>) {

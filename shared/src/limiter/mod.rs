@@ -24,7 +24,7 @@ pub struct Slot {
     pub fingerprint: u64,
 }
 
-/// The result of asking the limiter about one request.
+/// The result of one limit check, wherever its state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquire {
     Allowed(Verdict),
@@ -33,6 +33,13 @@ pub enum Acquire {
     Contended,
     /// The store failed; the configured `on_store_error` decides.
     StoreFailed(StoreError),
+}
+
+impl Acquire {
+    /// A verdict reached elsewhere (a Durable Object, a rate-limit service).
+    pub fn from_verdict(verdict: Verdict) -> Self {
+        if verdict.allowed { Self::Allowed(verdict) } else { Self::Denied(verdict) }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +99,18 @@ impl Limiter {
         let hash = hasher.finish128();
         let bucket = (hash.h1 % u64::from(self.buckets_per_tier)) as u32;
         Slot { index: tier_ordinal * self.buckets_per_tier + bucket, fingerprint: hash.h2.max(1) }
+    }
+
+    /// A keyed hash of the client alone, for stores keyed by client rather than by bucket (the
+    /// fleet's Redis): the same client gives the same id on every host with the same key, and
+    /// the id tells nothing about the address without the key.
+    pub(crate) fn client_id(&self, client: &ClientKey) -> u128 {
+        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        let (client, client_len) = client.to_bytes();
+        // A domain byte no tier name starts with, so an id never equals a slot hash.
+        hasher.write(&[0xff]);
+        hasher.write(client.get(..client_len).unwrap_or_default());
+        hasher.finish128().as_u128()
     }
 
     pub(crate) fn acquire<S: BucketStore + ?Sized>(&self, store: &S, slot: Slot, gcra: &Gcra, now: u64) -> Acquire {
