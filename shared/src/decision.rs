@@ -212,6 +212,19 @@ const REFUSED_NAMES: [&str; 6] =
     ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after", "x-ratelimit-reset"];
 
 impl RateLimitHeaders {
+    /// The headers a response gets for `verdict` on tier `tier` of `limit` requests per
+    /// `period_secs`: for a host that has a verdict without a decision (the fleet's rate-limit
+    /// service answers Envoy's own ratelimit filter with them).
+    pub fn for_verdict(tier: &str, limit: u32, period_secs: u32, verdict: &crate::Verdict) -> Self {
+        let report = RateReport {
+            tier: 0,
+            remaining: verdict.remaining,
+            reset_after: verdict.reset_after,
+            retry_after: (!verdict.allowed).then_some(verdict.retry_after),
+        };
+        Self::new((tier, limit, period_secs, report))
+    }
+
     fn new((tier, limit, window, report): (&str, u32, u32, RateReport)) -> Self {
         // On a refusal the reset points at the same instant as Retry-After (draft §4).
         let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));

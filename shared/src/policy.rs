@@ -333,6 +333,18 @@ impl Policy {
         }
     }
 
+    /// The rate of the limited tier named `name`: for a rate-limit service that is sent tier
+    /// names and keeps the policy's rates.
+    pub fn tier_limit(&self, name: &str) -> Option<Gcra> {
+        self.tiers.iter().find(|tier| tier.name == name).and_then(|tier| tier.limit.map(|(gcra, _)| gcra))
+    }
+
+    /// A keyed hash (`limiter.hash_key`) of `bytes`: how a rate-limit store names a client
+    /// it is told about, so that no address is kept where the key is not.
+    pub fn keyed_id(&self, bytes: &[u8]) -> u128 {
+        self.limiter.keyed_id(bytes)
+    }
+
     /// The name of the tier `check` limits.
     pub fn tier_name(&self, check: &LimitCheck) -> &str {
         self.tiers.get(usize::from(check.tier)).map_or("", |tier| tier.name.as_str())

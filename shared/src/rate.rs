@@ -18,6 +18,11 @@ impl Rate {
         ((1..=MAX_LIMIT).contains(&limit) && period_secs >= 1).then_some(Self { limit, period_secs })
     }
 
+    /// For parts already checked by [`Rate::new`] (a compiled rate's own).
+    pub(crate) fn from_parts(limit: u32, period_secs: u32) -> Self {
+        Self { limit, period_secs }
+    }
+
     pub fn limit(self) -> u32 {
         self.limit
     }

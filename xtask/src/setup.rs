@@ -26,18 +26,27 @@ pub fn run() -> Result<()> {
     })?;
     stage("setup: development certificates", || crate::certs::ensure().map(|_| ()))?;
     stage("setup: PostgreSQL 15 with pgaudit", crate::db::ensure_packages)?;
-    stage("setup: wrk (the load generator of the end-to-end stage and the benchmarks)", ensure_wrk)?;
+    stage("setup: wrk (the load generator of the end-to-end stage and the benchmarks)", || {
+        ensure_debian_package("wrk", &["--version"], "wrk")
+    })?;
+    stage("setup: Redis (the fleet's rate-limit store)", || {
+        ensure_debian_package("redis-server", &["--version"], "redis-server")?;
+        ensure_debian_package("redis-cli", &["--version"], "redis-tools")
+    })?;
     stage("setup: docker-compose (to validate docker-compose.yml)", crate::compose::ensure_tool)?;
     crate::worker::setup()?;
     stage("setup: cargo-fuzz", crate::fuzz::ensure_tool)
 }
 
-/// Debian's `wrk`, installed when missing (needs root and the package index).
-fn ensure_wrk() -> Result<()> {
-    if std::process::Command::new("wrk").arg("--version").output().is_ok() {
+/// Debian's `package`, installed when `binary` does not run (needs root and the package index).
+fn ensure_debian_package(binary: &str, probe: &[&str], package: &str) -> Result<()> {
+    if std::process::Command::new(binary).args(probe).output().is_ok() {
         return Ok(());
     }
     use anyhow::Context as _;
-    exec(cmd("apt-get", &["install", "-y", "-qq", "wrk"]).env("DEBIAN_FRONTEND", "noninteractive"))
-        .context("installing wrk (needs root and the Debian package index; try `apt-get update`)")
+    let install = || exec(cmd("apt-get", &["install", "-y", "-qq", package]).env("DEBIAN_FRONTEND", "noninteractive"));
+    // A fresh machine's package index may be empty or stale: refresh it once and try again.
+    install()
+        .or_else(|_| exec(&mut cmd("apt-get", &["update", "-qq"])).and_then(|()| install()))
+        .with_context(|| format!("installing {package} (needs root and the Debian package index)"))
 }

@@ -43,6 +43,11 @@ impl Gcra {
         self.limit
     }
 
+    /// The rate this was compiled from.
+    pub fn rate(&self) -> Rate {
+        Rate::from_parts(self.limit, self.period_secs)
+    }
+
     pub fn period_secs(&self) -> u32 {
         self.period_secs
     }

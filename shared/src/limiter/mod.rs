@@ -113,6 +113,14 @@ impl Limiter {
         hasher.finish128().as_u128()
     }
 
+    pub(crate) fn keyed_id(&self, bytes: &[u8]) -> u128 {
+        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        // Another domain byte: an id of bytes never equals a client id or a slot hash.
+        hasher.write(&[0xfe]);
+        hasher.write(bytes);
+        hasher.finish128().as_u128()
+    }
+
     pub(crate) fn acquire<S: BucketStore + ?Sized>(&self, store: &S, slot: Slot, gcra: &Gcra, now: u64) -> Acquire {
         for _ in 0..=self.max_retries {
             let loaded = match store.load(slot.index) {

@@ -1,0 +1,65 @@
+//! What a limited request looks like on the rate-limit service API, both ways: the descriptor
+//! a Portcullis host sends for a [`LimitCheck`], and the verdict it reads back from any
+//! service that fills the standard fields (this one, envoyproxy/ratelimit).
+
+use portcullis_core::{Acquire, LimitCheck, Policy, Verdict};
+
+use crate::proto::{Code, DescriptorStatus, Entry, RateLimitDescriptor, RateLimitRequest, RateLimitResponse};
+
+/// The domain Portcullis hosts send by default.
+pub const DEFAULT_DOMAIN: &str = "portcullis";
+/// The descriptor entry naming the policy tier.
+pub const TIER_KEY: &str = "tier";
+/// The descriptor entry naming the client: the host's keyed client id, never an address.
+pub const CLIENT_KEY: &str = "client";
+
+/// The request for one limited request: one descriptor, `tier` then `client`.
+pub fn request_for(policy: &Policy, check: &LimitCheck, domain: &str) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![
+                Entry { key: TIER_KEY.to_owned(), value: policy.tier_name(check).to_owned() },
+                Entry { key: CLIENT_KEY.to_owned(), value: format!("{:032x}", check.client_id()) },
+            ],
+            limit: None,
+        }],
+        hits_addend: 0,
+    }
+}
+
+/// Why an answer cannot be used; the host's fallback decides instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableAnswer(pub String);
+
+impl std::fmt::Display for UnusableAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unusable rate-limit answer: {}", self.0)
+    }
+}
+
+/// The verdict in a service's answer to [`request_for`]'s request.
+///
+/// `duration_until_reset` is read as the standard says, the time until the limit's window
+/// resets: for an allowed request the time until the whole quota is back, for a refused one
+/// the time until a request is allowed again (a fixed window resets at once; for GCRA it is
+/// when the next request fits). The refused request's full reset follows from the tier's rate.
+pub fn verdict_from(check: &LimitCheck, response: &RateLimitResponse) -> Result<Acquire, UnusableAnswer> {
+    let status: Option<&DescriptorStatus> = response.statuses.first();
+    let until = status.and_then(|s| s.duration_until_reset).map_or(0, |d| d.as_nanos());
+    let remaining = status.map_or(0, |s| s.limit_remaining);
+    match Code::try_from(response.overall_code) {
+        Ok(Code::Ok) => {
+            Ok(Acquire::from_verdict(Verdict { allowed: true, remaining, reset_after: until, retry_after: 0 }))
+        }
+        Ok(Code::OverLimit) => {
+            let gcra = check.gcra();
+            // A refusal always waits: a service that says 0 still means "not now".
+            let retry_after = until.max(1);
+            let reset_after = retry_after.saturating_add(gcra.window().saturating_sub(gcra.emission()));
+            Ok(Acquire::from_verdict(Verdict { allowed: false, remaining: 0, reset_after, retry_after }))
+        }
+        Ok(Code::Unknown) => Err(UnusableAnswer("overall_code is UNKNOWN".into())),
+        Err(_) => Err(UnusableAnswer(format!("overall_code {} is not a code", response.overall_code))),
+    }
+}
