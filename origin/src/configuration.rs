@@ -21,6 +21,11 @@ pub struct Settings {
     pub client_ca: Option<PathBuf>,
     /// The `portcullis-core` policy document: headers, allowed hosts, redirect, tiers.
     pub policy_json: String,
+    /// Where the policy's rate limits are counted with other origins and Envoys (Redis, or a
+    /// Redis Cluster's seeds); `None` counts in this process.
+    pub redis: Option<portcullis_ratelimit::store::Target>,
+    /// Longest wait for one Redis answer before this origin's own limiter decides.
+    pub redis_timeout: Duration,
     /// Browser origins allowed by CORS (credentials allowed; never `*`).
     pub cors_origins: Vec<String>,
     pub jwt_issuer: String,
@@ -99,6 +104,8 @@ impl Settings {
         let policy_file = parse("PORTCULLIS_POLICY_FILE", "");
         let policy_inline = parse("PORTCULLIS_POLICY", DEFAULT_POLICY);
         let cors = parse("PORTCULLIS_CORS_ORIGINS", "");
+        let redis_urls = parse("PORTCULLIS_REDIS_URL", "");
+        let redis_timeout_ms = parse("PORTCULLIS_REDIS_TIMEOUT_MS", "50");
         let issuer = parse("PORTCULLIS_JWT_ISSUER", "portcullis");
         let audience = parse("PORTCULLIS_JWT_AUDIENCE", "portcullis-api");
         let access = parse("PORTCULLIS_ACCESS_TTL_SECS", "900");
@@ -235,6 +242,24 @@ impl Settings {
             }
         }
 
+        let redis = if redis_urls.is_empty() {
+            None
+        } else {
+            portcullis_ratelimit::store::Target::from_urls(&[redis_urls], false)
+                .map_err(|reason| errors.push(SettingError { variable: "PORTCULLIS_REDIS_URL", reason }))
+                .ok()
+        };
+        let redis_timeout = match redis_timeout_ms.trim().parse::<u64>() {
+            Ok(ms) if (1..=10_000).contains(&ms) => Duration::from_millis(ms),
+            _ => {
+                errors.push(SettingError {
+                    variable: "PORTCULLIS_REDIS_TIMEOUT_MS",
+                    reason: format!("{redis_timeout_ms:?} is not a number of milliseconds between 1 and 10000"),
+                });
+                Duration::from_millis(50)
+            }
+        };
+
         match (errors.is_empty(), listen) {
             (true, Some(listen)) => Ok(Self {
                 listen,
@@ -242,6 +267,8 @@ impl Settings {
                 tls_cert: tls_cert.into(),
                 client_ca: (!client_ca.is_empty()).then(|| client_ca.into()),
                 policy_json,
+                redis,
+                redis_timeout,
                 cors_origins,
                 jwt_issuer: issuer,
                 jwt_audience: audience,

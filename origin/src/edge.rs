@@ -1,18 +1,28 @@
 //! The same policy the edge enforces, applied natively: allowed hosts, HTTPS redirect on the
 //! plain listener, security headers on every response (defence in depth for traffic that
 //! reaches the origin without the edge). Only translates between axum and `portcullis-core`.
+//!
+//! Rate limits are counted in this process, or, with `PORTCULLIS_REDIS_URL`, in the fleet's
+//! Redis through the same GCRA script as `portcullis-ratelimit` (same keys: an origin and the
+//! Envoys in front of it share one count). While Redis is unreachable (not yet connected, an
+//! error, no answer within `PORTCULLIS_REDIS_TIMEOUT_MS`) this origin's own limiter decides:
+//! never unlimited, at most N× the limit across N origins.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use axum::middleware::Next;
 use portcullis_core::{
-    Decision, HeaderSink, LocalResponse, MemoryStore, Peer, Policy, Request as CoreRequest, RequestHeaders, Scheme,
+    Acquire, Begin, Decision, HeaderSink, LimitCheck, LocalResponse, MemoryStore, Peer, Policy, Request as CoreRequest,
+    RequestHeaders, Scheme,
 };
+use portcullis_ratelimit::descriptor::{DEFAULT_DOMAIN, limit_key};
+use portcullis_ratelimit::store::{RedisStore, Target};
 
 /// What the connection told us, attached to each request by the server loop.
 #[derive(Debug, Clone, Copy)]
@@ -21,11 +31,76 @@ pub struct Connection {
     pub tls: bool,
 }
 
-/// The compiled policy and the limiter state of this process.
+/// The compiled policy and the limiter state: this process's, and the fleet's when configured.
 #[derive(Clone)]
 pub struct Edge {
     pub policy: Arc<Policy>,
     pub store: Arc<MemoryStore>,
+    pub shared: Option<SharedLimits>,
+}
+
+/// The fleet's Redis, connected in the background (see [`SharedLimits::connect`]).
+#[derive(Clone)]
+pub struct SharedLimits {
+    target: Target,
+    timeout: Duration,
+    store: Arc<OnceLock<RedisStore>>,
+    /// Limit checks decided by this process's limiter because Redis could not be used.
+    fallbacks: Arc<AtomicU64>,
+}
+
+impl SharedLimits {
+    pub fn new(target: Target, timeout: Duration) -> Self {
+        Self { target, timeout, store: Arc::new(OnceLock::new()), fallbacks: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Starts connecting (retrying until Redis answers); must run inside the runtime.
+    pub fn connect(&self) {
+        let (target, timeout, store) = (self.target.clone(), self.timeout, self.store.clone());
+        tokio::spawn(async move {
+            let _ = store.set(RedisStore::connect_until_up(&target, timeout).await);
+        });
+    }
+
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// The shared verdict, or `None` when Redis cannot give one now.
+    async fn acquire(&self, policy: &Policy, check: &LimitCheck) -> Option<Acquire> {
+        let store = self.store.get()?;
+        match store.step(&[limit_key(policy, check, DEFAULT_DOMAIN)]).await {
+            Ok((verdicts, _)) => verdicts.first().copied().map(Acquire::from_verdict),
+            Err(err) => {
+                tracing::warn!(error = %err, "shared rate limits unavailable; this origin's limiter decides");
+                None
+            }
+        }
+    }
+}
+
+impl Edge {
+    /// Decides a request: the first phase, then the limit check where its state is.
+    async fn decide<H: RequestHeaders + ?Sized>(&self, request: &CoreRequest<'_, H>) -> Decision {
+        let check = match self.policy.begin(request) {
+            Begin::Decided(decision) => return decision,
+            Begin::Check(check) => check,
+        };
+        let shared = match &self.shared {
+            Some(shared) => shared.acquire(&self.policy, &check).await,
+            None => None,
+        };
+        let answer = match shared {
+            Some(answer) => answer,
+            None => {
+                if let Some(shared) = &self.shared {
+                    shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                self.policy.acquire(&check, self.store.as_ref(), now_nanos())
+            }
+        };
+        self.policy.finish(&check, answer)
+    }
 }
 
 struct Headers<'a>(&'a HeaderMap);
@@ -86,7 +161,7 @@ pub async fn enforce(edge: axum::extract::State<Edge>, request: Request, next: N
             peer: peer.as_deref().map_or(Peer::Unknown, Peer::Socket),
             headers: &Headers(request.headers()),
         };
-        edge.policy.decide(&core_request, now_nanos(), edge.store.as_ref())
+        edge.decide(&core_request).await
     };
     match decision {
         Decision::Respond(reply) => local_response(reply),

@@ -30,7 +30,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{JwtKeys, Passwords};
 use crate::configuration::Settings;
-use crate::edge::{self, Connection, Edge};
+use crate::edge::{self, Connection, Edge, SharedLimits};
 use crate::error::{ErrorBody, code_for};
 use crate::openapi::ApiDoc;
 use crate::routes::{auth, health, jobs, videos};
@@ -128,7 +128,8 @@ impl Application {
     pub fn edge(settings: &Settings) -> Result<Edge, String> {
         let policy =
             Policy::from_json(settings.policy_json.as_bytes()).map_err(|e| format!("PORTCULLIS_POLICY: {e}"))?;
-        Ok(Edge { policy: Arc::new(policy), store: Arc::new(MemoryStore::new()) })
+        let shared = settings.redis.clone().map(|target| SharedLimits::new(target, settings.redis_timeout));
+        Ok(Edge { policy: Arc::new(policy), store: Arc::new(MemoryStore::new()), shared })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -266,6 +267,9 @@ pub async fn build(settings: Settings, secrets: &crate::secrets::Secrets) -> Res
     let pool = crate::db::lazy_pool(url.expose_secret(), settings.db_max_connections)
         .map_err(|e| format!("{}: {e}", DATABASE_URL.name))?;
     let edge = Application::edge(&settings)?;
+    if let Some(shared) = &edge.shared {
+        shared.connect();
+    }
     let listener =
         TcpListener::bind(settings.listen).await.map_err(|e| format!("PORTCULLIS_LISTEN {}: {e}", settings.listen))?;
     let plain_listener = match settings.plain_listen {

@@ -54,6 +54,19 @@ fn defaults_match_the_local_stack() {
         (5, Duration::from_secs(1), Duration::from_secs(60))
     );
     assert!(s.login.max_concurrent_verifications >= 1);
+    assert_eq!((s.redis, s.redis_timeout), (None, Duration::from_millis(50)));
+}
+
+#[test]
+fn shared_limit_settings_are_parsed_and_named() {
+    use portcullis_ratelimit::store::Target;
+    let one = Settings::from_env(&env(&[("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:56379")])).unwrap();
+    assert_eq!(one.redis, Some(Target::Single("redis://127.0.0.1:56379".into())));
+    let seeds = Settings::from_env(&env(&[("PORTCULLIS_REDIS_URL", "redis://a:1, redis://b:2")])).unwrap();
+    assert_eq!(seeds.redis, Some(Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])));
+    let found = errors(&[("PORTCULLIS_REDIS_URL", "http://a"), ("PORTCULLIS_REDIS_TIMEOUT_MS", "0")]);
+    assert!(found.iter().any(|e| e.starts_with("PORTCULLIS_REDIS_URL: \"http://a\" is not a redis://")), "{found:?}");
+    assert!(found.iter().any(|e| e.starts_with("PORTCULLIS_REDIS_TIMEOUT_MS:")), "{found:?}");
 }
 
 #[test]

@@ -28,6 +28,33 @@ pub fn request_for(policy: &Policy, check: &LimitCheck, domain: &str) -> RateLim
     }
 }
 
+/// The keyed id a store keeps for a descriptor's client: the domain and every entry but the
+/// first `tier`, unambiguously joined, hashed with the policy's `limiter.hash_key`.
+pub fn identity_id(policy: &Policy, domain: &str, entries: &[Entry]) -> u128 {
+    let tier = entries.iter().position(|e| e.key == TIER_KEY);
+    let mut identity = Vec::with_capacity(64);
+    for part in std::iter::once(domain).chain(
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| Some(*j) != tier)
+            .flat_map(|(_, e)| [e.key.as_str(), e.value.as_str()]),
+    ) {
+        identity.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        identity.extend_from_slice(part.as_bytes());
+    }
+    policy.keyed_id(&identity)
+}
+
+/// The Redis key of `check`: the one the rate-limit service uses for [`request_for`]'s
+/// descriptor, so origins with a Redis URL and Envoys behind the service share one count.
+#[cfg(feature = "redis")]
+pub fn limit_key(policy: &Policy, check: &LimitCheck, domain: &str) -> crate::store::LimitKey {
+    let request = request_for(policy, check, domain);
+    let entries = request.descriptors.first().map_or(&[][..], |d| d.entries.as_slice());
+    crate::store::LimitKey::new(identity_id(policy, domain, entries), policy.tier_name(check), check.gcra(), 1)
+}
+
 /// Why an answer cannot be used; the host's fallback decides instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnusableAnswer(pub String);

@@ -14,7 +14,7 @@ use portcullis_core::rate::{MAX_LIMIT, Rate};
 use portcullis_core::{Gcra, Policy, RateLimitHeaders, Verdict};
 use tonic::{Request, Response, Status};
 
-use crate::descriptor::TIER_KEY;
+use crate::descriptor::{TIER_KEY, identity_id};
 use crate::metrics::{CodeLabel, Metrics, TierLabel};
 use crate::proto::{
     Code, DescriptorStatus, Duration as ProtoDuration, HeaderValue, RateLimit, RateLimitDescriptor, RateLimitRequest,
@@ -74,11 +74,6 @@ impl RateLimiter {
         if descriptor.entries.is_empty() {
             return Err("entries: at least one is required".into());
         }
-        let mut tier = None;
-        // The identity: the domain and every entry but the tier, unambiguously joined.
-        let mut identity = Vec::with_capacity(64);
-        identity.extend_from_slice(domain.as_bytes());
-        identity.push(0);
         for (j, entry) in descriptor.entries.iter().enumerate() {
             if entry.key.is_empty() {
                 return Err(format!("entries[{j}].key: must not be empty"));
@@ -86,15 +81,8 @@ impl RateLimiter {
             if entry.value.is_empty() {
                 return Err(format!("entries[{j}].value: must not be empty"));
             }
-            if entry.key == TIER_KEY && tier.is_none() {
-                tier = Some(entry.value.as_str());
-                continue;
-            }
-            for part in [entry.key.as_bytes(), entry.value.as_bytes()] {
-                identity.extend_from_slice(&(part.len() as u32).to_le_bytes());
-                identity.extend_from_slice(part);
-            }
         }
+        let tier = descriptor.entries.iter().find(|e| e.key == TIER_KEY).map(|e| e.value.as_str());
         let name = tier.unwrap_or("descriptor");
         let (rate, key_name) = match &descriptor.limit {
             Some(limit) => {
@@ -111,7 +99,7 @@ impl RateLimiter {
                 None => return Ok(None),
             },
         };
-        let id = self.policy.keyed_id(&identity);
+        let id = identity_id(&self.policy, domain, &descriptor.entries);
         Ok(Some(Planned { name: name.to_owned(), rate, key: LimitKey::new(id, &key_name, Gcra::new(rate), cost) }))
     }
 
@@ -216,16 +204,8 @@ pub async fn keep_store(
     health: tonic_health::server::HealthReporter,
 ) {
     use crate::rls::rate_limit_service_server::RateLimitServiceServer;
-    let connected = loop {
-        match RedisStore::connect(&settings.redis, settings.redis_timeout).await {
-            Ok(connected) => break connected,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot connect to Redis yet; answering UNAVAILABLE meanwhile");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
-    tracing::info!(redis = ?settings.redis, "connected to Redis");
+    // Until connected every call is answered UNAVAILABLE (the caller's fallback decides).
+    let connected = RedisStore::connect_until_up(&settings.redis, settings.redis_timeout).await;
     let _ = store.set(connected.clone());
     let mut serving = None;
     loop {

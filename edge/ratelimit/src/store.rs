@@ -134,6 +134,23 @@ impl RedisStore {
         Ok(Self { connection, script: redis::Script::new(SCRIPT), timeout })
     }
 
+    /// Connects, retrying every half second until Redis answers (a store that starts before its
+    /// Redis, or while it restarts, comes up by itself).
+    pub async fn connect_until_up(target: &Target, timeout: Duration) -> Self {
+        loop {
+            match Self::connect(target, timeout).await {
+                Ok(store) => {
+                    tracing::info!(redis = ?target, "connected to Redis");
+                    return store;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot connect to Redis yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
     /// Runs the GCRA step for `keys` in one script (per Redis Cluster slot: keys of one
     /// client always share one). All or nothing within a script: when any key is over its
     /// limit none is spent. Returns a verdict per key, in order, and Redis' latency.

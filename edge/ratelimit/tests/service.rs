@@ -228,5 +228,8 @@ async fn a_host_in_two_phases_through_the_service_matches_its_local_limiter() {
         let answer = client.should_rate_limit(rls).await.unwrap().into_inner();
         let global = render(policy.finish(&check, verdict_from(&check, &answer).unwrap()));
         assert_eq!(global, expected, "attempt {attempt}");
+        // An origin with a Redis URL counts under the very key the service used.
+        let key = portcullis_ratelimit::descriptor::limit_key(&policy, &check, DEFAULT_DOMAIN);
+        assert_eq!(redis.cli(&["--scan"]).trim(), key.key());
     }
 }

@@ -1,0 +1,116 @@
+//! `PORTCULLIS_REDIS_URL`: two origins count one limit in a real `redis-server`, and fall back to
+//! their own limiters (never unlimited) while Redis is gone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use portcullis_origin::configuration::Settings;
+use portcullis_origin::edge::{self, Connection, Edge};
+use portcullis_origin::startup::Application;
+use tower::ServiceExt;
+
+const POLICY: &str = r#"{"allowed_hosts": ["localhost"], "https_redirect": {"enabled": false},
+  "limiter": {"hash_key": "0f0e0d0c0b0a09080706050403020100"},
+  "rate_limits": [{"name": "login", "method": "POST", "path": "/api/v1/auth/login", "limit": "5/minute"}]}"#;
+
+struct Redis(Child);
+
+impl Redis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: run `cargo xtask setup` (Debian package redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An origin's edge layer over a handler that always answers 200, as the server mounts it.
+fn origin(redis_port: u16) -> (Router, Edge) {
+    let env = std::collections::BTreeMap::from([
+        ("PORTCULLIS_POLICY".to_owned(), POLICY.to_owned()),
+        ("PORTCULLIS_REDIS_URL".to_owned(), format!("redis://127.0.0.1:{redis_port}")),
+    ]);
+    let settings = Settings::from_env(&env).unwrap();
+    let edge = Application::edge(&settings).unwrap();
+    edge.shared.as_ref().unwrap().connect();
+    let router = Router::new()
+        .fallback(|| async { "ok" })
+        .layer(axum::middleware::from_fn_with_state(edge.clone(), edge::enforce));
+    (router, edge)
+}
+
+async fn login(router: &Router, client: &str) -> StatusCode {
+    let mut request =
+        Request::post("https://localhost/api/v1/auth/login").header("host", "localhost").body(Body::empty()).unwrap();
+    let peer: SocketAddr = format!("{client}:40000").parse().unwrap();
+    request.extensions_mut().insert(Connection { peer, tls: true });
+    router.clone().oneshot(request).await.unwrap().status()
+}
+
+async fn wait_connected(router: &Router, edge: &Edge) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A request from a throwaway client until one is counted in Redis rather than locally.
+    let mut i = 0;
+    loop {
+        let before = edge.shared.as_ref().unwrap().fallbacks();
+        login(router, &format!("192.0.2.{}", 100 + i)).await;
+        if edge.shared.as_ref().unwrap().fallbacks() == before {
+            return;
+        }
+        i += 1;
+        assert!(Instant::now() < deadline, "never connected to Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_origins_share_one_limit_and_fall_back_to_their_own() {
+    let port = free_port();
+    let redis = Redis::start(port);
+    let (a, edge_a) = origin(port);
+    let (b, edge_b) = origin(port);
+    wait_connected(&a, &edge_a).await;
+    wait_connected(&b, &edge_b).await;
+
+    let mut allowed = 0;
+    for i in 0..12 {
+        let router = if i % 2 == 0 { &a } else { &b };
+        allowed += usize::from(login(router, "203.0.113.50").await == StatusCode::OK);
+    }
+    assert_eq!(allowed, 5, "one limit across both origins");
+
+    // Redis gone: each origin's own limiter decides, so a fresh client gets at most the limit
+    // from each (never unlimited), and the fallbacks are counted.
+    drop(redis);
+    let mut allowed = 0;
+    for i in 0..20 {
+        let router = if i % 2 == 0 { &a } else { &b };
+        allowed += usize::from(login(router, "203.0.113.51").await == StatusCode::OK);
+    }
+    assert_eq!(allowed, 10, "five per origin while Redis is down");
+    assert!(edge_a.shared.as_ref().unwrap().fallbacks() >= 10 && edge_b.shared.as_ref().unwrap().fallbacks() >= 10);
+}
