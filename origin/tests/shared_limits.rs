@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -13,40 +12,12 @@ use axum::http::{Request, StatusCode};
 use portcullis_origin::configuration::Settings;
 use portcullis_origin::edge::{self, Connection, Edge};
 use portcullis_origin::startup::Application;
+use portcullis_ratelimit::testing::Redis;
 use tower::ServiceExt;
 
 const POLICY: &str = r#"{"allowed_hosts": ["localhost"], "https_redirect": {"enabled": false},
   "limiter": {"hash_key": "0f0e0d0c0b0a09080706050403020100"},
   "rate_limits": [{"name": "login", "method": "POST", "path": "/api/v1/auth/login", "limit": "5/minute"}]}"#;
-
-struct Redis(Child);
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: run `cargo xtask setup` (Debian package redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// An origin's edge layer over a handler that always answers 200, as the server mounts it.
 fn origin(redis_port: u16) -> (Router, Edge) {
@@ -89,10 +60,9 @@ async fn wait_connected(router: &Router, edge: &Edge) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_origins_share_one_limit_and_fall_back_to_their_own() {
-    let port = free_port();
-    let redis = Redis::start(port);
-    let (a, edge_a) = origin(port);
-    let (b, edge_b) = origin(port);
+    let redis = Redis::start();
+    let (a, edge_a) = origin(redis.port);
+    let (b, edge_b) = origin(redis.port);
     wait_connected(&a, &edge_a).await;
     wait_connected(&b, &edge_b).await;
 

@@ -156,12 +156,70 @@ pub struct LimiterConfig {
     pub on_store_error: StoreErrorMode,
     /// 32 hex digits keying the slot hash, so outsiders cannot aim addresses at one bucket.
     pub hash_key: Option<String>,
+    /// Where limits are counted: in this host (`local`), or by a rate-limit service shared by
+    /// a fleet (`global`, Envoy's filter only; other hosts count locally).
+    pub backend: Backend,
+    /// The rate-limit service, for `backend: "global"`.
+    pub global: Option<GlobalConfig>,
 }
 
 impl Default for LimiterConfig {
     fn default() -> Self {
-        Self { capacity_per_tier: 16_384, max_cas_retries: 8, on_store_error: StoreErrorMode::Allow, hash_key: None }
+        Self {
+            capacity_per_tier: 16_384,
+            max_cas_retries: 8,
+            on_store_error: StoreErrorMode::Allow,
+            hash_key: None,
+            backend: Backend::Local,
+            global: None,
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    #[default]
+    Local,
+    Global,
+}
+
+/// Envoy's rate-limit service API, as the filter calls it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// The Envoy cluster of the rate-limit service (HTTP/2).
+    pub cluster: String,
+    /// Longest wait for the service's answer.
+    #[serde(default = "default_global_timeout")]
+    pub timeout_ms: u32,
+    /// The descriptor domain.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Who decides when the service cannot answer (timeout, error, undecodable answer).
+    #[serde(default)]
+    pub on_unavailable: Unavailable,
+}
+
+fn default_global_timeout() -> u32 {
+    20
+}
+
+fn default_domain() -> String {
+    "portcullis".to_owned()
+}
+
+/// What a limited request gets while the rate-limit service cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unavailable {
+    /// This Envoy's own exact limiter: at most N× the limit across N Envoys, never unlimited.
+    #[default]
+    Local,
+    /// Forward without limiting.
+    Allow,
+    /// Refuse with 503 and `Retry-After: 1`.
+    Deny,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -3,7 +3,9 @@
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::client::ClientIdentity;
-use crate::config::{self, ConfigError, LimitMode, PolicyConfig, StoreErrorMode, TierConfig};
+use crate::config::{
+    self, ConfigError, GlobalConfig, LimitMode, PolicyConfig, StoreErrorMode, TierConfig, Unavailable,
+};
 use crate::decision::{
     Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits, ResponsePlan,
 };
@@ -108,6 +110,11 @@ impl LimitCheck {
     /// same on every host with the same key, and no address can be read back from it.
     pub fn client_id(&self) -> u128 {
         self.client
+    }
+
+    /// What the response phase needs for this request before its limit is known.
+    pub fn plan(&self) -> ResponsePlan {
+        self.plan
     }
 
     /// Whether the tier only reports (shadow mode) rather than refuses.
@@ -343,6 +350,22 @@ impl Policy {
     /// it is told about, so that no address is kept where the key is not.
     pub fn keyed_id(&self, bytes: &[u8]) -> u128 {
         self.limiter.keyed_id(bytes)
+    }
+
+    /// The fleet's rate-limit service, when `limiter.backend` is `global`.
+    pub fn global_limiter(&self) -> Option<&GlobalConfig> {
+        self.limiter.global.as_ref()
+    }
+
+    /// The decision for `check` when the rate-limit service cannot answer, as
+    /// `limiter.global.on_unavailable` says: this host's own limiter over `store`, forward
+    /// unlimited, or refuse. Without a global backend, the local limiter.
+    pub fn unavailable<S: BucketStore + ?Sized>(&self, check: &LimitCheck, store: &S, now: u64) -> Decision {
+        match self.limiter.global.as_ref().map_or(Unavailable::Local, |g| g.on_unavailable) {
+            Unavailable::Local => self.finish(check, self.acquire(check, store, now)),
+            Unavailable::Allow => Decision::Forward(Forward { plan: check.plan, outcome: Outcome::StoreErrorAllowed }),
+            Unavailable::Deny => self.store_failed(check.plan),
+        }
     }
 
     /// The name of the tier `check` limits.

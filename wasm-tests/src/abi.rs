@@ -7,12 +7,13 @@ use std::collections::HashMap;
 
 use wasmtime::{Result, bail, format_err};
 
-use crate::{Host, HttpRequest, Response, SharedValue};
+use crate::{GrpcCall, Host, HttpRequest, Response, SharedValue};
 
 // Status codes of the ABI.
 pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
 pub const BAD_ARGUMENT: u32 = 2;
+pub const PARSE_FAILURE: u32 = 4;
 pub const CAS_MISMATCH: u32 = 8;
 pub const INTERNAL_FAILURE: u32 = 10;
 
@@ -20,6 +21,9 @@ pub const INTERNAL_FAILURE: u32 = 10;
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
 const PLUGIN_CONFIGURATION: u32 = 7;
+const GRPC_RECEIVE_BUFFER: u32 = 5;
+/// `proxy_continue_stream`'s stream type of the request.
+const HTTP_REQUEST_STREAM: u32 = 0;
 
 /// Per-VM state: what the current stream looks like and what the plugin did.
 pub struct State {
@@ -38,6 +42,17 @@ pub struct State {
     /// call, and the instructions spent before each host call since — a cheap profile.
     pub last_fuel: Option<u64>,
     pub fuel_trace: Option<Vec<(&'static str, u64)>>,
+    /// gRPC calls the plugin made and the host has not answered yet.
+    pub grpc_calls: Vec<GrpcCall>,
+    /// Every gRPC call of the current stream, answered or not.
+    pub grpc_log: Vec<GrpcCall>,
+    /// Tokens the plugin cancelled.
+    pub grpc_cancelled: Vec<u32>,
+    next_token: u32,
+    /// The answer being delivered (`proxy_on_grpc_receive`), read as the gRPC receive buffer.
+    pub grpc_receive: Vec<u8>,
+    /// The plugin resumed the paused request (`proxy_continue_stream`).
+    pub continued: bool,
 }
 
 impl State {
@@ -54,6 +69,12 @@ impl State {
             fault: None,
             last_fuel: None,
             fuel_trace: None,
+            grpc_calls: Vec::new(),
+            grpc_log: Vec::new(),
+            grpc_cancelled: Vec::new(),
+            next_token: 1,
+            grpc_receive: Vec::new(),
+            continued: false,
         }
     }
 
@@ -62,6 +83,11 @@ impl State {
         self.response_headers.clear();
         self.local_response = None;
         self.properties.clear();
+        self.grpc_calls.clear();
+        self.grpc_log.clear();
+        self.grpc_cancelled.clear();
+        self.grpc_receive.clear();
+        self.continued = false;
         if let Some(peer) = &request.peer {
             self.properties.insert("source\0address".into(), peer.as_bytes().to_vec());
         }
@@ -196,10 +222,11 @@ pub fn get_buffer_bytes(
     size_ptr: usize,
 ) -> Result<u32> {
     g.enter("proxy_get_buffer_bytes");
-    if kind != PLUGIN_CONFIGURATION {
-        bail!("the filter read buffer type {kind}, which this host does not model");
-    }
-    let config = g.state().plugin_config.clone();
+    let config = match kind {
+        PLUGIN_CONFIGURATION => g.state().plugin_config.clone(),
+        GRPC_RECEIVE_BUFFER => g.state().grpc_receive.clone(),
+        _ => bail!("the filter read buffer type {kind}, which this host does not model"),
+    };
     if config.is_empty() {
         return Ok(NOT_FOUND);
     }
@@ -382,4 +409,62 @@ pub fn increment_metric(g: &mut impl Guest, id: u32, offset: i64) -> Result<u32>
         }
         None => Ok(NOT_FOUND),
     }
+}
+
+/// The spans of `proxy_grpc_call`'s arguments.
+pub struct GrpcCallArgs {
+    pub upstream: (usize, usize),
+    pub service: (usize, usize),
+    pub method: (usize, usize),
+    pub metadata: (usize, usize),
+    pub message: (usize, usize),
+    pub timeout_ms: u32,
+    pub token_ptr: usize,
+}
+
+/// `proxy_grpc_call`: Envoy answers `ParseFailure` for a cluster it does not know, at once.
+pub fn grpc_call(g: &mut impl Guest, args: GrpcCallArgs) -> Result<u32> {
+    g.enter("proxy_grpc_call");
+    let cluster = read_string(g, args.upstream.0, args.upstream.1)?;
+    if !g.state().host.has_grpc_cluster(&cluster) {
+        return Ok(PARSE_FAILURE);
+    }
+    let service = read_string(g, args.service.0, args.service.1)?;
+    let method = read_string(g, args.method.0, args.method.1)?;
+    let metadata = deserialize_map(&g.read(args.metadata.0, args.metadata.1)?)?;
+    let message = g.read(args.message.0, args.message.1)?;
+    let state = g.state();
+    let token = state.next_token;
+    state.next_token += 1;
+    let call = GrpcCall { token, cluster, service, method, metadata, message, timeout_ms: args.timeout_ms };
+    state.grpc_log.push(call.clone());
+    state.grpc_calls.push(call);
+    write_u32(g, args.token_ptr, token)?;
+    Ok(OK)
+}
+
+pub fn grpc_cancel(g: &mut impl Guest, token: u32) -> Result<u32> {
+    g.enter("proxy_grpc_cancel");
+    let state = g.state();
+    let before = state.grpc_calls.len();
+    state.grpc_calls.retain(|call| call.token != token);
+    if state.grpc_calls.len() == before {
+        return Ok(NOT_FOUND);
+    }
+    state.grpc_cancelled.push(token);
+    Ok(OK)
+}
+
+pub fn continue_stream(g: &mut impl Guest, stream: u32) -> Result<u32> {
+    g.enter("proxy_continue_stream");
+    if stream != HTTP_REQUEST_STREAM {
+        bail!("the filter resumed stream type {stream}; only the request is modelled");
+    }
+    g.state().continued = true;
+    Ok(OK)
+}
+
+pub fn set_effective_context(g: &mut impl Guest, _context_id: u32) -> Result<u32> {
+    g.enter("proxy_set_effective_context");
+    Ok(OK)
 }

@@ -87,9 +87,48 @@ struct Metrics {
     values: Vec<(String, i64)>,
 }
 
+/// One `proxy_grpc_call` as the plugin made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    pub token: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub metadata: Vec<(String, Vec<u8>)>,
+    /// The serialised request message.
+    pub message: Vec<u8>,
+    pub timeout_ms: u32,
+}
+
+/// How a gRPC cluster answers one call, as Envoy delivers it to the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcAnswer {
+    /// The response message (`proxy_on_grpc_receive`).
+    Message(Vec<u8>),
+    /// The call failed with this gRPC status (`proxy_on_grpc_close`), e.g. 14 UNAVAILABLE.
+    Status(u32),
+    /// Nothing within the call's timeout: Envoy closes it with 4 DEADLINE_EXCEEDED.
+    Timeout,
+    /// No answer before the downstream goes away: the stream ends with the call in flight.
+    Hang,
+}
+
+/// A gRPC upstream cluster of the host: a real service behind a client, or a test double.
+pub trait GrpcUpstream: Send + Sync {
+    fn call(&self, call: &GrpcCall) -> GrpcAnswer;
+}
+
+impl<F: Fn(&GrpcCall) -> GrpcAnswer + Send + Sync> GrpcUpstream for F {
+    fn call(&self, call: &GrpcCall) -> GrpcAnswer {
+        self(call)
+    }
+}
+
 /// What Envoy keeps process-wide.
 #[derive(Clone)]
 pub struct Host {
+    /// gRPC clusters by name.
+    grpc: Arc<Mutex<HashMap<String, Arc<dyn GrpcUpstream>>>>,
     shared: Arc<Mutex<HashMap<String, SharedValue>>>,
     metrics: Arc<Mutex<Metrics>>,
     clock: Arc<AtomicU64>,
@@ -111,12 +150,28 @@ impl Default for Host {
 impl Host {
     pub fn new() -> Self {
         Self {
+            grpc: Arc::default(),
             shared: Arc::default(),
             metrics: Arc::default(),
             clock: Arc::new(AtomicU64::new(START_NANOS)),
             contention: Arc::default(),
             local_reply_through_response_phase: true,
         }
+    }
+
+    /// Adds a gRPC cluster named `name` answered by `upstream`.
+    pub fn grpc_cluster(&self, name: &str, upstream: impl GrpcUpstream + 'static) {
+        if let Ok(mut clusters) = self.grpc.lock() {
+            clusters.insert(name.to_owned(), Arc::new(upstream));
+        }
+    }
+
+    fn has_grpc_cluster(&self, name: &str) -> bool {
+        self.grpc.lock().is_ok_and(|clusters| clusters.contains_key(name))
+    }
+
+    fn grpc_upstream(&self, name: &str) -> Option<Arc<dyn GrpcUpstream>> {
+        self.grpc.lock().ok()?.get(name).cloned()
     }
 
     pub fn advance(&self, by: Duration) {
@@ -323,6 +378,12 @@ pub struct Exchange {
     pub fuel: u64,
     /// The part of `fuel` spent in the request phase.
     pub request_fuel: u64,
+    /// The gRPC calls the filter made for this request.
+    pub grpc_calls: Vec<GrpcCall>,
+    /// Tokens of calls the filter cancelled.
+    pub grpc_cancelled: Vec<u32>,
+    /// The downstream went away while the filter waited (a [`GrpcAnswer::Hang`]).
+    pub reset: bool,
 }
 
 /// Where a [`Plugin`] runs the filter.
@@ -360,6 +421,8 @@ pub(crate) enum Callback {
     Log { id: u32 },
     Delete { id: u32 },
     Tick { root: u32 },
+    GrpcReceive { id: u32, token: u32, size: u32 },
+    GrpcClose { id: u32, token: u32, status: u32 },
 }
 
 /// What differs between backends: how a callback reaches the filter. What the host calls do
@@ -446,10 +509,31 @@ impl Plugin {
         let end = body.is_empty() && !trailers;
         let action = self.vm.call(Callback::RequestHeaders { id, headers, end })?;
         let request_fuel = fuel_before.saturating_sub(self.vm.fuel()?);
-        let local = self.vm.state_mut().local_response.take();
-        if local.is_none() && action != CONTINUE {
-            wasmtime::bail!("the filter paused the request without answering it");
+        if action != CONTINUE && self.vm.state().local_response.is_none() {
+            // Paused for calls out: answer them as Envoy would, then the filter must have
+            // answered the request or resumed it.
+            if self.answer_grpc_calls(id)? {
+                let grpc_calls = self.vm.state().grpc_log.clone();
+                self.finish(id)?;
+                let grpc_cancelled = self.vm.state().grpc_cancelled.clone();
+                let response = Response { status: 0, headers: Vec::new(), body: Vec::new() };
+                return Ok(Exchange {
+                    local: false,
+                    response,
+                    upstream_request: None,
+                    fuel: 0,
+                    request_fuel,
+                    grpc_calls,
+                    grpc_cancelled,
+                    reset: true,
+                });
+            }
+            let state = self.vm.state_mut();
+            if state.local_response.is_none() && !std::mem::take(&mut state.continued) {
+                wasmtime::bail!("the filter paused the request without answering or resuming it");
+            }
         }
+        let local = self.vm.state_mut().local_response.take();
         let mut rest = Vec::new();
         if !body.is_empty() {
             let size = u32::try_from(body.len()).map_err(|_| wasmtime::format_err!("body too large"))?;
@@ -471,15 +555,29 @@ impl Plugin {
             if self.host.local_reply_through_response_phase {
                 response = self.response_phase(id, &response)?;
             }
-            Exchange { local: true, response, upstream_request: None, fuel: 0, request_fuel }
+            let grpc_calls = self.vm.state().grpc_log.clone();
+            Exchange {
+                local: true,
+                response,
+                upstream_request: None,
+                fuel: 0,
+                request_fuel,
+                grpc_calls,
+                grpc_cancelled: Vec::new(),
+                reset: false,
+            }
         } else {
             let upstream_request = self.vm.state().request_headers.clone();
+            let grpc_calls = self.vm.state().grpc_log.clone();
             Exchange {
                 local: false,
                 response: self.response_phase(id, &request.upstream)?,
                 upstream_request: Some(upstream_request),
                 fuel: 0,
                 request_fuel,
+                grpc_calls,
+                grpc_cancelled: Vec::new(),
+                reset: false,
             }
         };
         self.finish(id)?;
@@ -491,6 +589,39 @@ impl Plugin {
             eprintln!("fuel trace, instructions before each host call: {trace:?}");
         }
         Ok(Exchange { fuel, ..exchange })
+    }
+
+    /// Answers the plugin's outstanding gRPC calls through their clusters. Returns whether the
+    /// downstream went away instead (a call that hangs).
+    fn answer_grpc_calls(&mut self, id: u32) -> Result<bool> {
+        while let Some(call) = self.vm.state_mut().grpc_calls.first().cloned() {
+            let answer = match self.host.grpc_upstream(&call.cluster) {
+                Some(upstream) => upstream.call(&call),
+                None => GrpcAnswer::Status(14),
+            };
+            let state = self.vm.state_mut();
+            state.grpc_calls.retain(|c| c.token != call.token);
+            match answer {
+                GrpcAnswer::Message(bytes) => {
+                    let size = u32::try_from(bytes.len()).map_err(|_| wasmtime::format_err!("answer too large"))?;
+                    state.grpc_receive = bytes;
+                    self.vm.call(Callback::GrpcReceive { id, token: call.token, size })?;
+                    self.vm.state_mut().grpc_receive.clear();
+                }
+                GrpcAnswer::Status(status) => {
+                    self.vm.call(Callback::GrpcClose { id, token: call.token, status })?;
+                }
+                GrpcAnswer::Timeout => {
+                    self.vm.call(Callback::GrpcClose { id, token: call.token, status: 4 })?;
+                }
+                GrpcAnswer::Hang => {
+                    // Still in flight when the stream ends: the plugin should cancel it.
+                    state.grpc_calls.insert(0, call);
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// A reply Envoy makes itself before the filter saw the request (a malformed request, say):

@@ -42,6 +42,8 @@ unsafe extern "C" {
     fn proxy_on_log(context_id: u32);
     fn proxy_on_delete(context_id: u32);
     fn proxy_on_tick(context_id: u32);
+    fn proxy_on_grpc_receive(context_id: u32, token_id: u32, response_size: usize);
+    fn proxy_on_grpc_close(context_id: u32, token_id: u32, status_code: u32);
 }
 
 thread_local! {
@@ -202,6 +204,49 @@ pub extern "C" fn proxy_increment_metric(id: u32, offset: i64) -> u32 {
     host_call(|g| abi::increment_metric(g, id, offset))
 }
 
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn proxy_grpc_call(
+    upstream_ptr: usize,
+    upstream_len: usize,
+    service_ptr: usize,
+    service_len: usize,
+    method_ptr: usize,
+    method_len: usize,
+    metadata_ptr: usize,
+    metadata_len: usize,
+    message_ptr: usize,
+    message_len: usize,
+    timeout_ms: u32,
+    token_ptr: usize,
+) -> u32 {
+    let args = abi::GrpcCallArgs {
+        upstream: (upstream_ptr, upstream_len),
+        service: (service_ptr, service_len),
+        method: (method_ptr, method_len),
+        metadata: (metadata_ptr, metadata_len),
+        message: (message_ptr, message_len),
+        timeout_ms,
+        token_ptr,
+    };
+    host_call(|g| abi::grpc_call(g, args))
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_grpc_cancel(token: u32) -> u32 {
+    host_call(|g| abi::grpc_cancel(g, token))
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_continue_stream(stream: u32) -> u32 {
+    host_call(|g| abi::continue_stream(g, stream))
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_set_effective_context(context_id: u32) -> u32 {
+    host_call(|g| abi::set_effective_context(g, context_id))
+}
+
 /// Host calls the SDK declares but the filter never makes: the SDK's exported callbacks reach
 /// them, so the linker needs them, and a call fails the callback like an unknown import traps
 /// under wasmtime. A symbol carries no signature and the arguments are never read, so none are
@@ -217,9 +262,9 @@ macro_rules! not_modelled {
 
 not_modelled! {
     proxy_get_log_level proxy_set_buffer_bytes proxy_set_property proxy_register_shared_queue
-    proxy_resolve_shared_queue proxy_dequeue_shared_queue proxy_enqueue_shared_queue proxy_continue_stream
-    proxy_close_stream proxy_http_call proxy_grpc_call proxy_grpc_stream proxy_grpc_send proxy_grpc_cancel
-    proxy_grpc_close proxy_get_status proxy_set_effective_context proxy_call_foreign_function proxy_done
+    proxy_resolve_shared_queue proxy_dequeue_shared_queue proxy_enqueue_shared_queue
+    proxy_close_stream proxy_http_call proxy_grpc_stream proxy_grpc_send
+    proxy_grpc_close proxy_get_status proxy_call_foreign_function proxy_done
     proxy_get_metric proxy_record_metric
 }
 
@@ -291,6 +336,14 @@ impl Vm for NativeVm {
                 }
                 Callback::Tick { root } => {
                     proxy_on_tick(root);
+                    0
+                }
+                Callback::GrpcReceive { id, token, size } => {
+                    proxy_on_grpc_receive(id, token, size as usize);
+                    0
+                }
+                Callback::GrpcClose { id, token, status } => {
+                    proxy_on_grpc_close(id, token, status);
                     0
                 }
             }

@@ -89,6 +89,8 @@ struct Exports {
     log: TypedFunc<u32, ()>,
     delete: TypedFunc<u32, ()>,
     tick: TypedFunc<u32, ()>,
+    grpc_receive: TypedFunc<(u32, u32, u32), ()>,
+    grpc_close: TypedFunc<(u32, u32, u32), ()>,
 }
 
 impl Exports {
@@ -108,6 +110,8 @@ impl Exports {
             log: instance.get_typed_func(&mut *store, "proxy_on_log")?,
             delete: instance.get_typed_func(&mut *store, "proxy_on_delete")?,
             tick: instance.get_typed_func(&mut *store, "proxy_on_tick")?,
+            grpc_receive: instance.get_typed_func(&mut *store, "proxy_on_grpc_receive")?,
+            grpc_close: instance.get_typed_func(&mut *store, "proxy_on_grpc_close")?,
         })
     }
 }
@@ -170,6 +174,8 @@ impl Vm for WasmVm {
             Callback::Log { id } => calls.log.call(store, id).map(|()| 0),
             Callback::Delete { id } => calls.delete.call(store, id).map(|()| 0),
             Callback::Tick { root } => calls.tick.call(store, root).map(|()| 0),
+            Callback::GrpcReceive { id, token, size } => calls.grpc_receive.call(store, (id, token, size)).map(|()| 0),
+            Callback::GrpcClose { id, token, status } => calls.grpc_close.call(store, (id, token, status)).map(|()| 0),
         }
     }
 
@@ -252,6 +258,43 @@ fn define(linker: &mut Linker<State>) -> Result<()> {
     })?;
     linker.func_wrap("env", "proxy_increment_metric", |mut c: C<'_>, id: i32, offset: i64| {
         abi::increment_metric(&mut Wasm(&mut c), id as u32, offset)
+    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |mut c: C<'_>,
+         up: i32,
+         up_len: i32,
+         svc: i32,
+         svc_len: i32,
+         m: i32,
+         m_len: i32,
+         md: i32,
+         md_len: i32,
+         msg: i32,
+         msg_len: i32,
+         timeout: i32,
+         token: i32| {
+            let args = abi::GrpcCallArgs {
+                upstream: span(up, up_len),
+                service: span(svc, svc_len),
+                method: span(m, m_len),
+                metadata: span(md, md_len),
+                message: span(msg, msg_len),
+                timeout_ms: timeout as u32,
+                token_ptr: at(token),
+            };
+            abi::grpc_call(&mut Wasm(&mut c), args)
+        },
+    )?;
+    linker.func_wrap("env", "proxy_grpc_cancel", |mut c: C<'_>, token: i32| {
+        abi::grpc_cancel(&mut Wasm(&mut c), token as u32)
+    })?;
+    linker.func_wrap("env", "proxy_continue_stream", |mut c: C<'_>, stream: i32| {
+        abi::continue_stream(&mut Wasm(&mut c), stream as u32)
+    })?;
+    linker.func_wrap("env", "proxy_set_effective_context", |mut c: C<'_>, id: i32| {
+        abi::set_effective_context(&mut Wasm(&mut c), id as u32)
     })?;
 
     // WASI: only what a wasm32-wasip1 Rust cdylib links. Output is kept as log lines so a panic

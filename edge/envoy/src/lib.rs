@@ -5,14 +5,18 @@
 //! core's local reply or forwards and later applies the core's response edits (one read and one
 //! write of the response map). Every decision is made by the core.
 
+mod global;
 mod host_bytes;
 mod metrics;
 mod shared_data;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use portcullis_core::{Decision, Outcome, Peer, Policy, Request, RequestHeaders, ResponsePlan, Scheme};
+use portcullis_core::{
+    Begin, Decision, LimitCheck, Outcome, Peer, Policy, Request, RequestHeaders, ResponsePlan, Scheme,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
@@ -30,6 +34,7 @@ struct Root {
     policy: Option<Rc<Policy>>,
     metrics: Option<Rc<Metrics>>,
     header_sets: Option<Rc<[host_bytes::Block]>>,
+    denials: Rc<RefCell<global::KnownDenials>>,
 }
 
 impl Context for Root {}
@@ -68,7 +73,8 @@ impl RootContext for Root {
         let policy = self.policy.clone()?;
         let metrics = self.metrics.clone()?;
         let header_sets = self.header_sets.clone()?;
-        Some(Box::new(Filter { policy, metrics, header_sets, plan: None, replied: false }))
+        let denials = self.denials.clone();
+        Some(Box::new(Filter { policy, metrics, header_sets, denials, plan: None, replied: false, pending: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -87,9 +93,42 @@ struct Filter {
     /// The filter answered this request itself: the rest of it (an HTTP/2 body arriving after
     /// the headers) must stay paused, or Envoy would carry on to the router and reset the stream.
     replied: bool,
+    /// Refusals of the fleet's rate-limit service still in force (shared by this VM's requests).
+    denials: Rc<RefCell<global::KnownDenials>>,
+    /// The limit check waiting for the rate-limit service, and the call's token.
+    pending: Option<(LimitCheck, u32)>,
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some((check, token)) = self.pending.take() else {
+            return;
+        };
+        if token != token_id {
+            // Not this request's call; keep waiting for it.
+            self.pending = Some((check, token));
+            return;
+        }
+        let now = now_nanos();
+        let answer = if status_code == 0 {
+            global::answer(&check, response_size)
+        } else {
+            Err(format!("gRPC status {status_code}"))
+        };
+        let decision = match answer {
+            Ok(answer) => {
+                self.denials.borrow_mut().learn(&check, &answer, now);
+                self.policy.finish(&check, answer)
+            }
+            Err(why) => self.unavailable(&check, &why, now),
+        };
+        if self.act(decision) == Action::Continue
+            && let Err(status) = hostcalls::resume_http_request()
+        {
+            log(LogLevel::Error, &format!("portcullis: resuming the request failed: {status:?}"));
+        }
+    }
+}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -112,7 +151,68 @@ impl HttpContext for Filter {
             peer,
             headers: &headers,
         };
-        let decision = self.policy.decide(&request, now_nanos(), &SharedDataStore);
+        let check = match self.policy.begin(&request) {
+            Begin::Decided(decision) => return self.act(decision),
+            Begin::Check(check) => check,
+        };
+        let now = now_nanos();
+        let policy = self.policy.clone();
+        let Some(global) = policy.global_limiter() else {
+            return self.act(self.policy.finish(&check, self.policy.acquire(&check, &SharedDataStore, now)));
+        };
+        let known = self.denials.borrow().known(&check, now);
+        if let Some(known) = known {
+            self.metrics.add(metrics::Counter::GlobalKnownDenials);
+            return self.act(self.policy.finish(&check, known));
+        }
+        match global::dispatch(&self.policy, global, &check) {
+            Ok(token) => {
+                self.metrics.add(metrics::Counter::GlobalCalls);
+                // The plan of the request so far, should Envoy answer it itself meanwhile.
+                self.plan = Some(check.plan());
+                self.pending = Some((check, token));
+                Action::Pause
+            }
+            Err(status) => {
+                let decision = self.unavailable(&check, &format!("dispatch to {:?}: {status:?}", global.cluster), now);
+                self.act(decision)
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.replied || self.pending.is_some() { Action::Pause } else { Action::Continue }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.replied || self.pending.is_some() { Action::Pause } else { Action::Continue }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let plan = self.plan.unwrap_or_else(|| self.policy.fallback_plan(connection_scheme() == Scheme::Https));
+        let edits = self.policy.response_edits(&plan);
+        // One read and one write of the whole map: each host call costs far more than
+        // rebuilding a dozen headers inside the VM.
+        let upstream = host_bytes::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+        if let Err(status) =
+            host_bytes::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &self.header_sets, &upstream))
+        {
+            log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // The stream ended while the service was still deciding: nobody waits for the answer.
+        if let Some((_, token)) = self.pending.take() {
+            let _ = hostcalls::cancel_grpc_call(token);
+        }
+    }
+}
+
+impl Filter {
+    /// Counts the decision, keeps its plan for the response phase and carries it out.
+    fn act(&mut self, decision: Decision) -> Action {
         self.metrics.count(decision.outcome());
         self.plan = Some(decision.plan());
         match decision {
@@ -129,26 +229,14 @@ impl HttpContext for Filter {
         }
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        if self.replied { Action::Pause } else { Action::Continue }
-    }
-
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.replied { Action::Pause } else { Action::Continue }
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let plan = self.plan.unwrap_or_else(|| self.policy.fallback_plan(connection_scheme() == Scheme::Https));
-        let edits = self.policy.response_edits(&plan);
-        // One read and one write of the whole map: each host call costs far more than
-        // rebuilding a dozen headers inside the VM.
-        let upstream = host_bytes::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-        if let Err(status) =
-            host_bytes::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &self.header_sets, &upstream))
-        {
-            log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
+    /// The rate-limit service could not decide `check`: `on_unavailable` does.
+    fn unavailable(&self, check: &LimitCheck, why: &str, now: u64) -> Decision {
+        // Once per metrics flush, not per request: an outage must not flood the log.
+        if self.metrics.first_since_flush(metrics::Counter::GlobalFallbacks) {
+            log(LogLevel::Warn, &format!("portcullis: rate-limit service unavailable ({why}); on_unavailable decides"));
         }
-        Action::Continue
+        self.metrics.add(metrics::Counter::GlobalFallbacks);
+        self.policy.unavailable(check, &SharedDataStore, now)
     }
 }
 

@@ -19,9 +19,16 @@ pub enum Counter {
     RateLimited,
     ShadowLimited,
     StoreErrors,
+    /// Calls to the fleet's rate-limit service.
+    GlobalCalls,
+    /// Limited requests the service could not decide (timeout, error, unknown cluster,
+    /// undecodable answer), decided by `on_unavailable` instead.
+    GlobalFallbacks,
+    /// Refusals answered without a call: the service's last refusal had not expired yet.
+    GlobalKnownDenials,
 }
 
-const ALL: [(Counter, &str); 7] = [
+const ALL: [(Counter, &str); 10] = [
     (Counter::Requests, "portcullis.requests"),
     (Counter::Forwarded, "portcullis.forwarded"),
     (Counter::Redirected, "portcullis.redirected"),
@@ -29,6 +36,9 @@ const ALL: [(Counter, &str); 7] = [
     (Counter::RateLimited, "portcullis.rate_limited"),
     (Counter::ShadowLimited, "portcullis.shadow_limited"),
     (Counter::StoreErrors, "portcullis.store_errors"),
+    (Counter::GlobalCalls, "portcullis.global_calls"),
+    (Counter::GlobalFallbacks, "portcullis.global_fallbacks"),
+    (Counter::GlobalKnownDenials, "portcullis.global_known_denials"),
 ];
 
 impl From<Outcome> for Counter {
@@ -61,6 +71,11 @@ impl Metrics {
             *slot = hostcalls::define_metric(MetricType::Counter, name).ok();
         }
         Self { ids, pending: Default::default() }
+    }
+
+    /// Whether nothing was counted in `counter` since the last flush.
+    pub fn first_since_flush(&self, counter: Counter) -> bool {
+        self.pending[counter as usize].get() == 0
     }
 
     pub fn add(&self, counter: Counter) {

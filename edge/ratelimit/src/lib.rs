@@ -17,9 +17,13 @@ pub mod store;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
 pub mod service;
 #[cfg(feature = "server")]
 pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// The generated server and client of `envoy.service.ratelimit.v3.RateLimitService`.
 #[cfg(feature = "server")]

@@ -1,12 +1,8 @@
 //! `portcullis-ratelimit`: see the crate documentation and `--help`.
 
-use std::sync::{Arc, OnceLock};
-
 use anyhow::Context;
 use clap::Parser;
-use portcullis_ratelimit::metrics::{self, Metrics};
-use portcullis_ratelimit::rls::rate_limit_service_server::RateLimitServiceServer;
-use portcullis_ratelimit::service::{self, RateLimiter};
+use portcullis_ratelimit::server;
 use portcullis_ratelimit::settings::Cli;
 use tracing_subscriber::EnvFilter;
 
@@ -37,29 +33,14 @@ fn main() {
 }
 
 async fn run(settings: portcullis_ratelimit::settings::Settings) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(OnceLock::new());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<RateLimitServiceServer<RateLimiter>>().await;
-
     let grpc = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", settings.listen))?;
-    let metrics_listener = metrics::bind(settings.metrics_listen)
+    let metrics = tokio::net::TcpListener::bind(settings.metrics_listen)
         .await
         .with_context(|| format!("--metrics-listen {}: cannot bind", settings.metrics_listen))?;
     tracing::info!(grpc = %settings.listen, metrics = %settings.metrics_listen, "portcullis-ratelimit listening");
-
-    let limiter = RateLimiter::new(settings.policy.clone(), store.clone(), metrics.clone());
-    tokio::spawn(service::keep_store(settings, store, health));
-    tokio::spawn(metrics::serve(metrics_listener, metrics));
-
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(RateLimitServiceServer::new(limiter))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown())
-        .await
-        .context("gRPC server")?;
+    server::serve(settings, grpc, metrics, shutdown()).await.context("gRPC server")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::hash::Hasher;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::client::ClientKey;
-use crate::config::{ConfigError, LimiterConfig, StoreErrorMode};
+use crate::config::{Backend, ConfigError, GlobalConfig, LimiterConfig, StoreErrorMode};
 use gcra::{Gcra, Verdict};
 use store::{BucketStore, StoreError, Swap};
 use table::{Bucket, WAYS};
@@ -49,6 +49,7 @@ pub(crate) struct Limiter {
     limited_tiers: u32,
     max_retries: u8,
     pub(crate) on_store_error: StoreErrorMode,
+    pub(crate) global: Option<GlobalConfig>,
 }
 
 /// Fixed default key of the slot hash; set `limiter.hash_key` in production.
@@ -74,12 +75,37 @@ impl Limiter {
                 ),
             ));
         }
+        let global = match (config.backend, &config.global) {
+            (Backend::Local, _) => None,
+            (Backend::Global, None) => {
+                return Err(ConfigError::at("limiter.global", "is required with \"backend\": \"global\""));
+            }
+            (Backend::Global, Some(global)) => {
+                if global.cluster.is_empty() {
+                    return Err(ConfigError::at(
+                        "limiter.global.cluster",
+                        "must name the rate-limit service's cluster",
+                    ));
+                }
+                if !(1..=10_000).contains(&global.timeout_ms) {
+                    return Err(ConfigError::at(
+                        "limiter.global.timeout_ms",
+                        format!("{} is not between 1 and 10000", global.timeout_ms),
+                    ));
+                }
+                if global.domain.is_empty() {
+                    return Err(ConfigError::at("limiter.global.domain", "must not be empty"));
+                }
+                Some(global.clone())
+            }
+        };
         Ok(Self {
             key,
             buckets_per_tier,
             limited_tiers,
             max_retries: config.max_cas_retries,
             on_store_error: config.on_store_error,
+            global,
         })
     }
 
