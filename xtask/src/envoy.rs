@@ -183,16 +183,19 @@ pub fn start_envoy(envoy: &Path, config: &Path, name: &str, base_id: u32) -> Res
 
 /// Envoy's admin `/ready` answers `LIVE`.
 pub fn admin_ready(port: u16) -> bool {
+    local_http_get(port, "/ready")
+        .is_some_and(|response| response.starts_with("HTTP/1.1 200") && response.contains("LIVE"))
+}
+
+/// `GET path` over plain HTTP/1.1 to 127.0.0.1:`port`: the whole response, or `None` when
+/// nothing answers.
+pub fn local_http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") && response.contains("LIVE")
+    (!response.is_empty()).then_some(response)
 }

@@ -10,6 +10,7 @@ mod coverage;
 mod db;
 mod e2e;
 mod envoy;
+mod fleet;
 mod fuzz;
 mod load;
 mod observatory;

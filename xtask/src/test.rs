@@ -41,6 +41,7 @@ pub fn run() -> Result<()> {
     crate::fuzz::run(10)?;
     stage("test: docker-compose.yml is valid (docker-compose config -q)", crate::compose::validate)?;
     stage("test: the filter inside real Envoy 1.40", real_envoy)?;
+    stage("test: fleet: three Envoys, portcullis-ratelimit, Redis and a Redis Cluster", real_fleet)?;
     crate::worker::test()?;
     stage("test: end to end: `cargo xtask up`, the demo scenarios, Ctrl-C", crate::e2e::run)?;
     stage("test: API fuzzing: schemathesis through Envoy (all checks)", crate::api_fuzz::run)?;
@@ -64,6 +65,61 @@ fn real_envoy() -> Result<()> {
     if result.is_err() {
         eprintln!("--- Envoy log ({}):\n{}", envoy.log.display(), envoy.tail(40));
     }
+    result
+}
+
+/// Three Envoys in global mode, the service and Redis on their fixed ports, driven by
+/// `wasm-tests/envoy/test_fleet.py`; then the same exactness tests over a Redis Cluster.
+pub fn real_fleet() -> Result<()> {
+    use crate::fleet;
+    let envoy_bin = tools::ensure_envoy()?;
+    certs::ensure()?;
+    envoy::ensure_ports_free(&fleet::ports())?;
+    envoy::ensure_ports_free(&[(9443, "the test origin")])?;
+    let service_bin = fleet::build_service(false)?;
+    // The default 20 ms holds on an idle loopback; here the test's own 300 TLS handshakes share
+    // two cores with three Envoys and a debug-built service, and a call that times out is
+    // decided by one Envoy's limiter, which these tests must tell apart from the fleet's.
+    let policy = fleet::global_policy(envoy::envoy_yaml_policy()?, 250);
+    let single = format!("redis://127.0.0.1:{}", fleet::REDIS_PORT);
+    let redis = fleet::start_redis()?;
+    let service = fleet::start_service(&service_bin, &single, &policy)?;
+    let envoys = fleet::start_envoys(&envoy_bin, &policy)?;
+    let python = tools::venv_python();
+    let run = |mode: &str, args: &[&str], redis_pid: u32| {
+        let mut command = cmd(&python.to_string_lossy(), &["wasm-tests/envoy/test_fleet.py"]);
+        command
+            .args(args)
+            .env("PORTCULLIS_ENVOY", &envoy_bin)
+            .env("PORTCULLIS_ROOT", root())
+            .env("PORTCULLIS_REDIS_MODE", mode)
+            .env("PORTCULLIS_REDIS_PID", redis_pid.to_string());
+        let mut argv = vec!["redis-server".to_owned()];
+        argv.extend(fleet::redis_args()?);
+        command.env("PORTCULLIS_REDIS_ARGS", serde_json::to_string(&argv)?);
+        exec(&mut command)
+    };
+    let report = |daemons: &[&crate::envoy::Daemon]| {
+        for daemon in daemons {
+            eprintln!("--- {} ({}):\n{}", daemon.name, daemon.log.display(), daemon.tail(25));
+        }
+    };
+    let result = run("single", &[], redis.child.id());
+    if result.is_err() {
+        report(&[&redis, &service, &envoys[0], &envoys[1], &envoys[2]]);
+    }
+    result?;
+    drop(service);
+    drop(redis);
+    let (nodes, urls) = fleet::start_redis_cluster()?;
+    let service = fleet::start_service(&service_bin, &urls, &policy)?;
+    let result = run("cluster", &["-k", "exact"], 0);
+    if result.is_err() {
+        report(&[&service, &envoys[0], &nodes[0]]);
+    }
+    drop(envoys);
+    drop(service);
+    drop(nodes);
     result
 }
 

@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,8 @@ pub struct Metrics {
     pub redis_errors: Counter,
     /// Time per Redis step, seconds.
     pub redis_latency: Histogram,
+    /// 1 while Redis answers its health ping, else 0.
+    pub redis_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,7 +56,9 @@ impl Default for Metrics {
         registry.register("invalid_requests", "Requests refused as malformed", invalid.clone());
         registry.register("redis_errors", "Redis steps that failed or timed out", redis_errors.clone());
         registry.register("redis_latency_seconds", "Time per Redis step", redis_latency.clone());
-        Self { registry, decisions, over_limit, invalid, redis_errors, redis_latency }
+        let redis_up = Gauge::default();
+        registry.register("redis_up", "1 while Redis answers its health ping", redis_up.clone());
+        Self { registry, decisions, over_limit, invalid, redis_errors, redis_latency, redis_up }
     }
 }
 

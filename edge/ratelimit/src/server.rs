@@ -23,7 +23,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<RateLimitServiceServer<RateLimiter>>().await;
     let limiter = RateLimiter::new(settings.policy.clone(), store.clone(), metrics.clone());
-    let keeper = tokio::spawn(service::keep_store(settings, store, health));
+    let keeper = tokio::spawn(service::keep_store(settings, store, health, metrics.clone()));
     let exporter = tokio::spawn(metrics::serve(metrics_listener, metrics));
     let served = tonic::transport::Server::builder()
         .add_service(health_service)

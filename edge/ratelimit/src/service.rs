@@ -202,6 +202,7 @@ pub async fn keep_store(
     settings: crate::settings::Settings,
     store: Arc<OnceLock<RedisStore>>,
     health: tonic_health::server::HealthReporter,
+    metrics: Arc<Metrics>,
 ) {
     use crate::rls::rate_limit_service_server::RateLimitServiceServer;
     // Until connected every call is answered UNAVAILABLE (the caller's fallback decides).
@@ -210,6 +211,7 @@ pub async fn keep_store(
     let mut serving = None;
     loop {
         let up = connected.ping().await.is_ok();
+        metrics.redis_up.set(i64::from(up));
         if serving != Some(up) {
             if up {
                 health.set_serving::<RateLimitServiceServer<RateLimiter>>().await;

@@ -106,7 +106,10 @@ impl Cluster {
                 let port = free_port();
                 let config = scratch(&format!("cluster-{port}")).join("nodes.conf");
                 let config = config.to_string_lossy().into_owned();
-                Redis::start_with(port, &["--cluster-enabled", "yes", "--cluster-config-file", &config])
+                // The bus port is the client port + 10000 unless set, which can pass 65535.
+                let bus = free_port().to_string();
+                let args = ["--cluster-enabled", "yes", "--cluster-config-file", &config, "--cluster-port", &bus];
+                Redis::start_with(port, &args)
             })
             .collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
