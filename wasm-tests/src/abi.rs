@@ -48,7 +48,6 @@ pub struct State {
     pub grpc_log: Vec<GrpcCall>,
     /// Tokens the plugin cancelled.
     pub grpc_cancelled: Vec<u32>,
-    next_token: u32,
     /// The answer being delivered (`proxy_on_grpc_receive`), read as the gRPC receive buffer.
     pub grpc_receive: Vec<u8>,
     /// The plugin resumed the paused request (`proxy_continue_stream`).
@@ -72,7 +71,6 @@ impl State {
             grpc_calls: Vec::new(),
             grpc_log: Vec::new(),
             grpc_cancelled: Vec::new(),
-            next_token: 1,
             grpc_receive: Vec::new(),
             continued: false,
         }
@@ -434,8 +432,9 @@ pub fn grpc_call(g: &mut impl Guest, args: GrpcCallArgs) -> Result<u32> {
     let metadata = deserialize_map(&g.read(args.metadata.0, args.metadata.1)?)?;
     let message = g.read(args.message.0, args.message.1)?;
     let state = g.state();
-    let token = state.next_token;
-    state.next_token += 1;
+    // Unique across the host's VMs: native plugins on one thread share the SDK's dispatcher,
+    // which refuses a token it already waits on (Envoy's are unique per VM).
+    let token = state.host.next_grpc_token();
     let call = GrpcCall { token, cluster, service, method, metadata, message, timeout_ms: args.timeout_ms };
     state.grpc_log.push(call.clone());
     state.grpc_calls.push(call);

@@ -129,6 +129,7 @@ impl<F: Fn(&GrpcCall) -> GrpcAnswer + Send + Sync> GrpcUpstream for F {
 pub struct Host {
     /// gRPC clusters by name.
     grpc: Arc<Mutex<HashMap<String, Arc<dyn GrpcUpstream>>>>,
+    grpc_tokens: Arc<AtomicU32>,
     shared: Arc<Mutex<HashMap<String, SharedValue>>>,
     metrics: Arc<Mutex<Metrics>>,
     clock: Arc<AtomicU64>,
@@ -151,6 +152,7 @@ impl Host {
     pub fn new() -> Self {
         Self {
             grpc: Arc::default(),
+            grpc_tokens: Arc::new(AtomicU32::new(1)),
             shared: Arc::default(),
             metrics: Arc::default(),
             clock: Arc::new(AtomicU64::new(START_NANOS)),
@@ -164,6 +166,10 @@ impl Host {
         if let Ok(mut clusters) = self.grpc.lock() {
             clusters.insert(name.to_owned(), Arc::new(upstream));
         }
+    }
+
+    fn next_grpc_token(&self) -> u32 {
+        self.grpc_tokens.fetch_add(1, Ordering::SeqCst)
     }
 
     fn has_grpc_cluster(&self, name: &str) -> bool {
@@ -479,9 +485,17 @@ impl Plugin {
         self.vm.state().tick_period_ms.map(|ms| Duration::from_millis(ms.into()))
     }
 
-    /// Fires the root context's timer, as Envoy does every tick period.
+    /// Fires the root context's timer, as Envoy does every tick period, and answers the calls
+    /// the root context made from it.
     pub fn tick(&mut self) -> Result<()> {
-        self.vm.call(Callback::Tick { root: self.root_id }).map(drop)
+        self.vm.call(Callback::Tick { root: self.root_id })?;
+        self.answer_grpc_calls(self.root_id)?;
+        Ok(())
+    }
+
+    /// The gRPC calls this VM made since its last request began (its root context's, on ticks).
+    pub fn root_grpc_calls(&self) -> &[GrpcCall] {
+        &self.vm.state().grpc_log
     }
 
     /// Sends one request without a body through the filter; a forwarded one is answered by

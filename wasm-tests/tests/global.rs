@@ -27,6 +27,7 @@ wasm_tests::on_each_backend!(
     every_failure_of_the_service_falls_back_to_on_unavailable,
     a_service_with_only_the_standard_fields_is_understood,
     a_stream_that_ends_mid_call_cancels_it,
+    each_vm_opens_its_connection_to_the_service_once_on_its_first_tick,
 );
 
 const CLUSTER: &str = "ratelimit";
@@ -355,4 +356,22 @@ fn a_stream_that_ends_mid_call_cancels_it(backend: Backend) {
     let (ok, _) = scripted(GrpcAnswer::Status(14));
     host.grpc_cluster(CLUSTER, ok);
     assert_eq!(send(&mut plugin, &login("192.0.2.70:1")).response.status, 200);
+}
+
+fn each_vm_opens_its_connection_to_the_service_once_on_its_first_tick(backend: Backend) {
+    let redis = Redis::start();
+    let policy = json!({"allowed_hosts": ["localhost"]});
+    let host = Host::new();
+    host.grpc_cluster(CLUSTER, RealService::start(&redis, &policy.to_string()));
+    let mut plugin = host.start(backend, &global(&policy, json!({}))).unwrap();
+    plugin.tick().unwrap();
+    let calls = plugin.root_grpc_calls().to_vec();
+    assert_eq!(calls.len(), 1, "one warm-up call");
+    let request = RateLimitRequest::decode(calls[0].message.as_slice()).unwrap();
+    assert_eq!(request.descriptors[0].entries[0].value, "(warm-up)");
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "answered without touching Redis");
+    plugin.tick().unwrap();
+    assert_eq!(plugin.root_grpc_calls().len(), 1, "only once");
+    assert_eq!(host.metric("portcullis.global_calls"), Some(0), "not a limited request");
+    assert_eq!(send(&mut plugin, &login("192.0.2.80:1")).response.status, 200);
 }

@@ -46,10 +46,16 @@ fn policy_block(lines: &[&str]) -> Result<(usize, usize, usize)> {
 
 /// The policy `envoy.yaml` gives the filter.
 pub fn envoy_yaml_policy() -> Result<serde_json::Value> {
-    let original = std::fs::read_to_string(root().join("envoy.yaml"))?;
+    policy_in(&root().join("envoy.yaml"))
+}
+
+/// The policy an Envoy config (`envoy.yaml` or one written from it) gives the filter.
+pub fn policy_in(config: &Path) -> Result<serde_json::Value> {
+    let original = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let lines: Vec<&str> = original.lines().collect();
     let (start, end, _) = policy_block(&lines)?;
-    serde_json::from_str(&lines[start..end].join("\n")).context("envoy.yaml's policy is not JSON")
+    serde_json::from_str(&lines[start..end].join("\n"))
+        .with_context(|| format!("the policy in {} is not JSON", config.display()))
 }
 
 /// `envoy.yaml` with the filter's policy replaced by `policy` (a JSON document), written to

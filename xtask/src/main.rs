@@ -42,6 +42,10 @@ enum Command {
         /// Run Envoy's filter with this policy (a JSON file) instead of the one in envoy.yaml.
         #[arg(long, value_name = "FILE")]
         policy: Option<std::path::PathBuf>,
+        /// A fleet: three Envoys (:8443/:8444/:8445) counting one limit in Redis (:56379)
+        /// through portcullis-ratelimit (:8089), in front of the one origin.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Write the secret files docker-compose.yml mounts (made once, reused) and build the filter.
     ComposeSecrets,
@@ -75,7 +79,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Up { worker, policy } => up::run(up::Options { worker, policy }),
+        Command::Up { worker, policy, fleet } => up::run(up::Options { worker, policy, fleet }),
         Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
         Command::Test => setup::run().and_then(|()| test::run()),
         Command::Lint => test::lint(),

@@ -54,6 +54,8 @@ pub struct Options {
     pub worker: bool,
     /// A policy (JSON file) for Envoy's filter instead of the one in `envoy.yaml`.
     pub policy: Option<PathBuf>,
+    /// Three Envoys in global mode, `portcullis-ratelimit` and Redis instead of one Envoy.
+    pub fleet: bool,
 }
 
 pub fn run(options: Options) -> Result<()> {
@@ -65,6 +67,9 @@ pub fn run(options: Options) -> Result<()> {
         );
     }
     envoy::ensure_ports_free(&envoy::PORTS)?;
+    if options.fleet {
+        envoy::ensure_ports_free(&crate::fleet::ports())?;
+    }
     if with_worker {
         envoy::ensure_ports_free(&[(8787, "wrangler dev")])?;
     }
@@ -76,6 +81,11 @@ pub fn run(options: Options) -> Result<()> {
             let json = std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
             envoy::config_with_policy(&json).with_context(|| format!("the policy in {}", policy.display()))?
         }
+    };
+    let service_bin = if options.fleet {
+        Some(stage("up: build portcullis-ratelimit", || crate::fleet::build_service(false))?)
+    } else {
+        None
     };
     stage("up: build the origin", || exec(&mut cmd("cargo", &["build", "--quiet", "-p", "portcullis-origin"])))?;
     let origin_bin = target_dir()?.join("debug/portcullis-origin");
@@ -120,13 +130,36 @@ pub fn run(options: Options) -> Result<()> {
         let origin = stage("up: origin on https://127.0.0.1:9443 (mTLS from Envoy)", start_origin)?;
         let envoy_bin = crate::tools::ensure_envoy()?;
         let start_envoy = || envoy::start_envoy(&envoy_bin, &envoy_config, "envoy", ENVOY_BASE_ID);
-        let envoy = stage("up: Envoy on :8080 (redirects) and :8443, admin :9901", || {
-            envoy::validate(&envoy_bin, &envoy_config)?;
-            start_envoy()
-        })?;
-        let mut envoy = Supervised::new(envoy, &start_envoy);
+        let mut fleet = match &service_bin {
+            None => None,
+            Some(service_bin) => Some(start_fleet(&envoy_bin, service_bin, &envoy_config)?),
+        };
+        let mut envoy = match &fleet {
+            Some(_) => None,
+            None => {
+                let envoy = stage("up: Envoy on :8080 (redirects) and :8443, admin :9901", || {
+                    envoy::validate(&envoy_bin, &envoy_config)?;
+                    start_envoy()
+                })?;
+                Some(Supervised::new(envoy, &start_envoy))
+            }
+        };
         stage("up: end to end: Envoy → origin → PostgreSQL", || {
-            envoy.daemon.wait_until(Duration::from_secs(20), || https_ok("https://localhost:8443/api/v1/health"))
+            let probe = |port: u16| https_ok(&format!("https://localhost:{port}/api/v1/health"));
+            match (&mut envoy, &fleet) {
+                (Some(envoy), _) => envoy.daemon.wait_until(Duration::from_secs(20), || probe(8443)),
+                (None, Some(_)) => {
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while !crate::fleet::ENVOYS.iter().all(|e| probe(e.https)) {
+                        if Instant::now() > deadline {
+                            bail!("the fleet's Envoys do not all answer /api/v1/health");
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Ok(())
+                }
+                (None, None) => Ok(()),
+            }
         })?;
         let mut origin = Supervised::new(origin, &start_origin);
         let mut worker = if with_worker {
@@ -137,23 +170,76 @@ pub fn run(options: Options) -> Result<()> {
             None
         };
 
-        print_welcome(&password, with_worker);
-        let mut running: Vec<&mut Supervised> = vec![&mut origin, &mut envoy];
+        print_welcome(&password, with_worker, fleet.is_some());
+        // Whatever dies on its own is started again; the fleet's parts are watched, not
+        // restarted (its Envoys, service and Redis depend on one another's ports).
+        let mut running: Vec<&mut Supervised> = vec![&mut origin];
+        running.extend(envoy.as_mut());
         running.extend(worker.as_mut());
-        wait_for_stop(&mut running)?;
+        wait_for_stop(&mut running, fleet.as_mut())?;
         println!(
-            "\nstopping: {}Envoy, the origin{}",
+            "\nstopping: {}{}, the origin{}",
             if with_worker { "the Worker, " } else { "" },
+            if fleet.is_some() { "the three Envoys, portcullis-ratelimit, Redis" } else { "Envoy" },
             if db_was_running { "" } else { ", PostgreSQL" }
         );
         // The edge first, so nothing reaches a stopping origin.
         drop(worker);
         drop(envoy);
+        drop(fleet);
         drop(origin);
         Ok(())
     })();
     stop_db(&cluster);
     result
+}
+
+/// The fleet's processes, stopped edge first when dropped.
+struct Fleet {
+    envoys: Vec<Daemon>,
+    service: Daemon,
+    redis: Daemon,
+}
+
+impl Fleet {
+    fn check(&mut self) -> Result<()> {
+        for daemon in self.envoys.iter_mut().chain([&mut self.service, &mut self.redis]) {
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("{} exited ({status}); its log ({}):\n{}", daemon.name, daemon.log.display(), daemon.tail(30));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.envoys.clear();
+        // `service` and `redis` drop after this, in field order.
+    }
+}
+
+/// Redis on :56379, the service on :8089 and three Envoys in global mode (the policy of
+/// `envoy_config`, counted in the fleet).
+fn start_fleet(envoy_bin: &Path, service_bin: &Path, envoy_config: &Path) -> Result<Fleet> {
+    use crate::fleet::{self, REDIS_PORT, SERVICE_PORT};
+    let policy = fleet::global_policy(policy_of(envoy_config)?, 20);
+    let redis = stage(&format!("up: Redis on 127.0.0.1:{REDIS_PORT}"), fleet::start_redis)?;
+    let service = stage(&format!("up: portcullis-ratelimit on 127.0.0.1:{SERVICE_PORT}"), || {
+        fleet::start_service(service_bin, &format!("redis://127.0.0.1:{REDIS_PORT}"), &policy)
+    })?;
+    let envoys = stage("up: three Envoys in global mode on :8443/:8444/:8445 (admin :9901-:9903)", || {
+        fleet::start_envoys(envoy_bin, &policy)
+    })?;
+    Ok(Fleet { envoys, service, redis })
+}
+
+/// The filter's policy in an Envoy config written from `envoy.yaml`.
+fn policy_of(config: &Path) -> Result<serde_json::Value> {
+    if config == root().join("envoy.yaml") {
+        return envoy::envoy_yaml_policy();
+    }
+    envoy::policy_in(config)
 }
 
 /// A process of the stack that is started again when it dies on its own, as a service manager
@@ -229,7 +315,7 @@ fn create_demo_user(origin: &Path, app_url: &str, password: &str) -> Result<()> 
     }
 }
 
-fn print_welcome(password: &str, with_worker: bool) {
+fn print_welcome(password: &str, with_worker: bool, fleet: bool) {
     let ca = crate::certs::dir().join("ca.crt");
     let ca = ca.strip_prefix(root()).unwrap_or(&ca).display().to_string();
     println!(
@@ -257,7 +343,9 @@ Try:
   # 3. a burst on the login tier (5/minute): 401s, then 429s
   for i in $(seq 8); do curl -s --http1.1 -o /dev/null -w '%{{http_code}} ' --cacert {ca} https://localhost:8443/api/v1/auth/login -H 'content-type: application/json' -d '{{"username":"{DEMO_USER}","password":"wrong"}}'; done; echo
 
+{fleet_text}
 Ctrl-C stops everything this command started."#,
+        fleet_text = if fleet { fleet_welcome(&ca) } else { String::new() },
         worker_line = if with_worker {
             "\n  Worker (wrangler dev)    https://localhost:8787/api/v1/…   (self-signed: curl -k)"
         } else {
@@ -267,8 +355,24 @@ Ctrl-C stops everything this command started."#,
     let _ = std::io::stdout().flush();
 }
 
+fn fleet_welcome(ca: &str) -> String {
+    format!(
+        r#"
+The fleet: three Envoys count one limit in Redis through portcullis-ratelimit.
+
+  Envoys                   https://localhost:8443, :8444, :8445   (admin :9901, :9902, :9903)
+  portcullis-ratelimit     127.0.0.1:8089 (gRPC), metrics http://127.0.0.1:9089/metrics
+  Redis                    127.0.0.1:56379 (redis-cli -p 56379 --scan)
+
+  # 4. a login burst spread over the three Envoys: still 5 a minute in all (401s), then the
+  #    fleet's 429s (a minute after #3, which spends the same quota)
+  for i in $(seq 9); do port=$((8443 + i % 3)); curl -s --http1.1 -o /dev/null -w "$port:%{{http_code}} " --cacert {ca} https://localhost:$port/api/v1/auth/login -H 'content-type: application/json' -d "{{\"username\":\"guest-$i\",\"password\":\"wrong\"}}"; done; echo
+"#
+    )
+}
+
 /// Blocks until Ctrl-C/SIGTERM, restarting any process of the stack that exits on its own.
-fn wait_for_stop(daemons: &mut [&mut Supervised]) -> Result<()> {
+fn wait_for_stop(daemons: &mut [&mut Supervised], mut fleet: Option<&mut Fleet>) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -280,6 +384,9 @@ fn wait_for_stop(daemons: &mut [&mut Supervised]) -> Result<()> {
         }
         for daemon in daemons.iter_mut() {
             daemon.check()?;
+        }
+        if let Some(fleet) = fleet.as_deref_mut() {
+            fleet.check()?;
         }
     }
 }

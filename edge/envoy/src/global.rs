@@ -34,6 +34,27 @@ pub fn dispatch(policy: &Policy, global: &GlobalConfig, check: &LimitCheck) -> R
     )
 }
 
+/// A call that opens this worker's connection to the service before the first limited request
+/// needs it (a cold HTTP/2 connection can take longer than the call's timeout). It names a tier
+/// no policy has, which a rate-limit service answers OK without touching its store.
+pub fn warm_up(global: &GlobalConfig) -> Result<u32, Status> {
+    use portcullis_ratelimit::descriptor::TIER_KEY;
+    use portcullis_ratelimit::proto::{Entry, RateLimitDescriptor, RateLimitRequest};
+    let message = RateLimitRequest {
+        domain: global.domain.clone(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry { key: TIER_KEY.to_owned(), value: WARM_UP_TIER.to_owned() }],
+            limit: None,
+        }],
+        hits_addend: 0,
+    }
+    .encode_to_vec();
+    hostcalls::dispatch_grpc_call(&global.cluster, SERVICE, METHOD, Vec::new(), Some(&message), Duration::from_secs(5))
+}
+
+/// Not a valid tier name (policy tiers are `[a-z0-9_-]`), so never a configured limit.
+pub const WARM_UP_TIER: &str = "(warm-up)";
+
 /// Reads a successful call's answer as a verdict. `None`: not usable (the fallback decides).
 pub fn answer(check: &LimitCheck, size: usize) -> Result<Acquire, String> {
     let body = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)

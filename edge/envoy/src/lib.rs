@@ -35,6 +35,8 @@ struct Root {
     metrics: Option<Rc<Metrics>>,
     header_sets: Option<Rc<[host_bytes::Block]>>,
     denials: Rc<RefCell<global::KnownDenials>>,
+    /// This VM's connection to the rate-limit service was opened (global mode).
+    warmed: bool,
 }
 
 impl Context for Root {}
@@ -66,6 +68,14 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(metrics) = &self.metrics {
             metrics.flush();
+        }
+        if !self.warmed {
+            self.warmed = true;
+            if let Some(global) = self.policy.as_ref().and_then(|p| p.global_limiter())
+                && let Err(status) = global::warm_up(global)
+            {
+                log(LogLevel::Warn, &format!("portcullis: rate-limit service {:?}: {status:?}", global.cluster));
+            }
         }
     }
 
