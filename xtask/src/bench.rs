@@ -18,6 +18,9 @@ pub enum Suite {
     Coverage,
     /// Origin requests/s and latency percentiles (wrk over TLS).
     Origin,
+    /// Global vs local mode per limited request (latency, Envoy CPU, Redis round trips), and the
+    /// rate-limit service alone.
+    Fleet,
     /// Every suite.
     All,
 }
@@ -44,6 +47,9 @@ pub fn run(suite: Suite) -> Result<()> {
     }
     if matches!(suite, Suite::Origin | Suite::All) {
         rows.extend(crate::bench_origin::run()?);
+    }
+    if matches!(suite, Suite::Fleet | Suite::All) {
+        rows.extend(crate::bench_fleet::run()?);
     }
     if matches!(suite, Suite::Coverage | Suite::All) {
         rows.extend(crate::coverage::run()?);

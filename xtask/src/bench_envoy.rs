@@ -13,10 +13,10 @@ use crate::envoy::{INSTALLED_FILTER, admin_ready, spawn_envoy};
 use crate::stage::{cmd, exec, output, root};
 use crate::tools::state_dir;
 
-const UPSTREAM_PORT: u16 = 18000;
+pub const UPSTREAM_PORT: u16 = 18000;
 pub const BASELINE_FILTER: &str = ".portcullis/envoy/baseline_filter.wasm";
-const PROXY_PORT: u16 = 18080;
-const PROXY_ADMIN: u16 = 18901;
+pub const PROXY_PORT: u16 = 18080;
+pub const PROXY_ADMIN: u16 = 18901;
 const SECONDS_PER_RUN: u32 = 8;
 const ROUNDS: usize = 3;
 
@@ -105,9 +105,16 @@ fn proxy_config(variant: Variant) -> String {
             ),
             String::new(),
         ),
-        Variant::Portcullis => (
-            format!(
-                r#"
+        Variant::Portcullis => return filter_proxy_config(POLICY, ""),
+    };
+    proxy_yaml(&filters, &route_extra, "")
+}
+
+/// The bench proxy with the Portcullis filter under `policy` (JSON), plus `extra_clusters`
+/// (YAML list items at four spaces).
+pub fn filter_proxy_config(policy: &str, extra_clusters: &str) -> String {
+    let filter = format!(
+        r#"
                   - name: envoy.filters.http.wasm
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -120,11 +127,12 @@ fn proxy_config(variant: Variant) -> String {
                         configuration:
                           "@type": type.googleapis.com/google.protobuf.StringValue
                           value: '{}'"#,
-                POLICY.replace('\n', "")
-            ),
-            String::new(),
-        ),
-    };
+        policy.replace('\n', "")
+    );
+    proxy_yaml(&filter, "", extra_clusters)
+}
+
+fn proxy_yaml(filters: &str, route_extra: &str, extra_clusters: &str) -> String {
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PROXY_ADMIN} }} }}
@@ -155,11 +163,11 @@ static_resources:
       load_assignment:
         cluster_name: upstream
         endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {UPSTREAM_PORT} }} }} }} }}] }}]
-"#
+{extra_clusters}"#
     )
 }
 
-fn upstream_config() -> String {
+pub fn upstream_config() -> String {
     format!(
         r#"static_resources:
   listeners:
@@ -184,7 +192,7 @@ fn upstream_config() -> String {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
@@ -194,7 +202,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
-fn ticks_per_second() -> Result<f64> {
+pub fn ticks_per_second() -> Result<f64> {
     Ok(output(&mut cmd("getconf", &["CLK_TCK"]))?.trim().parse()?)
 }
 

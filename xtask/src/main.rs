@@ -3,6 +3,7 @@
 mod api_fuzz;
 mod bench;
 mod bench_envoy;
+mod bench_fleet;
 mod bench_origin;
 mod certs;
 mod compose;
@@ -69,7 +70,7 @@ enum Command {
     },
     /// Run benchmarks and print their results as a table.
     Bench {
-        /// Which benchmarks: `core`, `envoy`, `origin`, or `all`.
+        /// Which benchmarks: `core`, `envoy`, `worker`, `origin`, `fleet`, `coverage`, or `all`.
         #[arg(default_value = "all")]
         suite: bench::Suite,
     },
