@@ -134,8 +134,8 @@ def send(method, path, *, https=True, host=None, headers=(), body=None, upstream
         conn.close()
 
 
-def stats():
-    conn = http.client.HTTPConnection("127.0.0.1", 9901, timeout=5)
+def stats(admin=9901):
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
     conn.request("GET", "/stats?filter=portcullis")
     text = conn.getresponse().read().decode()
     conn.close()
@@ -179,6 +179,7 @@ class EnvoyFilter(unittest.TestCase):
             self.assertEqual(headers.get(name), [value], f"{name} on {what}")
         self.assertEqual(headers.get("strict-transport-security"), [HSTS] if https else None, f"HSTS on {what}")
         self.assertNotIn("x-powered-by", headers, what)
+        self.assertEqual([n for n in headers if n.startswith("x-envoy-")], [], f"nothing reveals the proxy: {what}")
 
     def test_01_headers_on_forwarded_responses(self):
         for status in (200, 404, 500):

@@ -81,20 +81,49 @@ pub async fn forward(
     edit(upstream, policy, plan)
 }
 
-async fn send_upstream(req: &Request, incoming: &Incoming, origin: &Url) -> Result<Response> {
+/// Forwarding headers a client may send that only the edge may write: they are dropped from
+/// the origin request, and the Worker writes its own `X-Forwarded-For`/`-Proto`.
+const EDGE_WRITTEN: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "forwarded", "x-real-ip"];
+
+/// The headers the origin gets: the client's, minus hop-by-hop ones (and those `Connection`
+/// lists), minus every forwarding and `CF-*` header the client sent, plus the Worker's own
+/// `X-Forwarded-For` (the client's address, as Cloudflare vouches for it in
+/// `CF-Connecting-IP`; absent when it is not an address) and `X-Forwarded-Proto`.
+pub fn upstream_headers(incoming: &Incoming) -> Vec<(String, String)> {
     let connection_listed: Vec<String> = incoming
         .headers
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
         .flat_map(|(_, value)| value.split(',').map(|t| t.trim().to_ascii_lowercase()))
         .collect();
+    let client = incoming
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("cf-connecting-ip"))
+        .and_then(|(_, value)| value.trim().parse::<std::net::IpAddr>().ok());
+    let mut headers: Vec<(String, String)> = incoming
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            !(HOP_BY_HOP.contains(&lower.as_str())
+                || connection_listed.contains(&lower)
+                || EDGE_WRITTEN.contains(&lower.as_str())
+                || lower.starts_with("cf-"))
+        })
+        .cloned()
+        .collect();
+    if let Some(client) = client {
+        headers.push(("x-forwarded-for".into(), client.to_string()));
+    }
+    headers.push(("x-forwarded-proto".into(), if incoming.https { "https" } else { "http" }.into()));
+    headers
+}
+
+async fn send_upstream(req: &Request, incoming: &Incoming, origin: &Url) -> Result<Response> {
     let headers = Headers::new();
-    for (name, value) in &incoming.headers {
-        let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || connection_listed.contains(&lower) {
-            continue;
-        }
-        headers.append(name, value)?;
+    for (name, value) in upstream_headers(incoming) {
+        headers.append(&name, &value)?;
     }
     let mut init = RequestInit::new();
     init.with_method(worker::Method::from(incoming.method.clone()))
@@ -124,4 +153,46 @@ fn edit(upstream: Response, policy: &Policy, plan: ResponsePlan) -> Result<Respo
         ResponseBody::Empty => builder.empty(),
         body => builder.body(body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incoming(headers: &[(&str, &str)]) -> Incoming {
+        Incoming {
+            method: "GET".into(),
+            https: true,
+            authority: Some("localhost".into()),
+            target: "/".into(),
+            headers: headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn the_origin_hears_the_edge_about_the_client_never_the_client_about_itself() {
+        let sent = upstream_headers(&incoming(&[
+            ("cf-connecting-ip", "198.51.100.7"),
+            ("cf-ray", "abc"),
+            ("CF-IPCountry", "XX"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("X-Forwarded-Proto", "http"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
+            ("connection", "x-secret"),
+            ("x-secret", "hop"),
+            ("te", "trailers"),
+            ("accept", "application/json"),
+        ]));
+        assert_eq!(
+            sent,
+            [
+                ("accept".to_owned(), "application/json".to_owned()),
+                ("x-forwarded-for".to_owned(), "198.51.100.7".to_owned()),
+                ("x-forwarded-proto".to_owned(), "https".to_owned()),
+            ]
+        );
+        let garbage = upstream_headers(&incoming(&[("cf-connecting-ip", "not an address")]));
+        assert_eq!(garbage, [("x-forwarded-proto".to_owned(), "https".to_owned())]);
+    }
 }

@@ -38,6 +38,11 @@ test("forwarding: method, streamed body, headers minus hop-by-hop; response edit
         "x-custom": "kept",
         "proxy-authorization": "Basic c2VjcmV0",
         te: "trailers",
+        "x-forwarded-for": "10.9.8.7",
+        "x-forwarded-proto": "http",
+        forwarded: "for=10.9.8.7",
+        "cf-connecting-ip": "198.51.100.23",
+        "cf-ray": "client-made",
         "x-test-id": "fwd-1",
         "x-test-upstream": upstream({
           status: 201,
@@ -65,6 +70,12 @@ test("forwarding: method, streamed body, headers minus hop-by-hop; response edit
     assert.equal(seen.headers["x-custom"], "kept");
     assert.equal(seen.headers["proxy-authorization"], undefined);
     assert.equal(seen.headers.te, undefined);
+    // Forwarding headers as the origin receives them: the Worker's, never the client's.
+    assert.equal(seen.headers["x-forwarded-for"], "198.51.100.23");
+    assert.equal(seen.headers["x-forwarded-proto"], "https");
+    assert.equal(seen.headers.forwarded, undefined);
+    assert.equal(seen.headers["cf-ray"], undefined);
+    assert.equal(seen.headers["cf-connecting-ip"], undefined);
   } finally {
     await worker.dispose();
   }
