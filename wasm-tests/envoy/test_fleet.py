@@ -23,7 +23,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_envoy import CERTS, CLIENT_TLS, ENVOY, ROOT, FakeOrigin  # noqa: E402
+from test_envoy import CERTS, CLIENT_TLS, ENVOY, ROOT, FakeOrigin, stats  # noqa: E402
 
 HTTPS_PORTS = (8443, 8444, 8445)
 ADMIN_PORTS = (9901, 9902, 9903)
@@ -62,13 +62,10 @@ def statuses(results):
 
 
 def stat(admin_port, suffix):
-    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
-    conn.request("GET", "/stats?filter=portcullis")
-    text = conn.getresponse().read().decode()
-    conn.close()
-    for name, value in re.findall(r"^(\S+): (\d+)$", text, re.M):
+    """A filter counter of one Envoy (0 before its first flush)."""
+    for name, value in stats(admin_port).items():
         if name.endswith(suffix):
-            return int(value)
+            return value
     return 0
 
 

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portcullis_core::conformance::{Action, EPOCH_MS, Observed, Requirement, Vectors};
+mod vectors;
+
+use portcullis_core::conformance::Requirement;
 use portcullis_ratelimit::proto::{
     Code, DescriptorStatus, Duration as ProtoDuration, RateLimit, RateLimitRequest, RateLimitResponse, Unit,
 };
@@ -18,7 +20,7 @@ use portcullis_ratelimit::rls::rate_limit_service_client::RateLimitServiceClient
 use portcullis_ratelimit::testing::Redis;
 use prost::Message;
 use serde_json::json;
-use wasm_tests::{Backend, GrpcAnswer, GrpcCall, Host, HttpRequest, Plugin, Response};
+use wasm_tests::{Backend, GrpcAnswer, GrpcCall, Host, HttpRequest, Plugin};
 
 wasm_tests::on_each_backend!(
     conformance_vectors_hold_through_the_real_service,
@@ -133,63 +135,27 @@ fn login(peer: &str) -> HttpRequest {
 fn conformance_vectors_hold_through_the_real_service(backend: Backend) {
     // The service keeps Redis' clock, so cases that move time are the local limiter's alone.
     const SUPPORTED: [Requirement; 2] = [Requirement::Peer, Requirement::RawRequest];
-    let vectors = Vectors::load().unwrap();
     let redis = Redis::start();
     let mut services: HashMap<String, Shared> = HashMap::new();
-    let mut failures = Vec::new();
-    let (mut replayed, mut calls) = (0, 0);
-    for case in &vectors.cases {
-        if case.requires.iter().any(|r| !SUPPORTED.contains(r)) {
-            continue;
-        }
-        replayed += 1;
-        redis.cli(&["FLUSHALL"]);
-        let policy: serde_json::Value = serde_json::from_slice(&vectors.config_json(case)).unwrap();
-        let service =
-            services.entry(case.config.clone()).or_insert_with(|| RealService::start(&redis, &policy.to_string()));
-        let host = Host::new();
-        host.grpc_cluster(CLUSTER, service.clone());
-        let mut plugin = host.start(backend, &global(&policy, json!({}))).unwrap();
-        for (index, step) in case.steps.iter().enumerate() {
-            host.set_time_nanos((EPOCH_MS + step.at_ms) * 1_000_000);
-            let r = &step.request;
-            let mut request = HttpRequest::new(&r.method, r.path.as_deref().unwrap_or("/"));
-            request = match r.authority.as_deref() {
-                Some(authority) if r.scheme == "http" => request.plain(authority),
-                Some(authority) => request.authority(authority),
-                None => request.without(":authority"),
-            };
-            if r.path.is_none() {
-                request = request.without(":path");
-            }
-            request = request.peer(r.peer.as_deref().unwrap_or("192.0.2.1:50000"));
-            for (name, value) in &r.headers {
-                request = request.header(name, value);
-            }
-            request.upstream = Response {
-                status: step.upstream.status,
-                headers: step.upstream.headers.iter().map(|(n, v)| (n.clone(), v.clone().into_bytes())).collect(),
-                body: step.upstream.body.clone().into_bytes(),
-            };
-            for attempt in 0..step.repeat {
-                let exchange = send(&mut plugin, &request);
-                calls += exchange.grpc_calls.len();
-                let observed = Observed {
-                    action: if exchange.local { Action::Respond } else { Action::Forward },
-                    status: exchange.response.status,
-                    headers: exchange.response.text_headers(),
-                    body: String::from_utf8_lossy(&exchange.response.body).into_owned(),
-                };
-                if let Err(problems) = step.expect.check(&observed) {
-                    failures.push(format!("{} / step {index} / attempt {attempt}:\n{problems}", case.name));
-                }
-            }
-        }
-        assert_eq!(host.metric("portcullis.global_fallbacks").unwrap_or(0), 0, "{}", case.name);
-    }
+    let replay = vectors::replay(
+        &SUPPORTED,
+        |case, config| {
+            redis.cli(&["FLUSHALL"]);
+            let policy: serde_json::Value = serde_json::from_str(config).unwrap();
+            let service = services.entry(case.config.clone()).or_insert_with(|| RealService::start(&redis, config));
+            let host = Host::new();
+            host.grpc_cluster(CLUSTER, service.clone());
+            let plugin = host.start(backend, &global(&policy, json!({}))).unwrap();
+            (host, plugin)
+        },
+        |case, host| {
+            assert_eq!(host.metric("portcullis.global_fallbacks").unwrap_or(0), 0, "{}", case.name);
+        },
+    );
+    let failures = &replay.failures;
     assert!(failures.is_empty(), "{} failures:\n\n{}", failures.len(), failures.join("\n\n"));
-    assert!(replayed >= vectors.cases.len() - 2, "too few cases replayed: {replayed}");
-    assert!(calls > 100, "the vectors' limited requests went to the service ({calls} calls)");
+    assert!(replay.replayed >= replay.total - 2, "too few cases replayed: {}", replay.replayed);
+    assert!(replay.grpc_calls > 100, "the vectors' limited requests went to the service ({} calls)", replay.grpc_calls);
 }
 
 /// A cluster that answers every call `answer` and counts the calls.

@@ -203,24 +203,8 @@ pub fn run() -> Result<Vec<(String, String)>> {
     let mut upstream = spawn_envoy(&envoy_bin, &upstream_config, "bench-upstream", 51, 1, "error")?;
     upstream
         .wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", UPSTREAM_PORT)).is_ok())?;
-    let redis_dir = dir.join("redis");
-    std::fs::create_dir_all(&redis_dir)?;
-    let mut redis = Daemon::spawn(
-        "bench-redis",
-        pinned(1, &which("redis-server")?)
-            .args([
-                "--port",
-                &REDIS_PORT.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(&redis_dir),
-    )?;
+    let redis_args = crate::fleet::redis_args_for(REDIS_PORT, &dir.join("redis"))?;
+    let mut redis = Daemon::spawn("bench-redis", pinned(1, &which("redis-server")?).args(redis_args))?;
     redis.wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", REDIS_PORT)).is_ok())?;
     let policy_path = dir.join("fleet-policy.json");
     std::fs::write(&policy_path, POLICY)?;

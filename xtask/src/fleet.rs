@@ -54,11 +54,16 @@ fn dir() -> PathBuf {
 /// `redis-server`'s arguments for the fleet's Redis: loopback, no persistence, its files under
 /// `.portcullis/fleet/redis`.
 pub fn redis_args() -> Result<Vec<String>> {
-    let data = dir().join("redis");
-    std::fs::create_dir_all(&data)?;
+    redis_args_for(REDIS_PORT, &dir().join("redis"))
+}
+
+/// `redis-server`'s arguments for a Redis on 127.0.0.1:`port` with no persistence, its files in
+/// `data` (made if missing).
+pub fn redis_args_for(port: u16, data: &Path) -> Result<Vec<String>> {
+    std::fs::create_dir_all(data)?;
     Ok([
         "--port",
-        &REDIS_PORT.to_string(),
+        &port.to_string(),
         "--bind",
         "127.0.0.1",
         "--save",

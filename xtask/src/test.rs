@@ -51,7 +51,7 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn real_envoy() -> Result<()> {
+pub fn real_envoy() -> Result<()> {
     let envoy_bin = tools::ensure_envoy()?;
     certs::ensure()?;
     envoy::validate(&envoy_bin, &root().join("envoy.yaml"))?;
@@ -109,10 +109,14 @@ pub fn real_fleet() -> Result<()> {
         report(&[&redis, &service, &envoys[0], &envoys[1], &envoys[2]]);
     }
     result?;
+    // A fresh fleet over the cluster: the Envoys still remember the refusals the first run ended
+    // with (until their Retry-After), which would answer its first requests without a call.
+    drop(envoys);
     drop(service);
     drop(redis);
     let (nodes, urls) = fleet::start_redis_cluster()?;
     let service = fleet::start_service(&service_bin, &urls, &policy)?;
+    let envoys = fleet::start_envoys(&envoy_bin, &policy)?;
     let result = run("cluster", &["-k", "exact"], 0);
     if result.is_err() {
         report(&[&service, &envoys[0], &nodes[0]]);
