@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::ring;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -12,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
@@ -23,9 +24,11 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 pub fn server_config(cert: &Path, key: &SecretString, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, String> {
     let chain = certificates(cert)?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key.expose_secret().as_bytes())
-        .map_err(|e| format!("PORTCULLIS_TLS_KEY: {e}"))?
-        .ok_or("PORTCULLIS_TLS_KEY: no PEM private key found")?;
+    let key = match PrivateKeyDer::from_pem_slice(key.expose_secret().as_bytes()) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => return Err("PORTCULLIS_TLS_KEY: no PEM private key found".into()),
+        Err(err) => return Err(format!("PORTCULLIS_TLS_KEY: {err}")),
+    };
 
     let mut provider = ring::default_provider();
     // ring's defaults are already AEAD-only; the ordering here prefers AES-GCM, then ChaCha20.
