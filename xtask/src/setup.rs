@@ -35,7 +35,33 @@ pub fn run() -> Result<()> {
     })?;
     stage("setup: docker-compose (to validate docker-compose.yml)", crate::compose::ensure_tool)?;
     crate::worker::setup()?;
-    stage("setup: cargo-fuzz", crate::fuzz::ensure_tool)
+    stage("setup: cargo-fuzz", crate::fuzz::ensure_tool)?;
+    stage("setup: fixed local ports kept out of the ephemeral range", reserve_fixed_ports)
+}
+
+/// The fixed ports inside Linux's ephemeral range (32768–60999): the dev PostgreSQL, the
+/// fleet's Redis and the test Redis Cluster's client and bus ports. An outgoing connection
+/// handed one of them as its local port would make the stack fail to bind it.
+const RESERVED_PORTS: &str = "55432,56359-56379";
+
+fn reserve_fixed_ports() -> Result<()> {
+    let path = std::path::Path::new("/proc/sys/net/ipv4/ip_local_reserved_ports");
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    if current.trim() == RESERVED_PORTS || current.contains(RESERVED_PORTS) {
+        println!("    present: {RESERVED_PORTS}");
+        return Ok(());
+    }
+    let wanted = if current.trim().is_empty() {
+        RESERVED_PORTS.to_owned()
+    } else {
+        format!("{},{RESERVED_PORTS}", current.trim())
+    };
+    match std::fs::write(path, &wanted) {
+        Ok(()) => println!("    reserved: {RESERVED_PORTS}"),
+        // Not root, or a read-only /proc: the ports stay usable, a collision stays unlikely.
+        Err(err) => println!("    could not reserve {RESERVED_PORTS} ({err}); continuing"),
+    }
+    Ok(())
 }
 
 /// Debian's `package`, installed when `binary` does not run (needs root and the package index).
