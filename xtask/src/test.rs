@@ -86,13 +86,12 @@ pub fn real_fleet() -> Result<()> {
     let service = fleet::start_service(&service_bin, &single, &policy)?;
     let envoys = fleet::start_envoys(&envoy_bin, &policy)?;
     let python = tools::venv_python();
-    let run = |mode: &str, args: &[&str], redis_pid: u32| {
+    let run = |args: &[&str], redis_pid: u32| {
         let mut command = cmd(&python.to_string_lossy(), &["wasm-tests/envoy/test_fleet.py"]);
         command
             .args(args)
             .env("PORTCULLIS_ENVOY", &envoy_bin)
             .env("PORTCULLIS_ROOT", root())
-            .env("PORTCULLIS_REDIS_MODE", mode)
             .env("PORTCULLIS_REDIS_PID", redis_pid.to_string());
         let mut argv = vec!["redis-server".to_owned()];
         argv.extend(fleet::redis_args()?);
@@ -104,7 +103,7 @@ pub fn real_fleet() -> Result<()> {
             eprintln!("--- {} ({}):\n{}", daemon.name, daemon.log.display(), daemon.tail(25));
         }
     };
-    let result = run("single", &[], redis.child.id());
+    let result = run(&[], redis.child.id());
     if result.is_err() {
         report(&[&redis, &service, &envoys[0], &envoys[1], &envoys[2]]);
     }
@@ -117,7 +116,7 @@ pub fn real_fleet() -> Result<()> {
     let (nodes, urls) = fleet::start_redis_cluster()?;
     let service = fleet::start_service(&service_bin, &urls, &policy)?;
     let envoys = fleet::start_envoys(&envoy_bin, &policy)?;
-    let result = run("cluster", &["-k", "exact"], 0);
+    let result = run(&["-k", "exact"], 0);
     if result.is_err() {
         report(&[&service, &envoys[0], &nodes[0]]);
     }
