@@ -128,6 +128,16 @@ impl Application {
     pub fn edge(settings: &Settings) -> Result<Edge, String> {
         let policy =
             Policy::from_json(settings.policy_json.as_bytes()).map_err(|e| format!("PORTCULLIS_POLICY: {e}"))?;
+        if settings.redis.is_some() && !policy.hash_key_configured() {
+            // Counts in Redis are keyed by the hashed client: every host sharing them must
+            // hash alike, so a key of this process's own would split every client's count.
+            return Err("PORTCULLIS_POLICY: limiter.hash_key is required with PORTCULLIS_REDIS_URL (the \
+                        fleet's hosts must hash clients alike; generate one: openssl rand -hex 16)"
+                .to_owned());
+        }
+        // Without a configured key, a random one of this process: nobody outside can aim
+        // addresses at one bucket.
+        let policy = policy.with_hash_key(portcullis_core::HashKey::from_bytes(rand::random()));
         let shared = settings.redis.clone().map(|target| SharedLimits::new(target, settings.redis_timeout));
         Ok(Edge { policy: Arc::new(policy), store: Arc::new(MemoryStore::new()), shared })
     }

@@ -84,3 +84,40 @@ async fn two_origins_share_one_limit_and_fall_back_to_their_own() {
     assert_eq!(allowed, 10, "five per origin while Redis is down");
     assert!(edge_a.shared.as_ref().unwrap().fallbacks() >= 10 && edge_b.shared.as_ref().unwrap().fallbacks() >= 10);
 }
+
+/// The origin's hash key: the policy's, else a random one of this process; a Redis shared with
+/// the fleet needs the configured one (no Redis server is needed to see that).
+#[test]
+fn an_origin_hashes_with_its_own_random_key_unless_it_shares_redis() {
+    let edge_for = |policy: &str, redis: bool| {
+        let mut env = std::collections::BTreeMap::from([("PORTCULLIS_POLICY".to_owned(), policy.to_owned())]);
+        if redis {
+            env.insert("PORTCULLIS_REDIS_URL".to_owned(), "redis://127.0.0.1:1".to_owned());
+        }
+        Application::edge(&Settings::from_env(&env).unwrap())
+    };
+    let unkeyed = POLICY.replace(r#""limiter": {"hash_key": "0f0e0d0c0b0a09080706050403020100"},"#, "");
+    let error = edge_for(&unkeyed, true).err().unwrap();
+    assert!(error.starts_with("PORTCULLIS_POLICY: limiter.hash_key is required with PORTCULLIS_REDIS_URL"), "{error}");
+
+    let client_id = |edge: &Edge| {
+        let headers: Vec<(&str, &str)> = Vec::new();
+        let request = portcullis_core::Request {
+            method: b"POST",
+            scheme: portcullis_core::Scheme::Https,
+            authority: Some(b"localhost"),
+            path: Some(b"/api/v1/auth/login"),
+            peer: portcullis_core::Peer::Socket("203.0.113.7"),
+            headers: &headers,
+        };
+        match edge.policy.begin(&request) {
+            portcullis_core::Begin::Check(check) => check.client_id(),
+            portcullis_core::Begin::Decided(decision) => panic!("a limit check expected: {decision:?}"),
+        }
+    };
+    let (one, two) = (edge_for(&unkeyed, false).unwrap(), edge_for(&unkeyed, false).unwrap());
+    assert!(!one.policy.needs_hash_key());
+    assert_ne!(client_id(&one), client_id(&two), "each process its own random key");
+    let (a, b) = (edge_for(POLICY, false).unwrap(), edge_for(POLICY, false).unwrap());
+    assert_eq!(client_id(&a), client_id(&b), "a configured key is everyone's");
+}

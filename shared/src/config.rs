@@ -134,6 +134,9 @@ pub struct TierConfig {
     /// Overrides `rate_limit_mode` for this tier.
     #[serde(default)]
     pub mode: Option<LimitMode>,
+    /// Overrides `limiter.on_store_error` for this tier (e.g. `deny` for logins).
+    #[serde(default)]
+    pub on_store_error: Option<StoreErrorMode>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -152,9 +155,11 @@ pub struct LimiterConfig {
     pub capacity_per_tier: u32,
     /// Compare-and-swap attempts before a contended request is treated as over the limit.
     pub max_cas_retries: u8,
-    /// What to do when the state store itself fails.
+    /// What a limited request gets when the state store itself fails; a tier may override it.
     pub on_store_error: StoreErrorMode,
-    /// 32 hex digits keying the slot hash, so outsiders cannot aim addresses at one bucket.
+    /// 32 hex digits keying every hash of a client (bucket slots, client ids), so outsiders
+    /// cannot aim addresses at one bucket. Without it each host makes a random key of its own
+    /// (see [`crate::Policy::needs_hash_key`]); hosts that share a store must share the key.
     pub hash_key: Option<String>,
     /// Where limits are counted: in this host (`local`), or by a rate-limit service shared by
     /// a fleet (`global`, Envoy's filter only; other hosts count locally).
@@ -168,7 +173,7 @@ impl Default for LimiterConfig {
         Self {
             capacity_per_tier: 16_384,
             max_cas_retries: 8,
-            on_store_error: StoreErrorMode::Allow,
+            on_store_error: StoreErrorMode::Local,
             hash_key: None,
             backend: Backend::Local,
             global: None,
@@ -222,10 +227,18 @@ pub enum Unavailable {
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// What a limited request gets when the limiter's state store fails (a Durable Object that
+/// cannot answer, shared data that is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreErrorMode {
+    /// A limiter inside this host (the Worker's isolate, the Envoy VM) counts instead: per
+    /// host rather than exact, but never unlimited. Hosts count every such decision.
+    #[default]
+    Local,
+    /// Forward without limiting (fails open: only for tiers where availability wins).
     Allow,
+    /// Refuse with 503 and `Retry-After: 1`.
     Deny,
 }
 
@@ -249,6 +262,7 @@ pub fn seed_tiers() -> Vec<TierConfig> {
             path: path.to_owned(),
             limit: limit.to_owned(),
             mode: None,
+            on_store_error: None,
         })
         .collect()
 }

@@ -56,6 +56,6 @@ pub use headers::{HeaderSet, HeaderSink, SEED_HEADERS, STRICT_HEADERS};
 pub use limiter::gcra::{Gcra, Verdict};
 pub use limiter::store::{BucketStore, Loaded, MemoryStore, StoreError, Swap, Version};
 pub use limiter::table::BUCKET_BYTES;
-pub use limiter::{Acquire, Slot};
-pub use policy::{Begin, LimitCheck, Policy};
+pub use limiter::{Acquire, HashKey, Slot};
+pub use policy::{Begin, LimitCheck, Limited, Policy};
 pub use request::{Peer, Request, RequestHeaders, Scheme};

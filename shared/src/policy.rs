@@ -13,10 +13,18 @@ use crate::headers::{HeaderProfile, HeaderSet};
 use crate::host::{HostPattern, parse_authority};
 use crate::limiter::gcra::{Gcra, Verdict, ceil_secs};
 use crate::limiter::store::BucketStore;
-use crate::limiter::{Acquire, Limiter, Slot};
+use crate::limiter::{Acquire, HashKey, Limiter, Slot};
 use crate::path::{RouteTemplate, canonical, canonicalize, has_prefix};
 use crate::rate::Rate;
 use crate::request::{Request, RequestHeaders, Scheme};
+
+/// A decision on a limited request, and whether `on_store_error` made it because the store
+/// failed (a degraded decision: hosts count them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub decision: Decision,
+    pub degraded: bool,
+}
 
 /// A policy compiled once from its JSON document; cheap to consult per request.
 #[derive(Debug, Clone)]
@@ -50,6 +58,7 @@ struct Tier {
     /// `None` for an unlimited tier; else the rate and the tier's ordinal among limited tiers.
     limit: Option<(Gcra, u32)>,
     shadow: bool,
+    on_store_error: StoreErrorMode,
 }
 
 impl Tier {
@@ -87,6 +96,7 @@ pub struct LimitCheck {
     client: u128,
     gcra: Gcra,
     shadow: bool,
+    on_store_error: StoreErrorMode,
     plan: ResponsePlan,
 }
 
@@ -120,6 +130,11 @@ impl LimitCheck {
     /// Whether the tier only reports (shadow mode) rather than refuses.
     pub fn is_shadow(&self) -> bool {
         self.shadow
+    }
+
+    /// What the check gets if its store fails: the tier's `on_store_error`, else the limiter's.
+    pub fn on_store_error(&self) -> StoreErrorMode {
+        self.on_store_error
     }
 }
 
@@ -202,7 +217,7 @@ impl Policy {
         }
 
         let tier_configs = config.rate_limits.clone().unwrap_or_else(config::seed_tiers);
-        let tiers = compile_tiers(&tier_configs, config.rate_limit_mode)?;
+        let tiers = compile_tiers(&tier_configs, config.rate_limit_mode, config.limiter.on_store_error)?;
         let limited = tiers.iter().filter(|t| t.limit.is_some()).count() as u32;
 
         let sets = |slot: usize, profile: &HeaderProfile| {
@@ -295,6 +310,7 @@ impl Policy {
             client: self.limiter.client_id(&client),
             gcra: *gcra,
             shadow: tier.shadow,
+            on_store_error: tier.on_store_error,
             plan,
         })
     }
@@ -333,11 +349,46 @@ impl Policy {
                 let refusal = RateReport { tier: check.tier, remaining: 0, reset_after: wait, retry_after: Some(wait) };
                 if check.shadow { forward(None, Outcome::ShadowLimited) } else { self.too_many(tier, plan, refusal) }
             }
-            Acquire::StoreFailed(_) => match self.limiter.on_store_error {
+            Acquire::StoreFailed(_) => match check.on_store_error {
                 StoreErrorMode::Allow => forward(None, Outcome::StoreErrorAllowed),
-                StoreErrorMode::Deny => self.store_failed(plan),
+                // `local` needs the host's own limiter, which only the host has
+                // ([`Policy::degrade`]); without it the request is refused, not let through.
+                StoreErrorMode::Local | StoreErrorMode::Deny => self.store_failed(plan),
             },
         }
+    }
+
+    /// The decision for `check` after its store failed, as `on_store_error` says: `local` runs
+    /// the check over `local` (the host's own store: the isolate's or the VM's, never the one
+    /// that failed), `allow` forwards unlimited, `deny` refuses with 503. A host counts every
+    /// call as a degraded decision.
+    pub fn degrade<S: BucketStore + ?Sized>(&self, check: &LimitCheck, local: &S, now: u64) -> Decision {
+        match check.on_store_error {
+            StoreErrorMode::Local => self.finish(check, self.acquire(check, local, now)),
+            StoreErrorMode::Allow => {
+                Decision::Forward(Forward { plan: check.plan, outcome: Outcome::StoreErrorAllowed })
+            }
+            StoreErrorMode::Deny => self.store_failed(check.plan),
+        }
+    }
+
+    /// Whether the host must give this policy a hash key ([`Policy::with_hash_key`]): the
+    /// configuration names none, and no host has given one yet.
+    pub fn needs_hash_key(&self) -> bool {
+        self.limiter.key.is_none()
+    }
+
+    /// Whether `limiter.hash_key` came from the configuration.
+    pub fn hash_key_configured(&self) -> bool {
+        self.limiter.key_configured
+    }
+
+    /// This policy hashing clients with `key` (the host's random one), unless the configuration
+    /// names its own. Until a policy has a key it hashes with a fixed one that anyone can read,
+    /// so every host gives it one before it serves.
+    pub fn with_hash_key(mut self, key: HashKey) -> Self {
+        self.limiter.set_host_key(key);
+        self
     }
 
     /// The rate of the limited tier named `name`: for a rate-limit service that is sent tier
@@ -360,11 +411,34 @@ impl Policy {
     /// The decision for `check` when the rate-limit service cannot answer, as
     /// `limiter.global.on_unavailable` says: this host's own limiter over `store`, forward
     /// unlimited, or refuse. Without a global backend, the local limiter.
-    pub fn unavailable<S: BucketStore + ?Sized>(&self, check: &LimitCheck, store: &S, now: u64) -> Decision {
+    ///
+    /// `store` is this host's bucket store and `own` its last resort should that fail too, as
+    /// in [`Policy::limit_locally`].
+    pub fn unavailable<S, O>(&self, check: &LimitCheck, store: &S, own: &O, now: u64) -> Limited
+    where
+        S: BucketStore + ?Sized,
+        O: BucketStore + ?Sized,
+    {
+        let decided = |decision| Limited { decision, degraded: false };
         match self.limiter.global.as_ref().map_or(Unavailable::Local, |g| g.on_unavailable) {
-            Unavailable::Local => self.finish(check, self.acquire(check, store, now)),
-            Unavailable::Allow => Decision::Forward(Forward { plan: check.plan, outcome: Outcome::StoreErrorAllowed }),
-            Unavailable::Deny => self.store_failed(check.plan),
+            Unavailable::Local => self.limit_locally(check, store, own, now),
+            Unavailable::Allow => {
+                decided(Decision::Forward(Forward { plan: check.plan, outcome: Outcome::StoreErrorAllowed }))
+            }
+            Unavailable::Deny => decided(self.store_failed(check.plan)),
+        }
+    }
+
+    /// Both phases over this host's bucket `store`; should the store fail, `on_store_error`
+    /// decides over `own` ([`Policy::degrade`]), and the answer says so.
+    pub fn limit_locally<S, O>(&self, check: &LimitCheck, store: &S, own: &O, now: u64) -> Limited
+    where
+        S: BucketStore + ?Sized,
+        O: BucketStore + ?Sized,
+    {
+        match self.acquire(check, store, now) {
+            Acquire::StoreFailed(_) => Limited { decision: self.degrade(check, own, now), degraded: true },
+            answer => Limited { decision: self.finish(check, answer), degraded: false },
         }
     }
 
@@ -465,7 +539,11 @@ fn forwarded_proto_is_https<H: RequestHeaders + ?Sized>(headers: &H) -> bool {
     last.unwrap_or(false)
 }
 
-fn compile_tiers(configs: &[TierConfig], mode: LimitMode) -> Result<Vec<Tier>, ConfigError> {
+fn compile_tiers(
+    configs: &[TierConfig],
+    mode: LimitMode,
+    on_store_error: StoreErrorMode,
+) -> Result<Vec<Tier>, ConfigError> {
     let mut tiers: Vec<Tier> = Vec::with_capacity(configs.len());
     let mut limited = 0u32;
     for (i, tier) in configs.iter().enumerate() {
@@ -498,7 +576,8 @@ fn compile_tiers(configs: &[TierConfig], mode: LimitMode) -> Result<Vec<Tier>, C
             Some((Gcra::new(rate), limited - 1))
         };
         let shadow = tier.mode.unwrap_or(mode) == LimitMode::Shadow;
-        tiers.push(Tier { name: tier.name.clone(), method, route, limit, shadow });
+        let on_store_error = tier.on_store_error.unwrap_or(on_store_error);
+        tiers.push(Tier { name: tier.name.clone(), method, route, limit, shadow, on_store_error });
     }
     if tiers.len() >= usize::from(u16::MAX) {
         return Err(ConfigError::at("rate_limits", "too many tiers"));

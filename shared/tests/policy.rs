@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use portcullis_core::config::StoreErrorMode;
 use portcullis_core::{
-    BucketStore, Decision, Loaded, MemoryStore, Outcome, Peer, Policy, Request, Scheme, StoreError, Swap, Version,
+    Begin, BucketStore, Decision, Loaded, MemoryStore, Outcome, Peer, Policy, Request, Scheme, StoreError, Swap,
+    Version,
 };
 
 const NOW: u64 = 1_700_000_000_000_000_000;
@@ -138,20 +140,54 @@ impl BucketStore for Down {
 #[test]
 fn store_failure_follows_on_store_error() {
     let headers: Vec<(&str, &str)> = Vec::new();
-    let request = Request {
+    let request = |path: &'static [u8]| Request {
         method: b"POST",
         scheme: Scheme::Https,
         authority: Some(b"localhost"),
-        path: Some(b"/api/v1/auth/login"),
+        path: Some(path),
         peer: Peer::Socket("198.51.100.1"),
         headers: &headers,
     };
-    let allow = Policy::from_json(b"{}").unwrap();
-    assert_eq!(allow.decide(&request, NOW, &Down).outcome(), Outcome::StoreErrorAllowed);
+    let login = request(b"/api/v1/auth/login");
+    let check = |policy: &Policy, request: &Request<'_, _>| match policy.begin(request) {
+        Begin::Check(check) => check,
+        Begin::Decided(decision) => panic!("a limit check expected, got {decision:?}"),
+    };
+
+    // The default, `local`: the host's own limiter decides, and stays a limit (5 logins).
+    let local = Policy::from_json(b"{}").unwrap();
+    let login_check = check(&local, &login);
+    assert_eq!(login_check.on_store_error(), StoreErrorMode::Local);
+    let isolate = MemoryStore::new();
+    let outcomes: Vec<Outcome> = (0..7).map(|i| local.degrade(&login_check, &isolate, NOW + i).outcome()).collect();
+    assert_eq!(outcomes[..5], [Outcome::Forwarded; 5]);
+    assert_eq!(outcomes[5..], [Outcome::RateLimited; 2]);
+    // A host that finishes a store failure without its own limiter refuses: never unlimited.
+    let Decision::Respond(reply) = local.decide(&login, NOW, &Down) else { panic!("refusal expected") };
+    assert_eq!((reply.status, reply.outcome), (503, Outcome::StoreErrorDenied));
+
+    let allow = Policy::from_json(br#"{"limiter": {"on_store_error": "allow"}}"#).unwrap();
+    assert_eq!(allow.decide(&login, NOW, &Down).outcome(), Outcome::StoreErrorAllowed);
+    assert_eq!(allow.degrade(&check(&allow, &login), &isolate, NOW).outcome(), Outcome::StoreErrorAllowed);
+
     let deny = Policy::from_json(br#"{"limiter": {"on_store_error": "deny"}}"#).unwrap();
-    let Decision::Respond(reply) = deny.decide(&request, NOW, &Down) else { panic!("refusal expected") };
+    let Decision::Respond(reply) = deny.decide(&login, NOW, &Down) else { panic!("refusal expected") };
     assert_eq!((reply.status, reply.outcome), (503, Outcome::StoreErrorDenied));
     assert_eq!(reply.header("x-frame-options"), Some("DENY"));
+    assert_eq!(deny.degrade(&check(&deny, &login), &isolate, NOW).outcome(), Outcome::StoreErrorDenied);
+
+    // A tier overrides the limiter's choice.
+    let per_tier = Policy::from_json(
+        br#"{"limiter": {"on_store_error": "allow"}, "rate_limits": [
+            {"name": "login", "method": "POST", "path": "/api/v1/auth/login", "limit": "5/minute", "on_store_error": "deny"},
+            {"name": "other", "method": "POST", "path": "/api/v1/other", "limit": "5/minute"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(check(&per_tier, &login).on_store_error(), StoreErrorMode::Deny);
+    assert_eq!(check(&per_tier, &request(b"/api/v1/other")).on_store_error(), StoreErrorMode::Allow);
+    let error = Policy::from_json(br#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/", "limit": "1/second", "on_store_error": "maybe"}]}"#)
+        .unwrap_err();
+    assert!(error.path.starts_with("rate_limits"), "{error}");
 }
 
 #[test]

@@ -6,8 +6,8 @@
 use portcullis_core::config::Unavailable;
 use portcullis_core::rate::Rate;
 use portcullis_core::{
-    Acquire, Begin, Decision, Gcra, LimitCheck, MemoryStore, Outcome, Peer, Policy, RateLimitHeaders, Request, Scheme,
-    StoreError, Verdict,
+    Acquire, Begin, BucketStore, Decision, Gcra, HashKey, LimitCheck, MemoryStore, Outcome, Peer, Policy,
+    RateLimitHeaders, Request, Scheme, StoreError, Verdict,
 };
 
 const NOW: u64 = 1_700_000_000_000_000_000;
@@ -107,7 +107,8 @@ fn finishing_gives_the_one_phase_decision_for_every_answer() {
     assert_eq!(contended.header("retry-after"), Some("12"), "one emission interval");
     assert_eq!(
         policy.finish(&check, Acquire::StoreFailed(StoreError("down".into()))).outcome(),
-        Outcome::StoreErrorAllowed
+        Outcome::StoreErrorDenied,
+        "`local` needs the host's limiter (degrade); finish alone refuses"
     );
 
     let shadow = Policy::from_json(br#"{"rate_limit_mode": "shadow"}"#).unwrap();
@@ -136,21 +137,26 @@ fn the_global_backend_is_configured_field_by_field() {
     let error = |json: &str| Policy::from_json(json.as_bytes()).unwrap_err().to_string();
     assert!(error(r#"{"limiter": {"backend": "global"}}"#).starts_with("limiter.global: is required"));
     assert!(
-        error(r#"{"limiter": {"backend": "global", "global": {"cluster": ""}}}"#).starts_with("limiter.global.cluster")
+        error(r#"{"limiter": {"backend": "global", "hash_key": "00112233445566778899aabbccddeeff", "global": {"cluster": ""}}}"#).starts_with("limiter.global.cluster")
     );
     assert!(
-        error(r#"{"limiter": {"backend": "global", "global": {"cluster": "rl", "timeout_ms": 0}}}"#)
+        error(r#"{"limiter": {"backend": "global", "hash_key": "00112233445566778899aabbccddeeff", "global": {"cluster": "rl", "timeout_ms": 0}}}"#)
             .starts_with("limiter.global.timeout_ms: 0 is not between 1 and 10000")
     );
     assert!(
-        error(r#"{"limiter": {"backend": "global", "global": {"cluster": "rl", "domain": ""}}}"#)
+        error(r#"{"limiter": {"backend": "global", "hash_key": "00112233445566778899aabbccddeeff", "global": {"cluster": "rl", "domain": ""}}}"#)
             .starts_with("limiter.global.domain")
     );
     assert!(error(r#"{"limiter": {"backend": "fleet"}}"#).starts_with("limiter.backend: unknown variant"));
+    assert!(
+        error(r#"{"limiter": {"backend": "global", "global": {"cluster": "rl"}}}"#)
+            .starts_with("limiter.hash_key: is required with \"backend\": \"global\""),
+        "hosts sharing a service must share the key"
+    );
 
     let local = Policy::from_json(br#"{"limiter": {"global": {"cluster": "rl"}}}"#).unwrap();
     assert!(local.global_limiter().is_none(), "a global section alone does not switch the backend");
-    let global = Policy::from_json(br#"{"limiter": {"backend": "global", "global": {"cluster": "rl"}}}"#).unwrap();
+    let global = Policy::from_json(br#"{"limiter": {"backend": "global", "hash_key": "00112233445566778899aabbccddeeff", "global": {"cluster": "rl"}}}"#).unwrap();
     let config = global.global_limiter().unwrap();
     assert_eq!((config.cluster.as_str(), config.timeout_ms, config.domain.as_str()), ("rl", 20, "portcullis"));
     assert_eq!(config.on_unavailable, Unavailable::Local);
@@ -161,7 +167,7 @@ fn an_unavailable_service_is_decided_by_on_unavailable_never_unlimited_by_defaul
     let with = |mode: &str| {
         Policy::from_json(
             format!(
-                r#"{{"limiter": {{"backend": "global", "global": {{"cluster": "rl", "on_unavailable": "{mode}"}}}}}}"#
+                r#"{{"limiter": {{"backend": "global", "hash_key": "00112233445566778899aabbccddeeff", "global": {{"cluster": "rl", "on_unavailable": "{mode}"}}}}}}"#
             )
             .as_bytes(),
         )
@@ -169,21 +175,52 @@ fn an_unavailable_service_is_decided_by_on_unavailable_never_unlimited_by_defaul
     };
     let local = with("local");
     let store = MemoryStore::new();
+    let own = MemoryStore::new();
     let check = login(&local, "203.0.113.5");
-    let statuses: Vec<u16> = (0..7).map(|_| status(&local.unavailable(&check, &store, NOW))).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "this host's own exact limiter");
+    let decide = |policy: &Policy, check: &LimitCheck, store: &dyn BucketStore| {
+        let limited = policy.unavailable(check, store, &own, NOW);
+        (status(&limited.decision), limited.degraded)
+    };
+    let statuses: Vec<(u16, bool)> = (0..7).map(|_| decide(&local, &check, &store)).collect();
+    let fresh = [(200, false); 5];
+    assert_eq!(statuses[..5], fresh, "this host's own exact limiter");
+    assert_eq!(statuses[5..], [(429, false); 2]);
+    // Its store failing too, the host's last resort still limits, and says it did.
+    let other = login(&local, "203.0.113.9");
+    let statuses: Vec<(u16, bool)> = (0..7).map(|_| decide(&local, &other, &Down)).collect();
+    assert_eq!(statuses[..5], [(200, true); 5]);
+    assert_eq!(statuses[5..], [(429, true); 2]);
 
     let allow = with("allow");
-    let decision = allow.unavailable(&login(&allow, "203.0.113.5"), &store, NOW);
+    let decision = allow.unavailable(&login(&allow, "203.0.113.5"), &store, &own, NOW).decision;
     assert_eq!(decision.outcome(), Outcome::StoreErrorAllowed);
     assert!(allow.response_edits(&decision.plan()).rate_limit_headers().is_empty());
 
     let deny = with("deny");
-    let Decision::Respond(reply) = deny.unavailable(&login(&deny, "203.0.113.5"), &store, NOW) else { panic!() };
+    let Decision::Respond(reply) = deny.unavailable(&login(&deny, "203.0.113.5"), &store, &own, NOW).decision else {
+        panic!()
+    };
     assert_eq!((reply.status, reply.header("retry-after")), (503, Some("1")));
 
     let plain = Policy::from_json(b"{}").unwrap();
-    assert_eq!(status(&plain.unavailable(&login(&plain, "203.0.113.6"), &MemoryStore::new(), NOW)), 200);
+    assert_eq!(decide(&plain, &login(&plain, "203.0.113.6"), &MemoryStore::new()), (200, false));
+}
+
+/// A store whose every call fails.
+struct Down;
+
+impl BucketStore for Down {
+    fn load(&self, _: u32) -> Result<portcullis_core::Loaded, StoreError> {
+        Err(StoreError("down".into()))
+    }
+    fn compare_and_swap(
+        &self,
+        _: u32,
+        _: portcullis_core::Version,
+        _: &[u8],
+    ) -> Result<portcullis_core::Swap, StoreError> {
+        Err(StoreError("down".into()))
+    }
 }
 
 #[test]
@@ -210,4 +247,29 @@ fn a_rate_limit_service_finds_rates_by_tier_name_and_hashes_with_the_policys_key
     let rendered = RateLimitHeaders::for_verdict("login", 5, 60, &refused);
     let headers: Vec<(&str, &str)> = rendered.iter().collect();
     assert!(headers.contains(&("retry-after", "12")), "{headers:?}");
+}
+
+#[test]
+fn a_policy_without_a_configured_key_takes_the_hosts_and_keeps_a_configured_one() {
+    let unkeyed = Policy::from_json(b"{}").unwrap();
+    assert!(unkeyed.needs_hash_key() && !unkeyed.hash_key_configured());
+    let key = |byte: u8| HashKey::from_bytes([byte; 16]);
+    let one = unkeyed.clone().with_hash_key(key(1));
+    let two = unkeyed.clone().with_hash_key(key(2));
+    assert!(!one.needs_hash_key() && !one.hash_key_configured());
+    let id = |policy: &Policy| login(policy, "203.0.113.5").client_id();
+    assert_ne!(id(&one), id(&two), "a host's own key moves every client");
+    assert_ne!(id(&one), id(&unkeyed));
+    assert_eq!(id(&one), id(&unkeyed.clone().with_hash_key(key(1))), "the same key, the same ids");
+
+    let configured = Policy::from_json(br#"{"limiter": {"hash_key": "00112233445566778899aabbccddeeff"}}"#).unwrap();
+    assert!(!configured.needs_hash_key() && configured.hash_key_configured());
+    assert_eq!(id(&configured.clone().with_hash_key(key(1))), id(&configured), "configured wins");
+
+    let parsed = HashKey::parse_hex("00112233445566778899aabbccddeeff").unwrap();
+    assert_eq!(HashKey::from_bytes(parsed.to_bytes()), parsed);
+    assert_eq!(parsed.to_bytes()[..3], [0x00, 0x11, 0x22]);
+    assert_eq!(id(&unkeyed.with_hash_key(parsed)), id(&configured), "bytes and hex name one key");
+    assert!(HashKey::parse_hex("0011").is_none() && HashKey::parse_hex(&"g".repeat(32)).is_none());
+    assert_eq!(format!("{parsed:?}"), "HashKey(..)", "a key is never logged");
 }

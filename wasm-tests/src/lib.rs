@@ -210,6 +210,19 @@ impl Host {
         }
     }
 
+    /// The value of a shared-data key.
+    pub fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared.lock().ok()?.get(key).map(|value| value.bytes.clone())
+    }
+
+    /// Writes a shared-data key as another worker's VM would.
+    pub fn write_shared_data(&self, key: &str, bytes: &[u8]) {
+        if let Ok(mut shared) = self.shared.lock() {
+            let cas = shared.get(key).map_or(1, |value| value.cas.wrapping_add(1).max(1));
+            shared.insert(key.to_owned(), SharedValue { bytes: bytes.to_vec(), cas });
+        }
+    }
+
     /// Keys in shared data (Envoy never frees one).
     pub fn shared_data_keys(&self) -> usize {
         self.shared.lock().map_or(0, |m| m.len())

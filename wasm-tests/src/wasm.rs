@@ -325,6 +325,13 @@ fn define(linker: &mut Linker<State>) -> Result<()> {
             Ok(0)
         },
     )?;
+    // Real entropy, as Envoy's `random_get` gives: the filter's generated hash key.
+    linker.func_wrap("wasi_snapshot_preview1", "random_get", |mut c: C<'_>, buf: i32, len: i32| -> Result<i32> {
+        let mut bytes = vec![0; len as usize];
+        getrandom::fill(&mut bytes).map_err(|err| format_err!("host entropy: {err}"))?;
+        Wasm(&mut c).write(at(buf), &bytes)?;
+        Ok(0)
+    })?;
     linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |c: C<'_>, code: i32| -> Result<()> {
         bail!("the filter called proc_exit({code}); log: {:?}", c.data().logs)
     })?;

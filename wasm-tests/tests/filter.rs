@@ -17,6 +17,7 @@ wasm_tests::on_each_backend!(
     envoys_own_replies_get_the_default_headers,
     the_rest_of_an_answered_request_stays_held,
     two_vms_share_one_exact_count,
+    a_generated_hash_key_is_one_per_process_and_every_vm_adopts_it,
     lost_races_are_retried_and_a_flood_of_them_is_refused,
     a_vanished_bucket_is_a_store_error_never_an_unconditional_write,
     hostile_bytes_never_trap_the_vm,
@@ -124,6 +125,40 @@ fn two_vms_share_one_exact_count(backend: Backend) {
     assert!(send(&mut a, &login).local);
 }
 
+/// Without `limiter.hash_key` each Envoy process makes its own random key in shared data;
+/// every VM of that process hashes with it (the count above is exact only because of that).
+fn a_generated_hash_key_is_one_per_process_and_every_vm_adopts_it(backend: Backend) {
+    const KEY: &str = "portcullis.hash_key";
+    let host = Host::new();
+    let mut a = plugin(&host, backend, CONFIG);
+    let generated = host.shared_data(KEY).expect("the first VM stores its key");
+    assert_eq!(generated.len(), 16);
+    let _b = plugin(&host, backend, CONFIG);
+    assert_eq!(host.shared_data(KEY), Some(generated.clone()), "a second VM uses the stored key");
+    let other = Host::new();
+    let _elsewhere = plugin(&other, backend, CONFIG);
+    assert_ne!(other.shared_data(KEY), Some(generated.clone()), "another process, another key");
+    assert_ne!(generated, [0; 16]);
+
+    // Two VMs configuring at once can both write (shared data has no create-if-absent): the
+    // one that lost adopts what is stored on its next tick.
+    host.write_shared_data(KEY, &[7; 16]);
+    let mut c = plugin(&host, backend, CONFIG);
+    a.tick().unwrap();
+    let login = HttpRequest::post("/api/v1/auth/login").peer("198.51.100.8:1000");
+    let allowed = (0..20)
+        .filter(|i| {
+            let vm = if i % 2 == 0 { &mut a } else { &mut c };
+            !send(vm, &login).local
+        })
+        .count();
+    assert_eq!(allowed, 5, "after one tick both VMs hash with the stored key");
+
+    let keyed = Host::new();
+    let _configured = plugin(&keyed, backend, r#"{"limiter": {"hash_key": "00112233445566778899aabbccddeeff"}}"#);
+    assert_eq!(keyed.shared_data(KEY), None, "a configured key is never replaced");
+}
+
 fn hostile_bytes_never_trap_the_vm(backend: Backend) {
     let host = Host::new();
     let mut filter =
@@ -162,7 +197,7 @@ fn shared_data_stays_within_the_configured_bound(backend: Backend) {
     let config = r#"{"limiter": {"capacity_per_tier": 64}}"#;
     let mut filter = plugin(&host, backend, config);
     let keys_at_start = host.shared_data_keys();
-    assert_eq!(keys_at_start, 8 * 16, "eight limited tiers × 64/4 buckets, created at start");
+    assert_eq!(keys_at_start, 8 * 16 + 1, "eight limited tiers × 64/4 buckets, created at start, and the hash key");
     for i in 0..100_000u32 {
         let [_, b, c, d] = i.to_be_bytes();
         let peer = format!("10.{b}.{c}.{d}:1");
@@ -306,7 +341,8 @@ fn lost_races_are_retried_and_a_flood_of_them_is_refused(backend: Backend) {
 }
 
 /// Writing a bucket without a real CAS could clobber a concurrent write, so a bucket that is
-/// gone fails the store, and `on_store_error` decides: let the request through, or a 503.
+/// gone fails the store, and `on_store_error` decides: this VM's own limiter (the default,
+/// still a limit), let the request through, or a 503.
 fn a_vanished_bucket_is_a_store_error_never_an_unconditional_write(backend: Backend) {
     let login = HttpRequest::post("/api/v1/auth/login");
     for (mode, status) in [("allow", 200), ("deny", 503)] {
@@ -319,5 +355,16 @@ fn a_vanished_bucket_is_a_store_error_never_an_unconditional_write(backend: Back
         assert_eq!(host.shared_data_keys(), 0, "nothing written without a CAS");
         filter.tick().unwrap();
         assert_eq!(host.metric("portcullis.store_errors"), Some(1));
+        assert_eq!(host.metric("portcullis.degraded"), Some(1), "every degraded decision counted");
     }
+
+    let host = Host::new();
+    let mut filter = plugin(&host, backend, CONFIG);
+    host.forget_shared_data();
+    let statuses: Vec<u16> = (0..8).map(|_| send(&mut filter, &login).response.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429], "the default: this VM's own limit");
+    assert_eq!(host.shared_data_keys(), 0, "nothing written without a CAS");
+    filter.tick().unwrap();
+    assert_eq!(host.metric("portcullis.degraded"), Some(8));
+    assert!(filter.logs().iter().any(|(_, line)| line.contains("shared data failed")), "{:?}", filter.logs());
 }

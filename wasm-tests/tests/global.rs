@@ -34,9 +34,20 @@ wasm_tests::on_each_backend!(
 
 const CLUSTER: &str = "ratelimit";
 
+/// The key every host of these tests' fleet shares (a fleet must: see `keyed`).
+const FLEET_KEY: &str = "5f4e3d2c1b0a99887766554433221100";
+
+/// `policy` with the fleet's `limiter.hash_key` unless it names its own.
+fn keyed(policy: &serde_json::Value) -> serde_json::Value {
+    let mut policy = policy.clone();
+    let limiter = policy.as_object_mut().unwrap().entry("limiter").or_insert_with(|| json!({}));
+    limiter.as_object_mut().unwrap().entry("hash_key").or_insert_with(|| json!(FLEET_KEY));
+    policy
+}
+
 /// `policy` with `limiter.backend: "global"` pointing at [`CLUSTER`].
 fn global(policy: &serde_json::Value, extra: serde_json::Value) -> String {
-    let mut policy = policy.clone();
+    let mut policy = keyed(policy);
     let limiter = policy.as_object_mut().unwrap().entry("limiter").or_insert_with(|| json!({}));
     let mut global = json!({"cluster": CLUSTER, "timeout_ms": 1000});
     for (key, value) in extra.as_object().unwrap() {
@@ -59,7 +70,8 @@ impl RealService {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let dir = portcullis_ratelimit::testing::scratch("global-policy");
         let path = dir.join(format!("{}.json", portcullis_ratelimit::testing::free_port()));
-        std::fs::write(&path, policy).unwrap();
+        let policy = keyed(&serde_json::from_str(policy).unwrap());
+        std::fs::write(&path, policy.to_string()).unwrap();
         let cli = portcullis_ratelimit::settings::Cli {
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
@@ -67,6 +79,7 @@ impl RealService {
             redis_cluster: false,
             redis_timeout_ms: 200,
             policy: Some(path),
+            hash_key_file: None,
         };
         let settings = cli.settings().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -263,6 +276,9 @@ fn every_failure_of_the_service_falls_back_to_on_unavailable(backend: Backend) {
     assert!(format!("{err:?}").contains("limiter.global.timeout_ms"), "{err:?}");
     let err = host.start(backend, r#"{"limiter": {"backend": "global"}}"#).err().unwrap();
     assert!(format!("{err:?}").contains("limiter.global"), "{err:?}");
+    let unkeyed = r#"{"limiter": {"backend": "global", "global": {"cluster": "ratelimit"}}}"#;
+    let err = host.start(backend, unkeyed).err().unwrap();
+    assert!(format!("{err:?}").contains("limiter.hash_key: is required"), "{err:?}");
 }
 
 /// A test double of envoyproxy/ratelimit's contract: a fixed window per descriptor, answered

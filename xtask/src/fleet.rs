@@ -117,15 +117,21 @@ pub fn start_service(bin: &Path, redis_urls: &str, policy: &serde_json::Value) -
 }
 
 /// `policy` counting its limits in the fleet: the service on the `ratelimit` cluster,
-/// `timeout_ms` to answer, this Envoy's own limiter while it cannot.
-pub fn global_policy(mut policy: serde_json::Value, timeout_ms: u32) -> serde_json::Value {
+/// `timeout_ms` to answer, this Envoy's own limiter while it cannot; and, unless it names one,
+/// a fresh random `limiter.hash_key`, which every member given this policy (Envoys and the
+/// service) then shares.
+pub fn global_policy(mut policy: serde_json::Value, timeout_ms: u32) -> Result<serde_json::Value> {
+    let key = crate::tools::random_hex(16)?;
     if let Some(object) = policy.as_object_mut() {
         let limiter = object.entry("limiter").or_insert_with(|| serde_json::json!({}));
         limiter["backend"] = serde_json::json!("global");
         limiter["global"] =
             serde_json::json!({"cluster": "ratelimit", "timeout_ms": timeout_ms, "on_unavailable": "local"});
+        if let Some(limiter) = limiter.as_object_mut() {
+            limiter.entry("hash_key").or_insert(serde_json::json!(key));
+        }
     }
-    policy
+    Ok(policy)
 }
 
 /// `envoy.yaml` for fleet member `index`: its ports, `policy` as the filter's policy.

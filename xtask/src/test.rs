@@ -80,7 +80,7 @@ pub fn real_fleet() -> Result<()> {
     // The default 20 ms holds on an idle loopback; here the test's own 300 TLS handshakes share
     // two cores with three Envoys and a debug-built service, and a call that times out is
     // decided by one Envoy's limiter, which these tests must tell apart from the fleet's.
-    let policy = fleet::global_policy(envoy::envoy_yaml_policy()?, 250);
+    let policy = fleet::global_policy(envoy::envoy_yaml_policy()?, 250)?;
     let single = format!("redis://127.0.0.1:{}", fleet::REDIS_PORT);
     let redis = fleet::start_redis()?;
     let service = fleet::start_service(&service_bin, &single, &policy)?;

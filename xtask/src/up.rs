@@ -223,7 +223,7 @@ impl Drop for Fleet {
 /// `envoy_config`, counted in the fleet).
 fn start_fleet(envoy_bin: &Path, service_bin: &Path, envoy_config: &Path) -> Result<Fleet> {
     use crate::fleet::{self, REDIS_PORT, SERVICE_PORT};
-    let policy = fleet::global_policy(policy_of(envoy_config)?, 20);
+    let policy = fleet::global_policy(policy_of(envoy_config)?, 20)?;
     let redis = stage(&format!("up: Redis on 127.0.0.1:{REDIS_PORT}"), fleet::start_redis)?;
     let service = stage(&format!("up: portcullis-ratelimit on 127.0.0.1:{SERVICE_PORT}"), || {
         fleet::start_service(service_bin, &format!("redis://127.0.0.1:{REDIS_PORT}"), &policy)
@@ -285,6 +285,8 @@ fn start_worker() -> Result<Daemon> {
     command
         .args(["dev", "--local", "--ip", "127.0.0.1", "--port", "8787", "--local-protocol", "https"])
         .args(["--var", "ORIGIN_URL:https://localhost:8443"])
+        // The Worker refuses to serve without its secret hash key: a fresh one per `up`.
+        .args(["--var", &format!("PORTCULLIS_HASH_KEY:{}", crate::tools::random_hex(16)?)])
         .current_dir(root())
         .env("NODE_EXTRA_CA_CERTS", crate::certs::dir().join("ca.crt"));
     crate::worker::wrangler_env(&mut command);

@@ -6,6 +6,7 @@
 //! write of the response map). Every decision is made by the core.
 
 mod global;
+mod hash_key;
 mod host_bytes;
 mod metrics;
 mod shared_data;
@@ -15,7 +16,8 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use portcullis_core::{
-    Begin, Decision, LimitCheck, Outcome, Peer, Policy, Request, RequestHeaders, ResponsePlan, Scheme,
+    Begin, Decision, HashKey, LimitCheck, Limited, MemoryStore, Outcome, Peer, Policy, Request, RequestHeaders,
+    ResponsePlan, Scheme,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -35,11 +37,32 @@ struct Root {
     metrics: Option<Rc<Metrics>>,
     header_sets: Option<Rc<[host_bytes::Block]>>,
     denials: Rc<RefCell<global::KnownDenials>>,
+    /// Buckets of this VM alone: where limits are counted should shared data fail
+    /// (`on_store_error: "local"`).
+    own: Rc<MemoryStore>,
+    /// The process's generated hash key, when the policy names none.
+    generated_key: Option<HashKey>,
     /// This VM's connection to the rate-limit service was opened (global mode).
     warmed: bool,
 }
 
 impl Context for Root {}
+
+impl Root {
+    /// Another VM's generated key won the race to shared data: hash with it from now on.
+    fn adopt_stored_key(&mut self) {
+        let Some(mine) = self.generated_key else {
+            return;
+        };
+        if let Ok(Some(stored)) = hash_key::current()
+            && stored != mine
+            && let Some(policy) = &self.policy
+        {
+            self.policy = Some(Rc::new(Policy::clone(policy).with_hash_key(stored)));
+            self.generated_key = Some(stored);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -58,6 +81,20 @@ impl RootContext for Root {
             log(LogLevel::Critical, &format!("portcullis: cannot prepare shared data: {err:?}"));
             return false;
         }
+        let policy = if policy.needs_hash_key() {
+            match hash_key::shared(hash_key::random) {
+                Ok(key) => {
+                    self.generated_key = Some(key);
+                    policy.with_hash_key(key)
+                }
+                Err(err) => {
+                    log(LogLevel::Critical, &format!("portcullis: no limiter.hash_key and none generated: {err}"));
+                    return false;
+                }
+            }
+        } else {
+            policy
+        };
         self.metrics = Some(Rc::new(Metrics::define()));
         self.header_sets = Some(policy.header_sets().map(|set| host_bytes::Block::new(set.headers())).collect());
         self.policy = Some(Rc::new(policy));
@@ -69,6 +106,7 @@ impl RootContext for Root {
         if let Some(metrics) = &self.metrics {
             metrics.flush();
         }
+        self.adopt_stored_key();
         if !self.warmed {
             self.warmed = true;
             if let Some(global) = self.policy.as_ref().and_then(|p| p.global_limiter())
@@ -84,7 +122,8 @@ impl RootContext for Root {
         let metrics = self.metrics.clone()?;
         let header_sets = self.header_sets.clone()?;
         let denials = self.denials.clone();
-        Some(Box::new(Filter { policy, metrics, header_sets, denials, plan: None, replied: false, pending: None }))
+        let own = self.own.clone();
+        Some(Box::new(Filter { policy, metrics, header_sets, denials, own, plan: None, replied: false, pending: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -105,6 +144,8 @@ struct Filter {
     replied: bool,
     /// Refusals of the fleet's rate-limit service still in force (shared by this VM's requests).
     denials: Rc<RefCell<global::KnownDenials>>,
+    /// This VM's own buckets, for when shared data fails.
+    own: Rc<MemoryStore>,
     /// The limit check waiting for the rate-limit service, and the call's token.
     pending: Option<(LimitCheck, u32)>,
 }
@@ -168,7 +209,8 @@ impl HttpContext for Filter {
         let now = now_nanos();
         let policy = self.policy.clone();
         let Some(global) = policy.global_limiter() else {
-            return self.act(self.policy.finish(&check, self.policy.acquire(&check, &SharedDataStore, now)));
+            let limited = self.policy.limit_locally(&check, &SharedDataStore, &*self.own, now);
+            return self.act_limited(limited);
         };
         let known = self.denials.borrow().known(&check, now);
         if let Some(known) = known {
@@ -246,7 +288,24 @@ impl Filter {
             log(LogLevel::Warn, &format!("portcullis: rate-limit service unavailable ({why}); on_unavailable decides"));
         }
         self.metrics.add(metrics::Counter::GlobalFallbacks);
-        self.policy.unavailable(check, &SharedDataStore, now)
+        let limited = self.policy.unavailable(check, &SharedDataStore, &*self.own, now);
+        self.count_degraded(&limited);
+        limited.decision
+    }
+
+    fn act_limited(&mut self, limited: Limited) -> Action {
+        self.count_degraded(&limited);
+        self.act(limited.decision)
+    }
+
+    /// Shared data failed and `on_store_error` decided: counted, and logged once per flush.
+    fn count_degraded(&self, limited: &Limited) {
+        if limited.degraded {
+            if self.metrics.first_since_flush(metrics::Counter::Degraded) {
+                log(LogLevel::Warn, "portcullis: shared data failed; on_store_error decides (this VM's own limiter)");
+            }
+            self.metrics.add(metrics::Counter::Degraded);
+        }
     }
 }
 

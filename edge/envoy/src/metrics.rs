@@ -26,9 +26,11 @@ pub enum Counter {
     GlobalFallbacks,
     /// Refusals answered without a call: the service's last refusal had not expired yet.
     GlobalKnownDenials,
+    /// Limited requests decided by `on_store_error` because shared data failed.
+    Degraded,
 }
 
-const ALL: [(Counter, &str); 10] = [
+const ALL: [(Counter, &str); 11] = [
     (Counter::Requests, "portcullis.requests"),
     (Counter::Forwarded, "portcullis.forwarded"),
     (Counter::Redirected, "portcullis.redirected"),
@@ -39,6 +41,7 @@ const ALL: [(Counter, &str); 10] = [
     (Counter::GlobalCalls, "portcullis.global_calls"),
     (Counter::GlobalFallbacks, "portcullis.global_fallbacks"),
     (Counter::GlobalKnownDenials, "portcullis.global_known_denials"),
+    (Counter::Degraded, "portcullis.degraded"),
 ];
 
 impl From<Outcome> for Counter {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use portcullis_core::Policy;
+use portcullis_core::{HashKey, Policy};
 
 use crate::store::Target;
 
@@ -34,6 +34,11 @@ pub struct Cli {
     /// when absent.
     #[arg(long, env = "PORTCULLIS_RATELIMIT_POLICY")]
     pub policy: Option<PathBuf>,
+    /// A file holding the fleet's `limiter.hash_key` (32 hex digits), for a policy that names
+    /// none: a mounted secret rather than a key inside the policy document. One of the two is
+    /// required: every replica, Envoy and origin sharing Redis must hash clients alike.
+    #[arg(long, env = "PORTCULLIS_HASH_KEY_FILE")]
+    pub hash_key_file: Option<PathBuf>,
 }
 
 /// What the service runs with, checked.
@@ -82,6 +87,31 @@ impl Cli {
             }
         }
         .map_err(|err| SettingsError { flag: "--policy", problem: err.to_string() })?;
+        let policy = match (&self.hash_key_file, policy.hash_key_configured()) {
+            (None, true) => policy,
+            (None, false) => {
+                return Err(SettingsError {
+                    flag: "--hash-key-file",
+                    problem: "is required unless the --policy names limiter.hash_key: the fleet's hosts must \
+                              hash clients alike (generate one: openssl rand -hex 16)"
+                        .to_owned(),
+                });
+            }
+            (Some(_), true) => {
+                return Err(SettingsError {
+                    flag: "--hash-key-file",
+                    problem: "the --policy names limiter.hash_key too; keep one of them".to_owned(),
+                });
+            }
+            (Some(path), false) => {
+                let problem = |problem: String| SettingsError { flag: "--hash-key-file", problem };
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| problem(format!("cannot read {}: {err}", path.display())))?;
+                let key = HashKey::parse_hex(text.trim())
+                    .ok_or_else(|| problem(format!("{} does not hold 32 hexadecimal digits", path.display())))?;
+                policy.with_hash_key(key)
+            }
+        };
         Ok(Settings {
             listen: self.listen,
             metrics_listen: self.metrics_listen,

@@ -188,6 +188,19 @@ fn settings_errors_name_the_flag() {
     let stderr = run(&["--redis-url", "redis://x", "--policy", &policy.to_string_lossy()]);
     assert!(stderr.contains("--policy: rate_limits[0].limit"), "{stderr}");
     assert!(run(&["--redis-url", "redis://x", "--policy", "/nonexistent"]).contains("--policy: cannot read"));
+
+    // The fleet's hash key: the policy's, or a mounted file; never one of the service's own.
+    let stderr = run(&["--redis-url", "redis://x"]);
+    assert!(stderr.contains("--hash-key-file: is required unless the --policy names limiter.hash_key"), "{stderr}");
+    let key = dir.join("hash_key");
+    std::fs::write(&key, "not hex\n").unwrap();
+    let stderr = run(&["--redis-url", "redis://x", "--hash-key-file", &key.to_string_lossy()]);
+    assert!(stderr.contains("--hash-key-file:") && stderr.contains("does not hold 32 hexadecimal digits"), "{stderr}");
+    let keyed = dir.join("keyed.json");
+    std::fs::write(&keyed, support::POLICY).unwrap();
+    let both =
+        ["--redis-url", "redis://x", "--policy", &keyed.to_string_lossy(), "--hash-key-file", &key.to_string_lossy()];
+    assert!(run(&both).contains("--hash-key-file: the --policy names limiter.hash_key too"));
 }
 
 /// A Portcullis host's two phases through the service give the decisions, statuses and

@@ -15,8 +15,10 @@ pub mod ratelimits;
 pub mod respond;
 pub mod settings;
 
-use portcullis_core::{Acquire, Begin, Decision, StoreError};
-use worker::{Context, Env, Request, Response, Result, console_error, event};
+use std::cell::Cell;
+
+use portcullis_core::{Acquire, Begin, Decision, LimitCheck, MemoryStore, Policy, StoreError};
+use worker::{Context, Env, Request, Response, Result, console_error, console_warn, event};
 
 use crate::incoming::Incoming;
 use crate::settings::{LimiterMode, Settings};
@@ -85,11 +87,44 @@ async fn handle(req: &Request, env: &Env, settings: &Settings) -> Result<Respons
                 // Settings always carry the mode's data in this mode; fail as a store error if not.
                 (LimiterMode::Ratelimits, None) => Acquire::StoreFailed(StoreError("no ratelimits settings".into())),
             };
-            policy.finish(&check, answer)
+            match answer {
+                Acquire::StoreFailed(StoreError(why)) => degrade(policy, &check, &why),
+                answer => policy.finish(&check, answer),
+            }
         }
     };
     match decision {
         Decision::Respond(reply) => respond::local(&reply),
         Decision::Forward(forward) => respond::forward(req, &incoming, &settings.origin, policy, forward.plan).await,
     }
+}
+
+thread_local! {
+    /// Buckets of this isolate alone, where limits are counted while the state store fails
+    /// (`on_store_error: "local"`): per isolate rather than exact, never unlimited.
+    static ISOLATE: MemoryStore = MemoryStore::new();
+    /// Degraded decisions in this isolate, and the second the last was logged.
+    static DEGRADED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// The state store failed `check`: `on_store_error` decides, over this isolate's own buckets
+/// for `local`. Every such decision is counted; the count is logged at most once a second, so
+/// a flood against a failing object does not flood the log too.
+fn degrade(policy: &Policy, check: &LimitCheck, why: &str) -> Decision {
+    let now = now_nanos();
+    let decision = ISOLATE.with(|own| policy.degrade(check, own, now));
+    let second = now / 1_000_000_000;
+    let (count, logged) = DEGRADED.get();
+    let count = count + 1;
+    if second != logged {
+        console_warn!(
+            "portcullis: degraded decision ({count} in this isolate): the rate-limit store failed ({why}); \
+             on_store_error {:?} decided tier {:?}: {}",
+            check.on_store_error(),
+            policy.tier_name(check),
+            decision.outcome().as_str()
+        );
+    }
+    DEGRADED.set((count, if second != logged { second } else { logged }));
+    decision
 }

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use portcullis_core::rate::Rate;
-use portcullis_core::{Policy, config};
+use portcullis_core::{HashKey, Policy, config};
 use worker::{Env, Url};
 
 /// The policy document: a JSON string, or a JSON object (a `[vars]` table in wrangler.toml).
@@ -16,6 +16,10 @@ pub const POLICY_VAR: &str = "PORTCULLIS_POLICY";
 pub const ORIGIN_VAR: &str = "ORIGIN_URL";
 /// `durable_object` (default, exact) or `ratelimits` (the native binding, approximate).
 pub const LIMITER_VAR: &str = "PORTCULLIS_LIMITER";
+/// The limiter's secret hash key, 32 hex digits: a `wrangler secret`, unless the policy names
+/// `limiter.hash_key`. Required: isolates come and go, so a random key of one isolate would
+/// split every client's count, and a public one lets outsiders aim addresses at one bucket.
+pub const HASH_KEY_VAR: &str = "PORTCULLIS_HASH_KEY";
 /// The Durable Object namespace holding rate-limit buckets.
 pub const RATE_LIMITER_BINDING: &str = "RATE_LIMITER";
 
@@ -81,6 +85,7 @@ struct Raw {
     policy: Option<String>,
     origin: Option<String>,
     limiter: Option<String>,
+    hash_key: Option<String>,
 }
 
 type Compiled = Rc<Result<Settings, SettingsError>>;
@@ -96,6 +101,8 @@ pub fn load(env: &Env) -> Compiled {
         policy: policy_text(env),
         origin: env.var(ORIGIN_VAR).ok().map(|v| v.to_string()),
         limiter: env.var(LIMITER_VAR).ok().map(|v| v.to_string()),
+        // A secret; a plain variable is read too (`wrangler dev --var`, local tests).
+        hash_key: env.secret(HASH_KEY_VAR).or_else(|_| env.var(HASH_KEY_VAR)).ok().map(|v| v.to_string()),
     };
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
@@ -138,6 +145,12 @@ fn compile(raw: &Raw, has_binding: &dyn Fn(&str) -> bool) -> Result<Settings, Se
     };
     let policy =
         Policy::compile(&document).map_err(|err| SettingsError { variable: POLICY_VAR, problem: err.to_string() })?;
+    let key = hash_key(raw.hash_key.as_deref(), policy.hash_key_configured())?;
+    let keyed = |policy: Policy| match key {
+        Some(key) => policy.with_hash_key(key),
+        None => policy,
+    };
+    let policy = keyed(policy);
     let origin = parse_origin(raw.origin.as_deref())?;
     let limiter = match raw.limiter.as_deref().map(str::trim) {
         None | Some("") | Some("durable_object") => LimiterMode::DurableObject,
@@ -151,7 +164,11 @@ fn compile(raw: &Raw, has_binding: &dyn Fn(&str) -> bool) -> Result<Settings, Se
     };
     let ratelimits = match limiter {
         LimiterMode::DurableObject => None,
-        LimiterMode::Ratelimits => Some(ratelimits_settings(&document, has_binding)?),
+        LimiterMode::Ratelimits => {
+            let mut ratelimits = ratelimits_settings(&document, has_binding)?;
+            ratelimits.quiet = keyed(ratelimits.quiet);
+            Some(ratelimits)
+        }
     };
     Ok(Settings { policy, origin, limiter, ratelimits })
 }
@@ -198,6 +215,25 @@ fn ratelimits_settings(
     Ok(RatelimitsSettings { quiet, tiers })
 }
 
+/// The secret's key for a policy that names none (`None`: the policy's own; the secret may
+/// then not be set, so that two keys never disagree).
+fn hash_key(secret: Option<&str>, configured: bool) -> Result<Option<HashKey>, SettingsError> {
+    let error = |problem: String| SettingsError { variable: HASH_KEY_VAR, problem };
+    match (secret.map(str::trim), configured) {
+        (None, true) => Ok(None),
+        (Some(_), true) => Err(error("is set and the policy names limiter.hash_key too; keep one of them".into())),
+        (None, false) => Err(error(
+            "is not set: the Worker hashes clients with a secret key of 32 hex digits \
+             (openssl rand -hex 16 | wrangler secret put PORTCULLIS_HASH_KEY)"
+                .into(),
+        )),
+        (Some(hex), false) => {
+            let key = HashKey::parse_hex(hex);
+            key.map(Some).ok_or_else(|| error(format!("is not 32 hexadecimal digits ({} characters)", hex.len())))
+        }
+    }
+}
+
 fn parse_origin(text: Option<&str>) -> Result<Url, SettingsError> {
     let error = |problem: String| SettingsError { variable: ORIGIN_VAR, problem };
     let text = text.ok_or_else(|| error("is not set".into()))?;
@@ -215,8 +251,15 @@ fn parse_origin(text: Option<&str>) -> Result<Url, SettingsError> {
 mod tests {
     use super::*;
 
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+
     fn raw(policy: Option<&str>, origin: Option<&str>, limiter: Option<&str>) -> Raw {
-        Raw { policy: policy.map(Into::into), origin: origin.map(Into::into), limiter: limiter.map(Into::into) }
+        Raw {
+            policy: policy.map(Into::into),
+            origin: origin.map(Into::into),
+            limiter: limiter.map(Into::into),
+            hash_key: Some(KEY.into()),
+        }
     }
 
     fn compile(raw: &Raw) -> Result<Settings, SettingsError> {
@@ -244,6 +287,31 @@ mod tests {
         assert_eq!(error(&raw(Some("{}"), Some("ftp://x"), None)).variable, ORIGIN_VAR);
         assert_eq!(error(&raw(Some("{}"), Some("https://o/?q"), None)).variable, ORIGIN_VAR);
         assert_eq!(error(&raw(Some("{}"), Some("https://o"), Some("kv"))).variable, LIMITER_VAR);
+    }
+
+    #[test]
+    fn the_hash_key_is_required_from_the_secret_or_the_policy() {
+        let unkeyed = Raw { hash_key: None, ..raw(Some("{}"), Some("https://o"), None) };
+        let err = error(&unkeyed);
+        assert_eq!(err.variable, HASH_KEY_VAR);
+        assert!(err.problem.contains("wrangler secret put PORTCULLIS_HASH_KEY"), "{err}");
+        let bad = Raw { hash_key: Some("xyz".into()), ..unkeyed.clone() };
+        assert!(error(&bad).to_string().starts_with("PORTCULLIS_HASH_KEY: is not 32 hexadecimal digits"));
+        let in_policy = format!(r#"{{"limiter": {{"hash_key": "{KEY}"}}}}"#);
+        let policy_only = Raw { hash_key: None, ..raw(Some(&in_policy), Some("https://o"), None) };
+        let from_policy = compile(&policy_only).map_err(|e| e.to_string()).unwrap();
+        let both = Raw { hash_key: Some(KEY.into()), ..policy_only.clone() };
+        assert!(error(&both).problem.contains("keep one of them"));
+        let from_secret = compile(&raw(Some("{}"), Some("https://o"), None)).map_err(|e| e.to_string()).unwrap();
+        assert!(!from_secret.policy.needs_hash_key());
+        assert_eq!(
+            from_secret.policy.keyed_id(b"client"),
+            from_policy.policy.keyed_id(b"client"),
+            "the secret and the policy field name one key"
+        );
+        let ratelimits = compile(&raw(Some("{}"), Some("https://o"), Some("ratelimits"))).map_err(|e| e.to_string());
+        let quiet = &ratelimits.unwrap().ratelimits.unwrap().quiet;
+        assert_eq!(quiet.keyed_id(b"client"), from_secret.policy.keyed_id(b"client"), "both policies keyed");
     }
 
     #[test]

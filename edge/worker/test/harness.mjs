@@ -78,11 +78,26 @@ export async function closedPort() {
  * `vars` overrides/adds Worker variables; `second: true` adds a second Worker (its own isolate)
  * bound to the first one's Durable Object namespace.
  */
-export async function startWorker({ policy, origin, vars = {}, second = false }) {
+/** The tests' `PORTCULLIS_HASH_KEY` (deployments set theirs with `wrangler secret put`). */
+export const TEST_HASH_KEY = "0123456789abcdef0123456789abcdef";
+
+/**
+ * A Durable Object class that fails every call, as an overloaded or broken object does (the
+ * stub's fetch rejects): what the Worker makes of a state store that cannot answer.
+ */
+const BROKEN_OBJECTS = `
+export class RateLimiter {
+  async fetch() { throw new Error("Durable Object is overloaded (test: every call fails)"); }
+}
+export default { fetch() { return new Response("not routed", { status: 404 }); } };
+`;
+
+export async function startWorker({ policy, origin, vars = {}, second = false, brokenObjects = false, extraBindings = {} }) {
   const logs = [];
   const bindings = {
     ORIGIN_URL: origin,
     PORTCULLIS_POLICY: typeof policy === "string" ? policy : JSON.stringify(policy),
+    PORTCULLIS_HASH_KEY: TEST_HASH_KEY,
     ...vars,
   };
   for (const [k, v] of Object.entries(bindings)) if (v === undefined) delete bindings[k];
@@ -99,7 +114,19 @@ export async function startWorker({ policy, origin, vars = {}, second = false })
     durableObjects,
     ratelimits: RATELIMITS,
   });
-  const workers = [worker("portcullis", { RATE_LIMITER: "RateLimiter" })];
+  const objects = brokenObjects
+    ? { RATE_LIMITER: { className: "RateLimiter", scriptName: "broken-objects" } }
+    : { RATE_LIMITER: "RateLimiter" };
+  const workers = [{ ...worker("portcullis", objects), ...extraBindings }];
+  if (brokenObjects) {
+    workers.push({
+      name: "broken-objects",
+      modules: true,
+      script: BROKEN_OBJECTS,
+      compatibilityDate: COMPATIBILITY_DATE,
+      durableObjects: { BROKEN: "RateLimiter" },
+    });
+  }
   if (second) {
     workers.push(
       worker("portcullis-b", { RATE_LIMITER: { className: "RateLimiter", scriptName: "portcullis" } }),

@@ -209,6 +209,53 @@ test("two isolates taking turns count one client's quota together", async () => 
   }
 });
 
+test("a failing Durable Object under a login flood: the login tier stays limited, every decision counted", async () => {
+  const worker = await startWorker({ policy: POLICY, origin: origin.url, brokenObjects: true });
+  try {
+    const login = (ip) =>
+      worker
+        .fetch("https://localhost/api/v1/auth/login", {
+          method: "POST",
+          body: "{}",
+          headers: { "cf-connecting-ip": ip },
+        })
+        .then(async (r) => (await r.arrayBuffer(), r.status));
+    const flood = await Promise.all(Array.from({ length: 40 }, () => login("198.51.100.77")));
+    assert.equal(flood.filter((s) => s === 200).length, 5, `the isolate's own limit: ${flood}`);
+    assert.equal(flood.filter((s) => s === 429).length, 35, `${flood}`);
+    assert.equal(await login("198.51.100.78"), 200, "another client keeps its own quota");
+    assert.ok(
+      await eventually(() =>
+        worker.logs.some((l) => /degraded decision \(\d+ in this isolate\).*overloaded.*"login"/.test(l)),
+      ),
+      worker.logs.join("\n"),
+    );
+  } finally {
+    await worker.dispose();
+  }
+  // `deny` per tier: the login tier refuses while the store fails, another tier allows.
+  const strict = {
+    ...POLICY,
+    limiter: { on_store_error: "allow" },
+    rate_limits: [
+      { name: "login", method: "POST", path: "/api/v1/auth/login", limit: "5/minute", on_store_error: "deny" },
+      { name: "videos", method: "GET", path: "/api/v1/videos", limit: "60/minute" },
+    ],
+  };
+  const denying = await startWorker({ policy: strict, origin: origin.url, brokenObjects: true });
+  try {
+    const login = await denying.fetch("https://localhost/api/v1/auth/login", { method: "POST", body: "{}" });
+    assert.equal(login.status, 503);
+    assert.equal(login.headers.get("retry-after"), "1");
+    assert.equal((await login.json()).error, "limiter_unavailable");
+    const videos = await denying.fetch("https://localhost/api/v1/videos");
+    assert.equal(videos.status, 200, "on_store_error allow for the other tier");
+    await videos.arrayBuffer();
+  } finally {
+    await denying.dispose();
+  }
+});
+
 test("origin down: 502 JSON with security and rate-limit headers", async () => {
   const port = await closedPort();
   const worker = await startWorker({ policy: POLICY, origin: `http://127.0.0.1:${port}` });
@@ -237,6 +284,13 @@ test("bad configuration: every request is a 500 and the log names the field", as
     { policy: '{"allowed_hosts": [', vars: {}, logged: "PORTCULLIS_POLICY:" },
     { policy: POLICY, vars: { ORIGIN_URL: "not a url" }, logged: "ORIGIN_URL:" },
     { policy: POLICY, vars: { PORTCULLIS_LIMITER: "kv" }, logged: "PORTCULLIS_LIMITER:" },
+    // No secret hash key: the Worker refuses to serve rather than hash with a public one.
+    {
+      policy: POLICY,
+      vars: { PORTCULLIS_HASH_KEY: undefined },
+      logged: "PORTCULLIS_HASH_KEY: is not set: the Worker hashes clients with a secret key",
+    },
+    { policy: POLICY, vars: { PORTCULLIS_HASH_KEY: "abc" }, logged: "PORTCULLIS_HASH_KEY: is not 32 hexadecimal digits" },
   ];
   for (const c of cases) {
     const worker = await startWorker({ policy: c.policy, origin: origin.url, vars: c.vars });

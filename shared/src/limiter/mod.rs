@@ -10,7 +10,7 @@ use std::hash::Hasher;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::client::ClientKey;
-use crate::config::{Backend, ConfigError, GlobalConfig, LimiterConfig, StoreErrorMode};
+use crate::config::{Backend, ConfigError, GlobalConfig, LimiterConfig};
 use gcra::{Gcra, Verdict};
 use store::{BucketStore, StoreError, Swap};
 use table::{Bucket, WAYS};
@@ -42,25 +42,71 @@ impl Acquire {
     }
 }
 
+/// The secret key of the limiter's keyed hashes (bucket slots, client ids).
+///
+/// Secret so that outsiders cannot compute which addresses share a victim's bucket. A policy
+/// names it in `limiter.hash_key`; without one, the host makes a random key
+/// ([`crate::Policy::with_hash_key`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HashKey(u64, u64);
+
+impl HashKey {
+    /// A key from 16 random bytes (the host's entropy source: the core has none).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        let (k0, k1) = bytes.split_at(8);
+        let half = |b: &[u8]| b.iter().fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte));
+        Self(half(k0), half(k1))
+    }
+
+    /// The key as 16 bytes, for a host that keeps it where its other instances find it.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.0.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.1.to_be_bytes());
+        bytes
+    }
+
+    /// 32 hexadecimal digits, as `limiter.hash_key` writes it.
+    pub fn parse_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let k0 = u64::from_str_radix(hex.get(..16)?, 16).ok()?;
+        let k1 = u64::from_str_radix(hex.get(16..)?, 16).ok()?;
+        Some(Self(k0, k1))
+    }
+}
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(..)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Limiter {
-    key: (u64, u64),
+    /// `None` until the configuration or the host gives one.
+    pub(crate) key: Option<HashKey>,
+    /// Whether `key` came from the configuration (else from the host).
+    pub(crate) key_configured: bool,
     buckets_per_tier: u32,
     limited_tiers: u32,
     max_retries: u8,
-    pub(crate) on_store_error: StoreErrorMode,
     pub(crate) global: Option<GlobalConfig>,
 }
 
-/// Fixed default key of the slot hash; set `limiter.hash_key` in production.
-const DEFAULT_KEY: (u64, u64) = (0x706f_7274_6375_6c6c, 0x6973_2d73_6c6f_7473);
+/// The key of a policy without `limiter.hash_key` until its host gives it one
+/// ([`crate::Policy::with_hash_key`]); every host does before it serves.
+const UNSET_KEY: HashKey = HashKey(0, 0);
 
 impl Limiter {
     pub(crate) fn compile(config: &LimiterConfig, limited_tiers: u32) -> Result<Self, ConfigError> {
         let key = match &config.hash_key {
-            None => DEFAULT_KEY,
-            Some(hex) => parse_key(hex)
-                .ok_or_else(|| ConfigError::at("limiter.hash_key", "must be exactly 32 hexadecimal digits"))?,
+            None => None,
+            Some(hex) => Some(
+                HashKey::parse_hex(hex)
+                    .ok_or_else(|| ConfigError::at("limiter.hash_key", "must be exactly 32 hexadecimal digits"))?,
+            ),
         };
         if config.capacity_per_tier == 0 {
             return Err(ConfigError::at("limiter.capacity_per_tier", "must be at least 1"));
@@ -96,15 +142,22 @@ impl Limiter {
                 if global.domain.is_empty() {
                     return Err(ConfigError::at("limiter.global.domain", "must not be empty"));
                 }
+                if key.is_none() {
+                    return Err(ConfigError::at(
+                        "limiter.hash_key",
+                        "is required with \"backend\": \"global\": every host sharing the service must \
+                         name a client alike (generate one: openssl rand -hex 16)",
+                    ));
+                }
                 Some(global.clone())
             }
         };
         Ok(Self {
             key,
+            key_configured: key.is_some(),
             buckets_per_tier,
             limited_tiers,
             max_retries: config.max_cas_retries,
-            on_store_error: config.on_store_error,
             global,
         })
     }
@@ -115,7 +168,7 @@ impl Limiter {
     }
 
     pub(crate) fn slot(&self, tier_name: &str, tier_ordinal: u32, client: &ClientKey) -> Slot {
-        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        let mut hasher = self.hasher();
         // SipHash is streamed, so three writes hash the same as one of `name 0 client`, without
         // building that key on the heap.
         let (client, client_len) = client.to_bytes();
@@ -131,7 +184,7 @@ impl Limiter {
     /// fleet's Redis): the same client gives the same id on every host with the same key, and
     /// the id tells nothing about the address without the key.
     pub(crate) fn client_id(&self, client: &ClientKey) -> u128 {
-        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        let mut hasher = self.hasher();
         let (client, client_len) = client.to_bytes();
         // A domain byte no tier name starts with, so an id never equals a slot hash.
         hasher.write(&[0xff]);
@@ -140,7 +193,7 @@ impl Limiter {
     }
 
     pub(crate) fn keyed_id(&self, bytes: &[u8]) -> u128 {
-        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        let mut hasher = self.hasher();
         // Another domain byte: an id of bytes never equals a client id or a slot hash.
         hasher.write(&[0xfe]);
         hasher.write(bytes);
@@ -168,13 +221,18 @@ impl Limiter {
     }
 }
 
-fn parse_key(hex: &str) -> Option<(u64, u64)> {
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+impl Limiter {
+    /// Uses the host's `key` unless the configuration named one.
+    pub(crate) fn set_host_key(&mut self, key: HashKey) {
+        if !self.key_configured {
+            self.key = Some(key);
+        }
     }
-    let k0 = u64::from_str_radix(&hex[..16], 16).ok()?;
-    let k1 = u64::from_str_radix(&hex[16..], 16).ok()?;
-    Some((k0, k1))
+
+    fn hasher(&self) -> SipHasher13 {
+        let HashKey(k0, k1) = self.key.unwrap_or(UNSET_KEY);
+        SipHasher13::new_with_keys(k0, k1)
+    }
 }
 
 #[cfg(test)]

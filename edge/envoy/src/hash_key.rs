@@ -1,0 +1,42 @@
+//! One random hash key per Envoy process, for a policy that names no `limiter.hash_key`.
+//!
+//! Every worker's VM must hash clients alike, or one client would live in several buckets of
+//! the shared table. The key is kept in shared data, which lives as long as the process: the
+//! first VM to configure writes its random key there and every VM uses what it finds.
+//!
+//! Envoy's shared data has no atomic "create if absent" (a write to a missing key ignores the
+//! CAS), so two VMs configuring at the same instant can both write; each reads back what is
+//! stored, and every tick re-reads it ([`current`]), so a VM that lost that race adopts the
+//! winner's key within one tick of starting.
+
+use portcullis_core::HashKey;
+use proxy_wasm::types::Status;
+
+use crate::host_bytes;
+
+const KEY: &[u8] = b"portcullis.hash_key";
+
+/// The process's key: the stored one, else `fresh` stored first.
+pub fn shared(fresh: impl FnOnce() -> Result<[u8; 16], String>) -> Result<HashKey, String> {
+    if let Some(key) = current().map_err(|s| format!("reading shared data: {s:?}"))? {
+        return Ok(key);
+    }
+    let bytes = fresh()?;
+    host_bytes::set_shared_data(KEY, &bytes, 0).map_err(|s| format!("writing shared data: {s:?}"))?;
+    current()
+        .map_err(|s| format!("reading shared data: {s:?}"))?
+        .ok_or_else(|| "the key written to shared data is gone".to_owned())
+}
+
+/// The key in shared data, if any VM stored one.
+pub fn current() -> Result<Option<HashKey>, Status> {
+    let (bytes, _) = host_bytes::get_shared_data(KEY)?;
+    Ok(bytes.and_then(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok()).map(HashKey::from_bytes))
+}
+
+/// 16 bytes from the host's entropy (WASI `random_get`, which Envoy implements).
+pub fn random() -> Result<[u8; 16], String> {
+    let mut bytes = [0; 16];
+    getrandom::fill(&mut bytes).map_err(|err| format!("random_get: {err}"))?;
+    Ok(bytes)
+}
