@@ -12,9 +12,15 @@ pub fn dir() -> PathBuf {
     state_dir().join("certs")
 }
 
-/// The leaves: file stem, extended key usage.
-const LEAVES: [(&str, &str); 4] =
-    [("envoy", "serverAuth"), ("origin", "serverAuth"), ("postgres", "serverAuth"), ("envoy-client", "clientAuth")];
+/// The leaves: file stem, extended key usage. The origin admits exactly the two client
+/// certificates (Envoy's and the Worker's); server certificates cannot be used as clients.
+const LEAVES: [(&str, &str); 5] = [
+    ("envoy", "serverAuth"),
+    ("origin", "serverAuth"),
+    ("postgres", "serverAuth"),
+    ("envoy-client", "clientAuth"),
+    ("worker-client", "clientAuth"),
+];
 
 pub fn ensure() -> Result<PathBuf> {
     let dir = dir();

@@ -53,6 +53,9 @@ pub fn secrets() -> Result<()> {
             Ok(format!("compose1:{}", base64::engine::general_purpose::STANDARD.encode(random_bytes(32)?)))
         })?;
         write_once("data_key", || random_hex(32))?;
+        // The limiter's hash key for the fleet profile (the service; Envoys and origins that
+        // share its Redis put the same key in their policy).
+        write_once("hash_key", || random_hex(16))?;
         println!("    {}", secrets_dir().display());
         Ok(())
     })?;

@@ -164,6 +164,18 @@ pub fn run() -> Result<()> {
     );
     ensure!(through_worker.to_ascii_lowercase().contains("x-frame-options: deny"), "{through_worker}");
 
+    // The Worker straight to this origin over mTLS (its client CA admits the worker-client
+    // certificate, nothing without one), inside workerd.
+    crate::stage::exec(
+        crate::worker::wrangler_env(&mut crate::stage::cmd(
+            "node",
+            &["--test", "--test-reporter=spec", "edge/worker/test/mtls.test.mjs"],
+        ))
+        .env("PORTCULLIS_CERTS", crate::certs::dir())
+        .env("PORTCULLIS_MTLS_ORIGIN", "https://localhost:9443"),
+    )
+    .context("the Worker → origin over mTLS")?;
+
     // 4. TLS of the edge and of the origin (with Envoy's client certificate: mTLS) against
     // Mozilla's "intermediate" profile.
     let certs = crate::certs::dir();

@@ -63,7 +63,9 @@ pub fn test() -> Result<()> {
         files.sort();
         let mut args = vec!["--test", "--test-reporter=spec"];
         args.extend(files.iter().map(String::as_str));
-        exec(wrangler_env(&mut cmd("node", &args)))
+        // mtls.test.mjs presents the dev CA's worker-client certificate.
+        let certs = crate::certs::ensure()?;
+        exec(wrangler_env(&mut cmd("node", &args)).env("PORTCULLIS_CERTS", certs))
     })?;
     stage("worker: wrangler deploy --dry-run", || {
         let outdir = state_dir().join("worker-dist");

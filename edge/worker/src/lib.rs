@@ -95,7 +95,11 @@ async fn handle(req: &Request, env: &Env, settings: &Settings) -> Result<Respons
     };
     match decision {
         Decision::Respond(reply) => respond::local(&reply),
-        Decision::Forward(forward) => respond::forward(req, &incoming, &settings.origin, policy, forward.plan).await,
+        Decision::Forward(forward) => {
+            // The mTLS certificate binding, when the deployment declares one.
+            let mtls = env.service(settings::ORIGIN_MTLS_BINDING).ok();
+            respond::forward(req, &incoming, &settings.origin, mtls.as_ref(), policy, forward.plan).await
+        }
     }
 }
 

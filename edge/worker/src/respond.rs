@@ -4,7 +4,7 @@
 use portcullis_core::{LocalResponse, Policy, ResponsePlan};
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    Fetch, Headers, Request, RequestInit, RequestRedirect, Response, ResponseBody, Result, Url, console_error,
+    Fetch, Fetcher, Headers, Request, RequestInit, RequestRedirect, Response, ResponseBody, Result, Url, console_error,
 };
 
 use crate::incoming::Incoming;
@@ -68,10 +68,11 @@ pub async fn forward(
     req: &Request,
     incoming: &Incoming,
     origin: &Url,
+    mtls: Option<&Fetcher>,
     policy: &Policy,
     plan: ResponsePlan,
 ) -> Result<Response> {
-    let upstream = match send_upstream(req, incoming, origin).await {
+    let upstream = match send_upstream(req, incoming, origin, mtls).await {
         Ok(response) => response,
         Err(err) => {
             console_error!("portcullis: origin {origin} unreachable: {err}");
@@ -120,7 +121,9 @@ pub fn upstream_headers(incoming: &Incoming) -> Vec<(String, String)> {
     headers
 }
 
-async fn send_upstream(req: &Request, incoming: &Incoming, origin: &Url) -> Result<Response> {
+/// Sends the origin request: through `mtls` (the `mtls_certificates` binding, which presents the
+/// Worker's client certificate to an origin that requires one), else a plain fetch.
+async fn send_upstream(req: &Request, incoming: &Incoming, origin: &Url, mtls: Option<&Fetcher>) -> Result<Response> {
     let headers = Headers::new();
     for (name, value) in upstream_headers(incoming) {
         headers.append(&name, &value)?;
@@ -135,7 +138,10 @@ async fn send_upstream(req: &Request, incoming: &Incoming, origin: &Url) -> Resu
         init.with_body(Some(JsValue::from(body)));
     }
     let outbound = Request::new_with_init(&upstream_url(origin, incoming), &init)?;
-    Fetch::Request(outbound).send().await
+    match mtls {
+        Some(fetcher) => fetcher.fetch_request(outbound).await,
+        None => Fetch::Request(outbound).send().await,
+    }
 }
 
 /// Copies the origin's response with the edits applied (fetched headers are immutable).

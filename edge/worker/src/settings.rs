@@ -20,6 +20,11 @@ pub const LIMITER_VAR: &str = "PORTCULLIS_LIMITER";
 /// `limiter.hash_key`. Required: isolates come and go, so a random key of one isolate would
 /// split every client's count, and a public one lets outsiders aim addresses at one bucket.
 pub const HASH_KEY_VAR: &str = "PORTCULLIS_HASH_KEY";
+/// The `mtls_certificates` binding whose client certificate the Worker presents to the origin
+/// (an origin with `PORTCULLIS_CLIENT_CA` admits only certificates of its client CA). Optional:
+/// without it the Worker fetches `ORIGIN_URL` without a client certificate, which such an
+/// origin refuses (502), never bypasses.
+pub const ORIGIN_MTLS_BINDING: &str = "ORIGIN_MTLS";
 /// The Durable Object namespace holding rate-limit buckets.
 pub const RATE_LIMITER_BINDING: &str = "RATE_LIMITER";
 
