@@ -164,6 +164,38 @@ pub fn run() -> Result<()> {
     );
     ensure!(through_worker.to_ascii_lowercase().contains("x-frame-options: deny"), "{through_worker}");
 
+    // Each client keeps its own login quota through the Worker (two loopback addresses as two
+    // clients): the Worker keys by its real peer, Envoy trusts exactly the Worker's hop. The
+    // direct burst above has spent 127.0.0.1's quota at Envoy, so a shared key would refuse
+    // both at once.
+    // A new unknown username each time, so only the per-client limits answer (the origin also
+    // slows down repeated failures for one account).
+    let worker_logins = |interface: &str, n: usize| -> Result<Vec<String>> {
+        (0..n)
+            .map(|i| {
+                let body = format!(r#"{{"username":"e2e-{interface}-{i}","password":"wrong"}}"#);
+                curl(&[
+                    "-k",
+                    "--interface",
+                    interface,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    &body,
+                    "https://localhost:8787/api/v1/auth/login",
+                ])
+            })
+            .collect()
+    };
+    let first = worker_logins("127.0.0.2", 6)?;
+    ensure!(first == ["401", "401", "401", "401", "401", "429"], "one client through the Worker: {first:?}");
+    let second = worker_logins("127.0.0.3", 1)?;
+    ensure!(second == ["401"], "another client through the Worker keeps its own quota: {second:?}");
+
     // The Worker straight to this origin over mTLS (its client CA admits the worker-client
     // certificate, nothing without one), inside workerd.
     crate::stage::exec(

@@ -74,6 +74,73 @@ pub fn config_with_policy(policy: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The HTTPS listener for the Worker's hop (`cargo xtask up --worker`).
+pub const WORKER_HOP_PORT: u16 = 8446;
+
+/// `config` plus a listener on 127.0.0.1:[`WORKER_HOP_PORT`] for the Worker alone: the HTTPS
+/// listener's copy whose policy trusts exactly one hop (`client_ip.trusted_hops: 1`), so each
+/// client the Worker names in `X-Forwarded-For` keeps its own quota. The public listeners stay
+/// as they are: a client connecting to :8443 itself cannot name another client. Both listeners
+/// share one VM and its shared data, so a client's count is one whichever way it comes.
+pub fn with_worker_hop(config: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let find = |what: &str| lines.iter().position(|l| l.trim() == what).with_context(|| format!("no `{what}` line"));
+    // The connection manager (the anchor's block), and the TLS listener that refers to it.
+    let anchor = find("typed_config: &http_connection_manager")?;
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let manager_end = lines[anchor + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && indent(l) <= indent(lines[anchor]))
+        .map_or(lines.len(), |n| anchor + 1 + n);
+    let listener = find("- name: tls")?;
+    let listener_end = find("clusters:")?;
+
+    let mut policy = policy_in(config)?;
+    if let Some(object) = policy.as_object_mut() {
+        let client_ip = object.entry("client_ip").or_insert_with(|| serde_json::json!({}));
+        client_ip["trusted_hops"] = serde_json::json!(1);
+    }
+    let manager: Vec<String> = lines[anchor..manager_end]
+        .iter()
+        .map(|l| l.replace("typed_config: &http_connection_manager", "typed_config:"))
+        .map(|l| l.replace("stat_prefix: portcullis", "stat_prefix: portcullis_worker_hop"))
+        // The Worker's X-Forwarded-For arrives as the Worker wrote it (Envoy appending the
+        // Worker's own address would make that the nearest hop, and every client one).
+        .map(|l| {
+            l.replace("use_remote_address: true", "use_remote_address: true\n                skip_xff_append: true")
+        })
+        .collect();
+    let manager_refs: Vec<&str> = manager.iter().map(String::as_str).collect();
+    let (start, end, block_indent) = policy_block(&manager_refs)?;
+    let mut hop: Vec<String> = Vec::new();
+    for line in &lines[listener..listener_end] {
+        if line.trim() == "typed_config: *http_connection_manager" {
+            hop.extend(manager[..start].iter().cloned());
+            hop.extend(serde_json::to_string_pretty(&policy)?.lines().map(|l| format!("{:block_indent$}{l}", "")));
+            hop.extend(manager[end..].iter().cloned());
+        } else {
+            hop.push(
+                line.replace("- name: tls", "- name: worker-hop")
+                    .replace("port_value: 8443", &format!("port_value: {WORKER_HOP_PORT}")),
+            );
+        }
+    }
+    let mut out: Vec<String> = lines[..listener_end].iter().map(|l| (*l).to_owned()).collect();
+    // The hop listener goes last among the listeners, before `clusters:`.
+    while out.last().is_some_and(|l| l.trim().is_empty()) {
+        out.pop();
+    }
+    out.push(String::new());
+    out.extend(hop.into_iter().filter(|l| !l.trim().is_empty()));
+    out.push(String::new());
+    out.extend(lines[listener_end..].iter().map(|l| (*l).to_owned()));
+    let path = state_dir().join("envoy/envoy-worker-hop.yaml");
+    std::fs::create_dir_all(path.parent().context("envoy dir")?)?;
+    std::fs::write(&path, out.join("\n") + "\n")?;
+    Ok(path)
+}
+
 /// `envoy --mode validate`: parses the file and runs the plugin's `on_configure`.
 pub fn validate(envoy: &Path, config: &Path) -> Result<()> {
     exec(

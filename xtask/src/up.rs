@@ -71,16 +71,27 @@ pub fn run(options: Options) -> Result<()> {
         envoy::ensure_ports_free(&crate::fleet::ports())?;
     }
     if with_worker {
-        envoy::ensure_ports_free(&[(8787, "wrangler dev")])?;
+        envoy::ensure_ports_free(&[
+            (8787, "wrangler dev"),
+            (envoy::WORKER_HOP_PORT, "Envoy's listener for the Worker"),
+        ])?;
     }
     crate::setup::run()?;
     stage("up: build the Envoy filter", envoy::build_filter)?;
-    let envoy_config = match &options.policy {
+    let mut envoy_config = match &options.policy {
         None => root().join("envoy.yaml"),
         Some(policy) => {
             let json = std::fs::read_to_string(policy).with_context(|| format!("reading {}", policy.display()))?;
             envoy::config_with_policy(&json).with_context(|| format!("the policy in {}", policy.display()))?
         }
+    };
+    // Behind the Worker, Envoy must tell the Worker's clients apart: a listener of its own that
+    // trusts exactly that hop (the fleet's Envoys have none; there the Worker uses :8443).
+    let worker_target = if with_worker && !options.fleet {
+        envoy_config = envoy::with_worker_hop(&envoy_config)?;
+        format!("https://localhost:{}", envoy::WORKER_HOP_PORT)
+    } else {
+        "https://localhost:8443".to_owned()
     };
     let service_bin = if options.fleet {
         Some(stage("up: build portcullis-ratelimit", || crate::fleet::build_service(false))?)
@@ -162,10 +173,14 @@ pub fn run(options: Options) -> Result<()> {
             }
         })?;
         let mut origin = Supervised::new(origin, &start_origin);
+        let start = || start_worker(&worker_target);
         let mut worker = if with_worker {
             stage("up: build the Worker", crate::worker::build)?;
-            let worker = stage("up: Worker on https://127.0.0.1:8787 (wrangler dev, in front of Envoy)", start_worker)?;
-            Some(Supervised::new(worker, &start_worker))
+            let worker = stage(
+                &format!("up: Worker on https://127.0.0.1:8787 (wrangler dev, in front of {worker_target})"),
+                start,
+            )?;
+            Some(Supervised::new(worker, &start))
         } else {
             None
         };
@@ -277,14 +292,15 @@ impl<'a> Supervised<'a> {
     }
 }
 
-/// The Worker under `wrangler dev` (workerd) on https://127.0.0.1:8787, forwarding to Envoy's
-/// HTTPS listener: the origin admits only Envoy's client certificate, and the Worker trusts the
-/// dev CA through NODE_EXTRA_CA_CERTS.
-fn start_worker() -> Result<Daemon> {
+/// The Worker under `wrangler dev` (workerd) on https://127.0.0.1:8787, forwarding to Envoy at
+/// `target` (its listener for the Worker's hop): `wrangler dev` cannot present the Worker's
+/// client certificate, so locally the Worker reaches the origin through Envoy. The Worker trusts
+/// the dev CA through NODE_EXTRA_CA_CERTS.
+fn start_worker(target: &str) -> Result<Daemon> {
     let mut command = Command::new(crate::worker::node_bin("wrangler"));
     command
         .args(["dev", "--local", "--ip", "127.0.0.1", "--port", "8787", "--local-protocol", "https"])
-        .args(["--var", "ORIGIN_URL:https://localhost:8443"])
+        .args(["--var", &format!("ORIGIN_URL:{target}")])
         // The Worker refuses to serve without its secret hash key: a fresh one per `up`.
         .args(["--var", &format!("PORTCULLIS_HASH_KEY:{}", crate::tools::random_hex(16)?)])
         .current_dir(root())
@@ -348,7 +364,10 @@ Try:
 {fleet_text}
 Ctrl-C stops everything this command started."#,
         fleet_text = if fleet { fleet_welcome(&ca) } else { String::new() },
-        worker_line = if with_worker {
+        worker_line = if with_worker && !fleet {
+            "\n  Worker (wrangler dev)    https://localhost:8787/api/v1/…   (self-signed: curl -k)\
+             \n  Envoy for the Worker     https://localhost:8446   (trusts the Worker's X-Forwarded-For; the Worker's hop only)"
+        } else if with_worker {
             "\n  Worker (wrangler dev)    https://localhost:8787/api/v1/…   (self-signed: curl -k)"
         } else {
             ""
