@@ -201,6 +201,28 @@ class EnvoyFilter(unittest.TestCase):
         self.assertEqual((code, body), (200, '{"ok":true}'))
         self.assert_seed(headers, False, "ACME")
 
+    def test_04a_envoys_own_replies_carry_the_policys_headers(self):
+        """Replies Envoy makes before the filter runs (a path it cannot normalise: 400; headers
+        over its limit: 431) carry the policy's reply headers, HSTS only over TLS — the same as
+        the filter's own replies (envoy.yaml's local_reply_config is generated from the policy)."""
+        _, filter_reply, filter_body = send("GET", "/", host="evil.example")
+        own_names = {"cache-control", *SEED, "strict-transport-security"}
+        cases = [
+            ("400", "GET", "/api/v1/jobs/%00", (), 400),
+            ("431", "GET", "/api/v1/health", (("x-large", "a" * 100_000),), 431),
+        ]
+        for what, method, path, headers, status in cases:
+            for https in (True, False):
+                code, got, _ = send(method, path, https=https, headers=headers)
+                label = f"Envoy's {what} over {'HTTPS' if https else 'HTTP'}"
+                self.assertEqual(code, status, label)
+                self.assert_seed(got, https, label)
+                self.assertEqual(got.get("cache-control"), ["no-store"], label)
+                for name in own_names - ({"strict-transport-security"} if not https else set()):
+                    self.assertEqual(got.get(name), filter_reply.get(name), f"{name} on {label}, as on the filter's own")
+                self.assertFalse([n for n in got if n.startswith("x-envoy")], label)
+        self.assertIn("bad_host", filter_body)
+
     def test_04_host_off_the_allow_list_is_refused(self):
         for https in (True, False):
             code, headers, body = send("GET", "/", https=https, host="evil.example")

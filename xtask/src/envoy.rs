@@ -68,10 +68,96 @@ pub fn config_with_policy(policy: &str) -> Result<PathBuf> {
     let mut out: Vec<String> = lines[..start].iter().map(|l| (*l).to_owned()).collect();
     out.extend(serde_json::to_string_pretty(&parsed)?.lines().map(|l| format!("{:indent$}{l}", "")));
     out.extend(lines[end..].iter().map(|l| (*l).to_owned()));
+    let compiled = portcullis_core::Policy::from_json(policy.as_bytes())
+        .map_err(|err| anyhow::anyhow!("the policy does not compile: {err}"))?;
     let path = root().join(".portcullis/envoy/envoy.yaml");
     std::fs::create_dir_all(path.parent().context("envoy dir")?)?;
-    std::fs::write(&path, out.join("\n") + "\n")?;
+    std::fs::write(&path, with_local_replies(&(out.join("\n") + "\n"), &compiled))?;
     Ok(path)
+}
+
+/// The headers the core puts on a reply it makes itself under `policy` (its 400 for a foreign
+/// `Host`), over HTTPS or HTTP, less `content-type` (Envoy's own replies have their own body):
+/// what Envoy's replies that never reach the filter must carry too.
+pub fn own_reply_headers(policy: &portcullis_core::Policy, https: bool) -> Vec<(String, String)> {
+    use portcullis_core::{Begin, Decision, Peer, Request, Scheme};
+    let headers: Vec<(&str, &str)> = Vec::new();
+    let request = Request {
+        method: b"GET",
+        scheme: if https { Scheme::Https } else { Scheme::Http },
+        authority: Some(b"\0"),
+        path: Some(b"/"),
+        peer: Peer::Unknown,
+        headers: &headers,
+    };
+    match policy.begin(&request) {
+        Begin::Decided(Decision::Respond(reply)) => {
+            reply.headers.into_iter().filter(|(name, _)| !name.eq_ignore_ascii_case("content-type")).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `local_reply_config` for `policy`, as lines indented by `indent`: over TLS (a CEL filter on
+/// the connection) the core's HTTPS reply headers, else its HTTP ones, for every reply of 400 or
+/// more. ADD_IF_ABSENT leaves the filter's own replies as the filter made them.
+pub fn local_reply_config(policy: &portcullis_core::Policy, indent: usize) -> Vec<String> {
+    let pad = " ".repeat(indent);
+    let quote = |text: &str| serde_json::to_string(text).unwrap_or_default();
+    let mut lines = vec![format!("{pad}local_reply_config:"), format!("{pad}  mappers:")];
+    let status = format!(
+        "status_code_filter: {{ comparison: {{ op: GE, value: {{ default_value: 400, runtime_key: portcullis.local_reply_min_status }} }} }}"
+    );
+    for https in [true, false] {
+        if https {
+            lines.push(format!("{pad}    - filter:"));
+            lines.push(format!("{pad}        and_filter:"));
+            lines.push(format!("{pad}          filters:"));
+            lines.push(format!("{pad}            - {status}"));
+            lines.push(format!("{pad}            - extension_filter:"));
+            lines.push(format!("{pad}                name: envoy.access_loggers.extension_filters.cel"));
+            lines.push(format!("{pad}                typed_config:"));
+            lines.push(format!(
+                "{pad}                  \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+            ));
+            lines.push(format!("{pad}                  expression: \"connection.tls_version != ''\""));
+        } else {
+            lines.push(format!("{pad}    - filter: {{ {status} }}"));
+        }
+        lines.push(format!("{pad}      headers_to_add:"));
+        for (name, value) in own_reply_headers(policy, https) {
+            lines.push(format!("{pad}        - header: {{ key: {}, value: {} }}", quote(&name), quote(&value)));
+            lines.push(format!("{pad}          append_action: ADD_IF_ABSENT"));
+        }
+    }
+    lines
+}
+
+/// `text` (an Envoy config) with every `local_reply_config:` block replaced by the one for
+/// `policy`.
+pub fn with_local_replies(text: &str, policy: &portcullis_core::Policy) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() == "local_reply_config:" {
+            let own = indent(lines[i]);
+            out.extend(local_reply_config(policy, own));
+            i += 1;
+            while i < lines.len() && (lines[i].trim().is_empty() || indent(lines[i]) > own) {
+                i += 1;
+            }
+            // Keep the blank line that separated the block from what follows.
+            if lines.get(i - 1).is_some_and(|l| l.trim().is_empty()) {
+                out.push(String::new());
+            }
+        } else {
+            out.push(lines[i].to_owned());
+            i += 1;
+        }
+    }
+    out.join("\n") + "\n"
 }
 
 /// The HTTPS listener for the Worker's hop (`cargo xtask up --worker`).
@@ -271,4 +357,32 @@ pub fn local_http_get(port: u16, path: &str) -> Option<String> {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     (!response.is_empty()).then_some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// envoy.yaml's `local_reply_config` is generated from its policy; this fails when the two
+    /// drift apart, and prints the block that belongs there.
+    #[test]
+    fn envoy_yaml_local_replies_carry_the_policys_headers() {
+        let path = root().join("envoy.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let policy = portcullis_core::Policy::from_json(policy_in(&path).unwrap().to_string().as_bytes()).unwrap();
+        let expected = with_local_replies(&text, &policy);
+        if text != expected {
+            let start = expected.find("local_reply_config:").unwrap_or(0);
+            panic!(
+                "envoy.yaml's local_reply_config differs from its policy's headers; the block belongs there as:\n{}",
+                &expected[start..expected[start..].find("\n\n").map_or(expected.len(), |n| start + n)]
+            );
+        }
+        let https = own_reply_headers(&policy, true);
+        let http = own_reply_headers(&policy, false);
+        assert!(https.iter().any(|(n, _)| n == "strict-transport-security"), "{https:?}");
+        assert!(!http.iter().any(|(n, _)| n == "strict-transport-security"), "HSTS only over TLS: {http:?}");
+        assert_eq!(https.len(), http.len() + 1);
+    }
 }
