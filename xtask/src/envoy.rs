@@ -105,9 +105,8 @@ pub fn local_reply_config(policy: &portcullis_core::Policy, indent: usize) -> Ve
     let pad = " ".repeat(indent);
     let quote = |text: &str| serde_json::to_string(text).unwrap_or_default();
     let mut lines = vec![format!("{pad}local_reply_config:"), format!("{pad}  mappers:")];
-    let status = format!(
-        "status_code_filter: {{ comparison: {{ op: GE, value: {{ default_value: 400, runtime_key: portcullis.local_reply_min_status }} }} }}"
-    );
+    let status = "status_code_filter: { comparison: { op: GE, value: { default_value: 400, runtime_key: \
+                  portcullis.local_reply_min_status } } }";
     for https in [true, false] {
         if https {
             lines.push(format!("{pad}    - filter:"));
