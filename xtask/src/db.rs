@@ -95,6 +95,8 @@ impl Cluster {
         if !self.data().join("PG_VERSION").exists() {
             self.init()?;
         }
+        // The current dev certificates, also in a cluster made before they were (re)issued.
+        self.install_certs(&certs::ensure()?)?;
         std::fs::create_dir_all(self.socket_dir())?;
         chown_postgres(&self.socket_dir())?;
         as_postgres(&format!("{PG_BIN}/pg_ctl"))
@@ -141,6 +143,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// The server's certificate and key live in the data directory, owned by postgres, 0600.
+    fn install_certs(&self, certs: &Path) -> Result<()> {
+        for (from, to) in [("postgres.crt", "server.crt"), ("postgres.key", "server.key"), ("ca.crt", "ca.crt")] {
+            let target = self.data().join(to);
+            if std::fs::read(&target).ok() == std::fs::read(certs.join(from)).ok() {
+                continue;
+            }
+            std::fs::copy(certs.join(from), &target)?;
+            chown_postgres(&target)?;
+            set_mode(&target, 0o600)?;
+        }
+        Ok(())
+    }
+
     fn init(&self) -> Result<()> {
         let certs = certs::ensure()?;
         std::fs::create_dir_all(&self.dir)?;
@@ -164,13 +180,7 @@ impl Cluster {
         if !status.success() {
             bail!("initdb failed in {}", data.display());
         }
-        // The server's certificate and key live in the data directory, owned by postgres, 0600.
-        for (from, to) in [("postgres.crt", "server.crt"), ("postgres.key", "server.key"), ("ca.crt", "ca.crt")] {
-            let target = data.join(to);
-            std::fs::copy(certs.join(from), &target)?;
-            chown_postgres(&target)?;
-            set_mode(&target, 0o600)?;
-        }
+        self.install_certs(&certs)?;
         let repo = root().join("migrations/postgres");
         let mut settings = format!(
             "\n# --- Portcullis ({}) ---\ninclude '{}'\nhba_file = '{}'\n\
