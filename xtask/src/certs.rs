@@ -21,7 +21,7 @@ pub fn dir() -> PathBuf {
 
 /// Written beside the certificates; a different text means they were issued by an older layout
 /// and are issued again (CA included).
-const LAYOUT: &str = "2: rcgen, one service per leaf, envoy-client and worker-client";
+const LAYOUT: &str = "5: rcgen, positive serials, leaves without basicConstraints and with an AKI, one service per leaf, envoy-client and worker-client";
 
 /// Loopback names a local client uses for a server.
 const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -67,6 +67,7 @@ fn issue(dir: &std::path::Path) -> Result<()> {
     ca.distinguished_name.push(DnType::CommonName, "Portcullis development CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.serial_number = Some(serial()?);
     ca.not_before = now - time::Duration::minutes(5);
     ca.not_after = now + time::Duration::days(825);
     let ca_cert = ca.self_signed(&ca_key)?;
@@ -79,7 +80,11 @@ fn issue(dir: &std::path::Path) -> Result<()> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, leaf.stem);
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints at all: rcgen's explicit `CA:FALSE` encodes the default value,
+        // which DER forbids and strict parsers (Python's cryptography) reject.
+        params.is_ca = IsCa::NoCa;
+        // The issuer's key identifier: path validators (sslyze's) require it on a leaf.
+        params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages =
             vec![if leaf.server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
@@ -90,6 +95,7 @@ fn issue(dir: &std::path::Path) -> Result<()> {
                 Err(_) => Ok(SanType::DnsName((*name).try_into()?)),
             })
             .collect::<Result<_, rcgen::Error>>()?;
+        params.serial_number = Some(serial()?);
         params.not_before = now - time::Duration::minutes(5);
         // Mozilla's "intermediate" profile allows certificates of at most 366 days.
         params.not_after = now + time::Duration::days(365);
@@ -99,6 +105,14 @@ fn issue(dir: &std::path::Path) -> Result<()> {
         write(dir, &format!("{}.key", leaf.stem), &key.serialize_pem())?;
     }
     Ok(())
+}
+
+/// 16 random bytes, positive as RFC 5280 requires (rcgen's own may have the sign bit set, which
+/// X.509 parsers read as a negative serial and reject).
+fn serial() -> Result<rcgen::SerialNumber> {
+    let mut bytes = crate::tools::random_bytes(16)?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    Ok(rcgen::SerialNumber::from_slice(&bytes))
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> Result<()> {
