@@ -18,6 +18,10 @@ ssl_key_file = 'server.key'
 ssl_ca_file = 'ca.crt'
 CONF
 
+# The hardening preloads pgaudit, which the bootstrap needs: restart the entrypoint's temporary
+# (socket-only) server so it takes the new configuration; pg_ctl keeps its options.
+pg_ctl -D "$PGDATA" -m fast -w restart >/dev/null
+
 PORTCULLIS_OWNER_PASSWORD="$(cat /run/secrets/db_owner_password)" \
 PORTCULLIS_APP_PASSWORD="$(cat /run/secrets/db_app_password)" \
 PORTCULLIS_DB_NAME="${PORTCULLIS_DB_NAME:-portcullis}" \

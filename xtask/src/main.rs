@@ -7,6 +7,7 @@ mod bench_fleet;
 mod bench_origin;
 mod certs;
 mod compose;
+mod compose_test;
 mod coverage;
 mod db;
 mod e2e;
@@ -51,7 +52,14 @@ enum Command {
     /// Write the secret files docker-compose.yml mounts (made once, reused) and build the filter.
     ComposeSecrets,
     /// Run every test of the project.
-    Test,
+    Test {
+        /// Leave out the `docker compose up` stage (it needs a Docker engine; `compose-test` runs it alone).
+        #[arg(long)]
+        skip_compose: bool,
+    },
+    /// `docker compose up --build` on a real Docker engine (started if none runs), checked through
+    /// its published ports, then `docker compose down -v`.
+    ComposeTest,
     /// Line coverage of the core, the filter (natively) and the origin (cargo-llvm-cov), with their bars.
     Coverage,
     /// schemathesis (all checks) against the API through Envoy, on a stack started for the run.
@@ -82,7 +90,8 @@ fn main() {
         Command::Setup => setup::run(),
         Command::Up { worker, policy, fleet } => up::run(up::Options { worker, policy, fleet }),
         Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
-        Command::Test => setup::run().and_then(|()| test::run()),
+        Command::Test { skip_compose } => setup::run().and_then(|()| test::run(skip_compose)),
+        Command::ComposeTest => setup::run().and_then(|()| compose_test::run()),
         Command::Lint => test::lint(),
         Command::Coverage => setup::run().and_then(|()| coverage::run()).map(|rows| {
             for (name, value) in rows {

@@ -7,7 +7,9 @@ use crate::envoy;
 use crate::stage::{cmd, exec, root, stage};
 use crate::{certs, tools};
 
-pub fn run() -> Result<()> {
+/// `skip_compose`: leave out `docker compose up` (a Docker engine and a few minutes of image
+/// builds); the stage says it was skipped and by which flag.
+pub fn run(skip_compose: bool) -> Result<()> {
     let filter = stage("build: the Envoy filter (wasm32-wasip1)", envoy::build_filter)?;
     let cluster = Cluster::for_tests()?;
     let description = cluster.dir.join("cluster.json");
@@ -45,6 +47,13 @@ pub fn run() -> Result<()> {
     crate::worker::test()?;
     stage("test: end to end: `cargo xtask up`, the demo scenarios, Ctrl-C", crate::e2e::run)?;
     stage("test: API fuzzing: schemathesis through Envoy (all checks)", crate::api_fuzz::run)?;
+    if skip_compose {
+        println!(
+            "==> test: docker compose up for real — SKIPPED (--skip-compose); run it with `cargo xtask compose-test`"
+        );
+    } else {
+        stage("test: docker compose up for real (cargo xtask compose-test)", crate::compose_test::run)?;
+    }
     // Last: it rebuilds the tested crates instrumented, and every functional result is in by now.
     crate::coverage::run()?;
     println!("\nall tests passed");
