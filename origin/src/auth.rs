@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -223,14 +223,17 @@ pub fn login_account_key(username: &str) -> Vec<u8> {
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser(pub Uuid);
 
-impl FromRequestParts<crate::startup::AppState> for AuthUser {
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser
+where
+    Arc<JwtKeys>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &crate::startup::AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
         let text = header.to_str().map_err(|_| ApiError::Unauthorized)?;
         let token =
             text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer ")).ok_or(ApiError::Unauthorized)?;
-        state.jwt.verify(token.trim()).map(AuthUser)
+        Arc::<JwtKeys>::from_ref(state).verify(token.trim()).map(AuthUser)
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use axum::middleware::Next;
 use portcullis_core::{
@@ -24,7 +24,7 @@ use portcullis_core::{
 use portcullis_ratelimit::descriptor::{DEFAULT_DOMAIN, limit_key};
 use portcullis_ratelimit::store::{RedisStore, Target};
 
-/// What the connection told us, attached to each request by the server loop.
+/// What the connection told us: each request carries it as `ConnectInfo<Connection>`.
 #[derive(Debug, Clone, Copy)]
 pub struct Connection {
     pub peer: SocketAddr,
@@ -142,7 +142,7 @@ pub fn local_response(reply: LocalResponse) -> Response<Body> {
 }
 
 pub async fn enforce(edge: axum::extract::State<Edge>, request: Request, next: Next) -> Response<Body> {
-    let connection = request.extensions().get::<Connection>().copied();
+    let connection = request.extensions().get::<ConnectInfo<Connection>>().map(|info| info.0);
     let peer = connection.map(|c| c.peer.to_string());
     let tls = connection.is_some_and(|c| c.tls);
     // HTTP/1.1 carries the host in `Host`, HTTP/2 in the URI authority.

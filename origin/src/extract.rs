@@ -5,27 +5,22 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
 
-/// Whether `text` holds control characters (NUL among them: PostgreSQL cannot store it): the
-/// negation of [`crate::patterns::NO_CONTROL`], which the schema publishes.
-pub fn has_control_chars(text: &str) -> bool {
-    text.chars().any(char::is_control)
+/// What a handler takes from a request body: parsed from the body's JSON shape ([`Self::Body`],
+/// which the OpenAPI schema describes) into domain types, naming every field that is wrong.
+pub trait FromBody: Sized {
+    type Body: DeserializeOwned;
+    fn from_body(body: Self::Body) -> Result<Self, Vec<FieldError>>;
 }
 
-/// Business rules a request body must meet beyond its shape.
-pub trait Validate {
-    fn validate(&self, now: DateTime<Utc>) -> Vec<FieldError>;
-}
-
-/// A JSON body that parsed (unknown fields rejected) and passed [`Validate`].
+/// A JSON body that parsed (unknown fields rejected) into `T` by [`FromBody`].
 pub struct ValidJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequest<S> for ValidJson<T> {
+impl<S: Send + Sync, T: FromBody> FromRequest<S> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
@@ -45,9 +40,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequest<S> for ValidJso
                 ApiError::BadRequest("The request body could not be read.".into())
             }
         })?;
-        let value = parse_json::<T>(&bytes)?;
-        let problems = value.validate(Utc::now());
-        if problems.is_empty() { Ok(Self(value)) } else { Err(ApiError::Validation(problems)) }
+        let body = parse_json::<T::Body>(&bytes)?;
+        T::from_body(body).map(Self).map_err(ApiError::Validation)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod configuration;
 pub mod db;
+pub mod domain;
 pub mod edge;
 pub mod error;
 pub mod executor;
@@ -14,5 +15,7 @@ pub mod patterns;
 pub mod routes;
 pub mod secrets;
 pub mod startup;
+pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -5,11 +5,12 @@ use std::io::BufRead;
 use clap::{Parser, Subcommand};
 use portcullis_origin::auth::Passwords;
 use portcullis_origin::configuration::Settings;
-use portcullis_origin::executor::{Executor, HttpSpeechToText};
+use portcullis_origin::domain::{Password, Username};
 use portcullis_origin::secrets::{self, ProcessEnvironment, Secrets};
-use portcullis_origin::{db, startup, telemetry};
-use secrecy::{ExposeSecret, SecretString};
-use uuid::Uuid;
+use portcullis_origin::startup::{self, Application};
+use portcullis_origin::store::users;
+use portcullis_origin::{db, telemetry};
+use secrecy::ExposeSecret;
 
 #[derive(Parser)]
 #[command(name = "portcullis-origin", version, about = "The Portcullis origin API server")]
@@ -72,20 +73,14 @@ async fn serve() -> anyhow::Result<()> {
     let settings = settings()?;
     let secrets =
         Secrets::load(&secrets::SERVE, &ProcessEnvironment).await.map_err(|e| anyhow::anyhow!("secrets:\n{e}"))?;
-    let stt = HttpSpeechToText::from_settings(&settings).map_err(|e| anyhow::anyhow!(e))?;
-    let executor_settings = settings.executor.clone();
-    let (app, state) = startup::build(settings, &secrets).await.map_err(|e| anyhow::anyhow!(e))?;
+    let app = Application::build(settings, &secrets).await.map_err(|e| anyhow::anyhow!(e))?;
     tracing::info!(address = %app.local_addr()?, "serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let executor = Executor::new(state.pool.clone(), stt, state.data_key.clone(), executor_settings);
-    let jobs = tokio::spawn(executor.run(stopped.clone()));
     let server = tokio::spawn(app.serve(stopped));
     startup::shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
     let _ = server.await;
-    let _ = jobs.await;
-    state.pool.close().await;
     Ok(())
 }
 
@@ -102,37 +97,21 @@ async fn migrate() -> anyhow::Result<()> {
 }
 
 async fn add_user(username: String) -> anyhow::Result<()> {
-    if !(1..=128).contains(&username.chars().count()) {
-        anyhow::bail!("--username must be 1 to 128 characters");
-    }
+    let username = Username::parse(username).map_err(|e| anyhow::anyhow!("--username {e}"))?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
-    let password = line.trim_end_matches(['\r', '\n']).to_owned();
-    if password.chars().count() < 12 {
-        anyhow::bail!("the password (read from standard input) must be at least 12 characters");
-    }
+    let password = Password::parse_new(line.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| anyhow::anyhow!("the password (read from standard input) {e}"))?;
     let secrets = Secrets::load(&[secrets::DATABASE_URL], &ProcessEnvironment)
         .await
         .map_err(|e| anyhow::anyhow!("secrets:\n{e}"))?;
     let url = secrets.get(secrets::DATABASE_URL).ok_or_else(|| anyhow::anyhow!("database URL not loaded"))?;
-    let hash = Passwords::hash(SecretString::from(password)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = Passwords::hash(password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let pool = db::connect(url.expose_secret(), 1).await?;
-    let id = Uuid::new_v4();
-    // Row-level security admits the insert only as the new user.
-    let mut tx = portcullis_origin::routes::as_user(&pool, id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let inserted = sqlx::query(
-        "INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3) ON CONFLICT (username) DO NOTHING",
-    )
-    .bind(id)
-    .bind(&username)
-    .bind(hash)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    if inserted.rows_affected() == 0 {
-        anyhow::bail!("a user named {username:?} already exists");
+    match users::create(&pool, &username, &hash).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        Some(id) => println!("created user {} ({id})", username.as_str()),
+        None => anyhow::bail!("a user named {:?} already exists", username.as_str()),
     }
-    println!("created user {username} ({id})");
     Ok(())
 }
 
@@ -153,7 +132,7 @@ async fn check_config() -> anyhow::Result<()> {
         }
     };
     if let Some(settings) = &settings {
-        if let Err(err) = startup::Application::edge(settings) {
+        if let Err(err) = Application::edge(settings) {
             problems.push(err);
         }
         if let Some(secrets) = &secrets {

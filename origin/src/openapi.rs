@@ -70,8 +70,8 @@ mod tests {
         }
     }
 
-    /// The schema's patterns are literals in attributes; this keeps them equal to the ones the
-    /// handlers check (see `patterns`).
+    /// Every rule reaches the document through its domain type (`value_type = …, inline`), and
+    /// nothing else publishes a pattern: a field still typed as plain text would show here.
     #[test]
     fn the_published_patterns_are_the_checked_ones() {
         let document = serde_json::to_value(ApiDoc::openapi()).unwrap();

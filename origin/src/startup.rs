@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::extract::connect_info::Connected;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -15,9 +15,8 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use portcullis_core::{MemoryStore, Policy};
-use secrecy::SecretString;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -32,18 +31,11 @@ use crate::auth::{JwtKeys, Passwords};
 use crate::configuration::Settings;
 use crate::edge::{self, Connection, Edge, SharedLimits};
 use crate::error::{ErrorBody, code_for};
+use crate::executor::{Engine, Executor, HttpSpeechToText};
 use crate::openapi::ApiDoc;
 use crate::routes::{auth, health, jobs, videos};
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub jwt: Arc<JwtKeys>,
-    pub passwords: Passwords,
-    pub settings: Arc<Settings>,
-    pub data_key: SecretString,
-}
+use crate::secrets::Secrets;
+use crate::state::{AppState, DataKey};
 
 pub fn router(state: AppState, edge: Edge) -> Router {
     let settings = state.settings.clone();
@@ -115,16 +107,70 @@ async fn json_errors(request: Request, next: Next) -> Response {
     rebuilt
 }
 
-/// Everything `serve` needs, ready to run.
+/// The origin, wired once: `main`'s `serve` and the tests build it the same way.
 pub struct Application {
-    pub listener: TcpListener,
-    pub plain_listener: Option<TcpListener>,
-    pub router: Router,
-    pub tls: Arc<rustls::ServerConfig>,
-    pub edge: Edge,
+    listener: TcpListener,
+    plain_listener: Option<TcpListener>,
+    router: Router,
+    tls: Arc<rustls::ServerConfig>,
+    edge: Edge,
+    state: AppState,
+    /// The job executor `serve` runs beside the server; `None`: this process runs no jobs.
+    executor: Option<Executor>,
 }
 
 impl Application {
+    /// State, listeners, TLS and the job executor (on the engine `PORTCULLIS_STT_URL`
+    /// configures) from settings and secrets; every problem is an error naming its setting.
+    pub async fn build(settings: Settings, secrets: &Secrets) -> Result<Self, String> {
+        use crate::secrets::{DATA_KEY, DATABASE_URL, JWT_KEYS, TLS_KEY};
+        use secrecy::ExposeSecret;
+        let missing = |name: &str| format!("{name} was not loaded");
+        let jwt = JwtKeys::parse(
+            secrets.get(JWT_KEYS).ok_or_else(|| missing(JWT_KEYS.name))?,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+        )
+        .map_err(|e| format!("{}: {e}", JWT_KEYS.name))?;
+        let tls = crate::tls::server_config(
+            &settings.tls_cert,
+            secrets.get(TLS_KEY).ok_or_else(|| missing(TLS_KEY.name))?,
+            settings.client_ca.as_deref(),
+        )?;
+        let data_key = secrets.get(DATA_KEY).ok_or_else(|| missing(DATA_KEY.name))?.clone();
+        if data_key.expose_secret().len() < 16 {
+            return Err(format!("{}: at least 16 characters", DATA_KEY.name));
+        }
+        let url = secrets.get(DATABASE_URL).ok_or_else(|| missing(DATABASE_URL.name))?;
+        let pool = crate::db::lazy_pool(url.expose_secret(), settings.db_max_connections)
+            .map_err(|e| format!("{}: {e}", DATABASE_URL.name))?;
+        let engine = HttpSpeechToText::from_settings(&settings)?;
+        let edge = Self::edge(&settings)?;
+        if let Some(shared) = &edge.shared {
+            shared.connect();
+        }
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| format!("PORTCULLIS_LISTEN {}: {e}", settings.listen))?;
+        let plain_listener = match settings.plain_listen {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.map_err(|e| format!("PORTCULLIS_PLAIN_LISTEN {addr}: {e}"))?)
+            }
+            None => None,
+        };
+        let executor = Executor::new(pool.clone(), engine, data_key.clone(), settings.executor.clone());
+        let state = AppState {
+            pool,
+            jwt: Arc::new(jwt),
+            passwords: Passwords::new(settings.login.max_concurrent_verifications).await.map_err(|e| e.to_string())?,
+            settings: Arc::new(settings),
+            data_key: DataKey(data_key),
+        };
+        let router = router(state.clone(), edge.clone());
+        Ok(Self { listener, plain_listener, router, tls, edge, state, executor: Some(executor) })
+    }
+
+    /// The compiled policy and limiter state the server and the plain listener enforce.
     pub fn edge(settings: &Settings) -> Result<Edge, String> {
         let policy =
             Policy::from_json(settings.policy_json.as_bytes()).map_err(|e| format!("PORTCULLIS_POLICY: {e}"))?;
@@ -142,12 +188,37 @@ impl Application {
         Ok(Edge { policy: Arc::new(policy), store: Arc::new(MemoryStore::new()), shared })
     }
 
+    /// Jobs run on `engine` (`None`: each due job fails, saying no engine is configured) instead
+    /// of the configured one: the tests' speech-to-text double.
+    pub fn with_engine(mut self, engine: Option<Arc<dyn Engine>>) -> Self {
+        if let Some(executor) = &mut self.executor {
+            executor.engine = engine;
+        }
+        self
+    }
+
+    /// This process runs no jobs (another one sharing the database does).
+    pub fn without_jobs(mut self) -> Self {
+        self.executor = None;
+        self
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` flips, then lets in-flight requests finish (up to 30 s).
+    pub fn plain_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.plain_listener.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// Serves (and runs jobs) until `shutdown` flips, then lets in-flight requests finish (up
+    /// to 30 s) and running jobs stop, and closes the database pool.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
+        let jobs = self.executor.map(|executor| tokio::spawn(executor.run(shutdown.clone())));
         let plain = self.plain_listener.map(|listener| {
             let edge = self.edge.clone();
             let shutdown = shutdown.clone();
@@ -157,7 +228,37 @@ impl Application {
         if let Some(plain) = plain {
             let _ = plain.await;
         }
+        if let Some(jobs) = jobs {
+            let _ = jobs.await;
+        }
+        self.state.pool.close().await;
     }
+}
+
+/// Each connection's [`Connection`] reaches handlers and middleware as axum's
+/// `ConnectInfo<Connection>`, as `into_make_service_with_connect_info` provides it.
+impl Connected<Connection> for Connection {
+    fn connect_info(connection: Connection) -> Self {
+        connection
+    }
+}
+
+/// `router` as hyper's service for one connection, with its [`Connection`] as `ConnectInfo`.
+async fn connection_service(
+    router: Router,
+    connection: Connection,
+) -> TowerToHyperService<
+    impl tower::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static,
+> {
+    let Ok(service) = router.into_make_service_with_connect_info::<Connection>().oneshot(connection).await;
+    TowerToHyperService::new(service)
 }
 
 async fn serve_tls(listener: TcpListener, router: Router, acceptor: TlsAcceptor, mut shutdown: watch::Receiver<bool>) {
@@ -186,10 +287,7 @@ async fn serve_tls(listener: TcpListener, router: Router, acceptor: TlsAcceptor,
                 }
                 Err(_) => return,
             };
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(Connection { peer, tls: true });
-                router.clone().oneshot(request.map(Body::new))
-            });
+            let service = connection_service(router, Connection { peer, tls: true }).await;
             let connection = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .into_owned();
@@ -219,10 +317,7 @@ async fn serve_plain(listener: TcpListener, edge: Edge, mut shutdown: watch::Rec
         let router = redirect_only.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(Connection { peer, tls: false });
-                router.clone().oneshot(request.map(Body::new))
-            });
+            let service = connection_service(router, Connection { peer, tls: false }).await;
             let connection =
                 auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).into_owned();
             let _ = watcher.watch(connection).await;
@@ -251,48 +346,4 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
-}
-
-/// Builds state, listeners and TLS from settings and secrets.
-pub async fn build(settings: Settings, secrets: &crate::secrets::Secrets) -> Result<(Application, AppState), String> {
-    use crate::secrets::{DATA_KEY, DATABASE_URL, JWT_KEYS, TLS_KEY};
-    use secrecy::ExposeSecret;
-    let missing = |name: &str| format!("{name} was not loaded");
-    let jwt = JwtKeys::parse(
-        secrets.get(JWT_KEYS).ok_or_else(|| missing(JWT_KEYS.name))?,
-        &settings.jwt_issuer,
-        &settings.jwt_audience,
-    )
-    .map_err(|e| format!("{}: {e}", JWT_KEYS.name))?;
-    let tls = crate::tls::server_config(
-        &settings.tls_cert,
-        secrets.get(TLS_KEY).ok_or_else(|| missing(TLS_KEY.name))?,
-        settings.client_ca.as_deref(),
-    )?;
-    let data_key = secrets.get(DATA_KEY).ok_or_else(|| missing(DATA_KEY.name))?.clone();
-    if data_key.expose_secret().len() < 16 {
-        return Err(format!("{}: at least 16 characters", DATA_KEY.name));
-    }
-    let url = secrets.get(DATABASE_URL).ok_or_else(|| missing(DATABASE_URL.name))?;
-    let pool = crate::db::lazy_pool(url.expose_secret(), settings.db_max_connections)
-        .map_err(|e| format!("{}: {e}", DATABASE_URL.name))?;
-    let edge = Application::edge(&settings)?;
-    if let Some(shared) = &edge.shared {
-        shared.connect();
-    }
-    let listener =
-        TcpListener::bind(settings.listen).await.map_err(|e| format!("PORTCULLIS_LISTEN {}: {e}", settings.listen))?;
-    let plain_listener = match settings.plain_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| format!("PORTCULLIS_PLAIN_LISTEN {addr}: {e}"))?),
-        None => None,
-    };
-    let state = AppState {
-        pool,
-        jwt: Arc::new(jwt),
-        passwords: Passwords::new(settings.login.max_concurrent_verifications).await.map_err(|e| e.to_string())?,
-        settings: Arc::new(settings),
-        data_key,
-    };
-    let router = router(state.clone(), edge.clone());
-    Ok((Application { listener, plain_listener, router, tls, edge }, state))
 }

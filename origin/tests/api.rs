@@ -15,9 +15,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_origin::configuration::Settings;
-use portcullis_origin::executor::{Engine, Executor, HttpSpeechToText};
+use portcullis_origin::executor::{Engine, HttpSpeechToText};
 use portcullis_origin::secrets::{self, Secrets};
-use portcullis_origin::startup;
+use portcullis_origin::startup::Application;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -113,19 +113,15 @@ async fn spawn_with(extra: &[(&str, &str)], jobs: Jobs) -> TestApp {
     }
     let settings = Settings::from_env(&env).unwrap();
     let secrets = Secrets::load(&secrets::SERVE, &env).await.unwrap();
-    let executor_settings = settings.executor.clone();
-    let (app, state) = startup::build(settings, &secrets).await.unwrap();
+    let app = Application::build(settings, &secrets).await.unwrap();
+    let app = match jobs {
+        Jobs::Off => app.without_jobs(),
+        Jobs::NoEngine => app.with_engine(None),
+        Jobs::Engine(engine) => app.with_engine(Some(engine)),
+    };
+    let pool = app.state().pool.clone();
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
-    let engine = match jobs {
-        Jobs::Off => None,
-        Jobs::NoEngine => Some(None),
-        Jobs::Engine(engine) => Some(Some(engine)),
-    };
-    if let Some(engine) = engine {
-        let executor = Executor::new(state.pool.clone(), engine, state.data_key.clone(), executor_settings);
-        tokio::spawn(executor.run(stopped.clone()));
-    }
     tokio::spawn(app.serve(stopped));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.crt")).unwrap()).unwrap();
     let client = reqwest::Client::builder()
@@ -135,7 +131,7 @@ async fn spawn_with(extra: &[(&str, &str)], jobs: Jobs) -> TestApp {
         .use_rustls_tls()
         .build()
         .unwrap();
-    TestApp { addr, client, link, pool: state.pool.clone(), _stop: stop }
+    TestApp { addr, client, link, pool, _stop: stop }
 }
 
 async fn spawn() -> TestApp {

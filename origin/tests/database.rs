@@ -1,4 +1,4 @@
-//! The hardened database, tested against a real cluster that `cargo xtask test` starts (TLS
+//! The hardened database, tested against a real cluster (the one `cargo xtask test` starts, or this process's own) (TLS
 //! only, pgaudit, bootstrap roles, the origin's migrations): what the roles may not do, what
 //! row-level security hides, what the audit log records and what it must never contain.
 
@@ -8,27 +8,10 @@ use std::time::Duration;
 
 use portcullis_origin::db;
 use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
+use support::{TestDatabase, database};
 use uuid::Uuid;
 
-struct TestDatabase {
-    app_url: String,
-    owner_url: String,
-    plain_url: String,
-    log: std::path::PathBuf,
-}
-
-fn database() -> TestDatabase {
-    let Some(path) = std::env::var_os("PORTCULLIS_TEST_PG") else {
-        panic!(
-            "PORTCULLIS_TEST_PG is not set: these tests need the hardened test cluster that \
-             `cargo xtask test` starts (it points PORTCULLIS_TEST_PG at a JSON description of it)"
-        );
-    };
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k} missing in {path:?}")).to_owned();
-    TestDatabase { app_url: s("app_url"), owner_url: s("owner_url"), plain_url: s("plain_url"), log: s("log").into() }
-}
+mod support;
 
 async fn app_pool(db: &TestDatabase) -> PgPool {
     db::connect(&db.app_url, 4).await.expect("the app role connects over TLS")

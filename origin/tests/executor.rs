@@ -180,11 +180,11 @@ async fn transcribe(server: &Server, token: &str, body: Value) -> Value {
 async fn stored_result(server: &Server, token: &str, job: &str, key: &str) -> (Vec<u8>, Result<String, String>) {
     let owner = support::token_subject(token);
     let id = Uuid::parse_str(job).unwrap();
-    let mut tx = portcullis_origin::routes::as_user(&server.pool, owner).await.unwrap();
+    let mut tx = portcullis_origin::store::as_user(&server.pool, owner).await.unwrap();
     let (raw,): (Vec<u8>,) =
         sqlx::query_as("SELECT result_enc FROM app.jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();
-    let mut tx = portcullis_origin::routes::as_user(&server.pool, owner).await.unwrap();
+    let mut tx = portcullis_origin::store::as_user(&server.pool, owner).await.unwrap();
     let decrypted =
         sqlx::query_as::<_, (String,)>("SELECT crypto.pgp_sym_decrypt(result_enc, $2) FROM app.jobs WHERE id = $1")
             .bind(id)

@@ -40,7 +40,7 @@ async fn user(pool: &PgPool) -> Uuid {
 }
 
 async fn queue(pool: &PgPool, owner: Uuid, params: Value) -> Uuid {
-    let mut tx = portcullis_origin::routes::as_user(pool, owner).await.unwrap();
+    let mut tx = portcullis_origin::store::as_user(pool, owner).await.unwrap();
     let (id,): (Uuid,) =
         sqlx::query_as("INSERT INTO app.jobs (owner_id, kind, params) VALUES ($1, 'transcription', $2) RETURNING id")
             .bind(owner)
@@ -54,7 +54,7 @@ async fn queue(pool: &PgPool, owner: Uuid, params: Value) -> Uuid {
 
 /// (status, attempts, error) of a job, read as its owner.
 async fn state(pool: &PgPool, owner: Uuid, job: Uuid) -> (String, i32, Option<String>) {
-    let mut tx = portcullis_origin::routes::as_user(pool, owner).await.unwrap();
+    let mut tx = portcullis_origin::store::as_user(pool, owner).await.unwrap();
     let row = sqlx::query_as("SELECT status, attempts, error FROM app.jobs WHERE id = $1")
         .bind(job)
         .fetch_one(&mut *tx)
@@ -312,7 +312,7 @@ async fn a_stopping_executor_hands_its_jobs_back(pool: &PgPool) {
     let (status, attempts, _) = state(pool, owner, job).await;
     assert_eq!((status.as_str(), attempts), ("queued", 0), "back in the queue, the attempt not counted");
     // Nobody else should run it after this test binary: remove it.
-    let mut tx = portcullis_origin::routes::as_user(pool, owner).await.unwrap();
+    let mut tx = portcullis_origin::store::as_user(pool, owner).await.unwrap();
     sqlx::query("DELETE FROM app.jobs WHERE id = $1").bind(job).execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
 }

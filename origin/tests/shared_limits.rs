@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use portcullis_origin::configuration::Settings;
 use portcullis_origin::edge::{self, Connection, Edge};
@@ -38,7 +39,7 @@ async fn login(router: &Router, client: &str) -> StatusCode {
     let mut request =
         Request::post("https://localhost/api/v1/auth/login").header("host", "localhost").body(Body::empty()).unwrap();
     let peer: SocketAddr = format!("{client}:40000").parse().unwrap();
-    request.extensions_mut().insert(Connection { peer, tls: true });
+    request.extensions_mut().insert(ConnectInfo(Connection { peer, tls: true }));
     router.clone().oneshot(request).await.unwrap().status()
 }
 

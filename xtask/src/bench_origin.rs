@@ -39,7 +39,7 @@ pub fn run() -> Result<Vec<(String, String)>> {
 }
 
 fn measure(cluster: &Cluster) -> Result<Vec<(String, String)>> {
-    stage("bench: hardened PostgreSQL", || cluster.start())?;
+    stage("bench: hardened PostgreSQL", || cluster.start(&crate::db::Migrate::Cargo))?;
     stage("bench: origin release build", || {
         exec(&mut cmd("cargo", &["build", "--quiet", "--release", "-p", "portcullis-origin"]))
     })?;

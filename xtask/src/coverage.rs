@@ -95,7 +95,7 @@ pub fn run() -> Result<Vec<(String, String)>> {
     })?;
     let cluster = Cluster::for_tests()?;
     let origin = stage("coverage: portcullis-origin (against a hardened PostgreSQL)", || {
-        cluster.start()?;
+        cluster.start(&crate::db::Migrate::Cargo)?;
         let description = cluster.dir.join("cluster.json");
         std::fs::write(&description, serde_json::to_string(&cluster.describe()?)?)?;
         let origin_src = format!("{}/", root().join("origin/src").display());

@@ -108,7 +108,7 @@ pub fn database_outage() -> Result<String> {
     std::thread::sleep(Duration::from_secs(4));
     cluster.stop()?;
     std::thread::sleep(Duration::from_secs(4));
-    cluster.start()?;
+    cluster.start(&crate::db::Migrate::Cargo)?;
     let (statuses, socket_errors) = finish_wrk(wrk)?;
     ensure!(socket_errors == 0, "{socket_errors} socket errors during the outage");
     ensure!(statuses.iter().all(|(s, _)| *s == 200 || *s == 503), "only 200s and 503s expected: {statuses:?}");

@@ -5,7 +5,6 @@ mod bench;
 mod bench_envoy;
 mod bench_fleet;
 mod bench_origin;
-mod certs;
 mod compose;
 mod compose_test;
 mod coverage;
@@ -24,6 +23,7 @@ mod up;
 mod worker;
 
 use clap::{Parser, Subcommand};
+use portcullis_devenv::certs;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Set up, test and benchmark Portcullis")]

@@ -14,7 +14,7 @@ pub fn run(skip_compose: bool) -> Result<()> {
     let cluster = Cluster::for_tests()?;
     let description = cluster.dir.join("cluster.json");
     let started = stage("test: start a hardened PostgreSQL for the tests", || {
-        cluster.start()?;
+        cluster.start(&crate::db::Migrate::Cargo)?;
         std::fs::write(&description, serde_json::to_string_pretty(&cluster.describe()?)?)?;
         println!("    127.0.0.1:{} (log {})", cluster.port, cluster.log().display());
         Ok(())

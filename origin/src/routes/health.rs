@@ -7,9 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use sqlx::PgPool;
 use utoipa::ToSchema;
-
-use crate::startup::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -25,8 +24,8 @@ pub struct Health {
         (status = 200, description = "Serving", body = Health),
         (status = 503, description = "The database is unreachable", body = Health),
     ))]
-pub async fn health(State(state): State<AppState>) -> Response {
-    let probe = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await;
+pub async fn health(State(pool): State<PgPool>) -> Response {
+    let probe = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool)).await;
     if matches!(probe, Ok(Ok(_))) {
         (StatusCode::OK, Json(Health { status: "ok", database: "ok" })).into_response()
     } else {

@@ -16,10 +16,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use portcullis_origin::auth::Passwords;
 use portcullis_origin::configuration::Settings;
-use portcullis_origin::executor::{Engine, Executor};
+use portcullis_origin::domain::Username;
+use portcullis_origin::executor::Engine;
 use portcullis_origin::secrets::{self, Secrets};
-use portcullis_origin::startup;
-use portcullis_origin::startup::AppState;
+use portcullis_origin::startup::Application;
+use portcullis_origin::state::AppState;
+use portcullis_origin::store::users;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -32,36 +34,57 @@ pub fn jwt_keys() -> String {
     format!("k1:{}", STANDARD.encode(JWT_KEY))
 }
 
+/// The dev certificates (issued on first use, as `cargo xtask setup` does).
 pub fn certs() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.portcullis/certs");
-    assert!(
-        dir.join("origin.crt").exists() && dir.join("envoy-client.crt").exists(),
-        "no dev certificates in {}: run `cargo xtask setup`",
-        dir.display()
-    );
-    dir
+    portcullis_devenv::certs::ensure().expect("the development certificates")
 }
 
-/// The hardened test cluster that `cargo xtask test` (or `cargo xtask coverage`) starts.
+/// A hardened PostgreSQL for these tests: the cluster `cargo xtask test` started (its JSON
+/// description at `PORTCULLIS_TEST_PG`), else one of this test process's own.
+#[derive(Clone)]
 pub struct TestDatabase {
     pub app_url: String,
     pub owner_url: String,
+    /// The app role without TLS, which the server must refuse.
+    pub plain_url: String,
     pub port: u16,
+    pub log: PathBuf,
 }
 
 pub fn database() -> TestDatabase {
-    let Some(path) = std::env::var_os("PORTCULLIS_TEST_PG") else {
-        panic!(
-            "PORTCULLIS_TEST_PG is not set: these tests need the hardened test cluster that `cargo xtask test` \
-             starts (or start one with `cargo xtask db start` and point PORTCULLIS_TEST_PG at a JSON file with \
-             its app_url, owner_url and port)"
-        );
-    };
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
+    static DATABASE: std::sync::OnceLock<TestDatabase> = std::sync::OnceLock::new();
+    DATABASE
+        .get_or_init(|| match std::env::var_os("PORTCULLIS_TEST_PG") {
+            Some(path) => described(&path),
+            None => {
+                let own = portcullis_devenv::postgres::TestPostgres::start(std::path::Path::new(env!(
+                    "CARGO_BIN_EXE_portcullis-origin"
+                )))
+                .unwrap_or_else(|e| panic!("starting this test process's PostgreSQL: {e:#}"));
+                TestDatabase {
+                    app_url: own.app_url,
+                    owner_url: own.owner_url,
+                    plain_url: own.plain_url,
+                    port: own.port,
+                    log: own.log,
+                }
+            }
+        })
+        .clone()
+}
+
+fn described(path: &std::ffi::OsStr) -> TestDatabase {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading PORTCULLIS_TEST_PG {path:?}: {e}"));
     let v: Value = serde_json::from_str(&text).unwrap();
     let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k} missing in {path:?}")).to_owned();
     let port = v["port"].as_u64().unwrap_or_else(|| panic!("port missing in {path:?}")) as u16;
-    TestDatabase { app_url: s("app_url"), owner_url: s("owner_url"), port }
+    TestDatabase {
+        app_url: s("app_url"),
+        owner_url: s("owner_url"),
+        plain_url: s("plain_url"),
+        port,
+        log: s("log").into(),
+    }
 }
 
 /// Everything `serve` needs, for the test cluster, listening on an ephemeral port.
@@ -129,15 +152,15 @@ pub async fn serve(extra: &[(&str, &str)], jobs: Jobs) -> Server {
     let data_key = env["PORTCULLIS_DATA_KEY"].clone();
     let settings = Settings::from_env(&env).unwrap();
     let loaded = Secrets::load(&secrets::SERVE, &env).await.unwrap();
-    let executor_settings = settings.executor.clone();
-    let (app, state) = startup::build(settings, &loaded).await.unwrap();
+    let app = Application::build(settings, &loaded).await.unwrap();
+    let app = match jobs {
+        Jobs::Off => app.without_jobs(),
+        Jobs::On(engine) => app.with_engine(engine),
+    };
+    let state = app.state().clone();
     let addr = app.local_addr().unwrap();
-    let plain = app.plain_listener.as_ref().map(|l| l.local_addr().unwrap());
+    let plain = app.plain_addr().map(Result::unwrap);
     let (stop, stopped) = watch::channel(false);
-    if let Jobs::On(engine) = jobs {
-        let executor = Executor::new(state.pool.clone(), engine, state.data_key.clone(), executor_settings);
-        tokio::spawn(executor.run(stopped.clone()));
-    }
     tokio::spawn(app.serve(stopped));
     Server { addr, plain, client: client(addr, None), pool: state.pool.clone(), data_key, state, stop }
 }
@@ -223,16 +246,7 @@ pub async fn create_user(pool: &sqlx::PgPool, password: &str) -> String {
 /// A fresh user with `password`: its id and username.
 pub async fn insert_user(pool: &sqlx::PgPool, password: &str) -> (Uuid, String) {
     let name = format!("user-{}", Uuid::new_v4().simple());
-    let id = Uuid::new_v4();
     let hash = Passwords::hash(SecretString::from(password.to_owned())).await.unwrap();
-    let mut tx = portcullis_origin::routes::as_user(pool, id).await.unwrap();
-    sqlx::query("INSERT INTO app.users (id, username, password_hash) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(&name)
-        .bind(hash)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let id = users::create(pool, &Username::parse(name.clone()).unwrap(), &hash).await.unwrap().expect("a new name");
     (id, name)
 }

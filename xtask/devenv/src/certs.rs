@@ -13,7 +13,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::tools::state_dir;
+use crate::state_dir;
 
 pub fn dir() -> PathBuf {
     state_dir().join("certs")
@@ -110,7 +110,7 @@ fn issue(dir: &std::path::Path) -> Result<()> {
 /// 16 random bytes, positive as RFC 5280 requires (rcgen's own may have the sign bit set, which
 /// X.509 parsers read as a negative serial and reject).
 fn serial() -> Result<rcgen::SerialNumber> {
-    let mut bytes = crate::tools::random_bytes(16)?;
+    let mut bytes = crate::random_bytes(16)?;
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     Ok(rcgen::SerialNumber::from_slice(&bytes))
 }
