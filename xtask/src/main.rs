@@ -89,7 +89,7 @@ fn main() {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Up { worker, policy, fleet } => up::run(up::Options { worker, policy, fleet }),
-        Command::ComposeSecrets => setup::run().and_then(|()| compose::secrets()),
+        Command::ComposeSecrets => setup::stack(setup::Stack::default()).and_then(|()| compose::secrets()),
         Command::Test { skip_compose } => setup::run().and_then(|()| test::run(skip_compose)),
         Command::ComposeTest => setup::run().and_then(|()| compose_test::run()),
         Command::Lint => test::lint(),
@@ -100,7 +100,7 @@ fn main() {
         }),
         Command::ApiFuzz => setup::run().and_then(|()| api_fuzz::run()),
         Command::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
-        Command::Db { action } => setup::run().and_then(|()| db::command(&action)),
+        Command::Db { action } => setup::stack(setup::Stack::default()).and_then(|()| db::command(&action)),
         Command::Bench { suite } => setup::run().and_then(|()| bench::run(suite)),
     };
     if let Err(err) = result {

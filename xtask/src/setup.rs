@@ -4,15 +4,36 @@ use anyhow::Result;
 
 use crate::stage::{cmd, exec, output, stage};
 
-const WASM_TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-unknown-unknown"];
+/// What a stack of `cargo xtask up` needs beyond the always-present parts (Envoy, the
+/// certificates, PostgreSQL).
+#[derive(Clone, Copy, Default)]
+pub struct Stack {
+    /// `--worker`: the Worker's build tools and `wrangler dev`.
+    pub worker: bool,
+    /// `--fleet`: Redis for the shared limits.
+    pub fleet: bool,
+}
 
+/// `cargo xtask setup` (and `test`): everything any test needs.
 pub fn run() -> Result<()> {
+    stack(Stack { worker: true, fleet: true })?;
+    stage("setup: sslyze and schemathesis (project-local venv)", crate::tools::ensure_test_tools)?;
+    stage("setup: wrk (the load generator of the end-to-end stage and the benchmarks)", || {
+        ensure_debian_package("wrk", &["--version"], "wrk")
+    })?;
+    stage("setup: docker-compose (to validate docker-compose.yml)", crate::compose::ensure_tool)?;
+    stage("setup: cargo-fuzz", crate::fuzz::ensure_tool)
+}
+
+/// Only what `cargo xtask up` runs: a first `up` builds no test tools.
+pub fn stack(stack: Stack) -> Result<()> {
+    let targets: &[&str] = if stack.worker { &["wasm32-wasip1", "wasm32-unknown-unknown"] } else { &["wasm32-wasip1"] };
     stage("setup: rustup wasm targets", || {
         let installed = output(&mut cmd("rustup", &["target", "list", "--installed"]))?;
         let missing: Vec<&str> =
-            WASM_TARGETS.into_iter().filter(|t| !installed.lines().any(|l| l.trim() == *t)).collect();
+            targets.iter().copied().filter(|t| !installed.lines().any(|l| l.trim() == *t)).collect();
         if missing.is_empty() {
-            println!("    present: {}", WASM_TARGETS.join(", "));
+            println!("    present: {}", targets.join(", "));
             return Ok(());
         }
         let mut args = vec!["target", "add"];
@@ -26,16 +47,15 @@ pub fn run() -> Result<()> {
     })?;
     stage("setup: development certificates", || crate::certs::ensure().map(|_| ()))?;
     stage("setup: PostgreSQL 15 with pgaudit", crate::db::ensure_packages)?;
-    stage("setup: wrk (the load generator of the end-to-end stage and the benchmarks)", || {
-        ensure_debian_package("wrk", &["--version"], "wrk")
-    })?;
-    stage("setup: Redis (the fleet's rate-limit store)", || {
-        ensure_debian_package("redis-server", &["--version"], "redis-server")?;
-        ensure_debian_package("redis-cli", &["--version"], "redis-tools")
-    })?;
-    stage("setup: docker-compose (to validate docker-compose.yml)", crate::compose::ensure_tool)?;
-    crate::worker::setup()?;
-    stage("setup: cargo-fuzz", crate::fuzz::ensure_tool)?;
+    if stack.fleet {
+        stage("setup: Redis (the fleet's rate-limit store)", || {
+            ensure_debian_package("redis-server", &["--version"], "redis-server")?;
+            ensure_debian_package("redis-cli", &["--version"], "redis-tools")
+        })?;
+    }
+    if stack.worker {
+        crate::worker::setup()?;
+    }
     stage("setup: fixed local ports kept out of the ephemeral range", reserve_fixed_ports)
 }
 

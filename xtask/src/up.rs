@@ -76,7 +76,7 @@ pub fn run(options: Options) -> Result<()> {
             (envoy::WORKER_HOP_PORT, "Envoy's listener for the Worker"),
         ])?;
     }
-    crate::setup::run()?;
+    crate::setup::stack(crate::setup::Stack { worker: with_worker, fleet: options.fleet })?;
     stage("up: build the Envoy filter", envoy::build_filter)?;
     let mut envoy_config = match &options.policy {
         None => root().join("envoy.yaml"),
