@@ -142,17 +142,7 @@ pub fn run() -> Result<()> {
     let mut codes = Vec::new();
     let wrong = format!(r#"{{"username":"{}","password":"wrong"}}"#, crate::up::DEMO_USER);
     for _ in 0..7 {
-        codes.push(curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &wrong,
-            "https://localhost:8443/api/v1/auth/login",
-        ])?);
+        codes.push(login_status(&[], "https://localhost:8443", &wrong)?);
     }
     ensure!(codes == ["401", "401", "401", "401", "429", "429", "429"], "login burst: {codes:?}");
 
@@ -174,20 +164,7 @@ pub fn run() -> Result<()> {
         (0..n)
             .map(|i| {
                 let body = format!(r#"{{"username":"e2e-{interface}-{i}","password":"wrong"}}"#);
-                curl(&[
-                    "-k",
-                    "--interface",
-                    interface,
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "-H",
-                    "content-type: application/json",
-                    "-d",
-                    &body,
-                    "https://localhost:8787/api/v1/auth/login",
-                ])
+                login_status(&["-k", "--interface", interface], "https://localhost:8787", &body)
             })
             .collect()
     };
@@ -239,4 +216,12 @@ pub fn run() -> Result<()> {
         ensure!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "{what} (:{port}) still bound after Ctrl-C");
     }
     Ok(())
+}
+
+/// The status of `POST {base}/api/v1/auth/login` with a JSON `body`, curl given `extra` first.
+fn login_status(extra: &[&str], base: &str, body: &str) -> Result<String> {
+    let url = format!("{base}/api/v1/auth/login");
+    let mut args = extra.to_vec();
+    args.extend(["-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", body, &url]);
+    curl(&args)
 }
