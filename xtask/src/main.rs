@@ -18,6 +18,8 @@ mod observatory;
 mod setup;
 mod stage;
 mod test;
+#[cfg(test)]
+mod tidy;
 mod tools;
 mod up;
 mod worker;
