@@ -242,7 +242,7 @@ pub enum StoreErrorMode {
     Deny,
 }
 
-/// The seed's endpoint tiers (DESIGN.md), in the order its per-endpoint list gives them.
+/// The seed's endpoint tiers (its audit in the README's "Rate limiting"), in the order its per-endpoint list gives them.
 pub fn seed_tiers() -> Vec<TierConfig> {
     const SEED: [(&str, &str, &str, &str); 9] = [
         ("login", "POST", "/api/v1/auth/login", "5/minute"),

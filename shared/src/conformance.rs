@@ -1,6 +1,7 @@
 //! The conformance vector file (`shared/conformance/vectors.json`): requests and the responses
 //! every host must produce for them. The core, the wasmtime host, real Envoy and workerd all
-//! replay the same file; this module holds its types and the one checker they share.
+//! replay the same file; this module holds its types, the one checker and the one replay
+//! ([`replay`] over a [`Harness`]) the Rust hosts share.
 
 use std::collections::BTreeMap;
 
@@ -221,4 +222,104 @@ impl Expectation {
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
     }
+}
+
+/// A host under test, as [`replay`] drives it: the core itself, the filter under wasmtime, the
+/// Worker's adapter, the origin's edge layer. Each translates a step into its own request type
+/// and its answer back into an [`Observed`]; the replay, the time line and the checks are here.
+pub trait Harness {
+    /// Why this host cannot replay `case` faithfully beyond its [`Requirement`]s (e.g. the
+    /// Worker, where Cloudflare's address is authoritative, with a policy that trusts proxies);
+    /// `None` when it can.
+    fn cannot_replay(&self, _case: &Case, _policy: &serde_json::Value) -> Option<String> {
+        None
+    }
+
+    /// Starts `case` afresh (empty rate-limit state) under the policy document `policy_json`.
+    fn start(&mut self, case: &Case, policy_json: &[u8]) -> Result<(), String>;
+
+    /// Sends `step`'s request at `now_nanos` (Unix time) and reports what came back; a host
+    /// without a movable clock ignores it (it replays no case that requires one).
+    fn send(&mut self, step: &Step, now_nanos: u64) -> Result<Observed, String>;
+
+    /// Checks the host once `case`'s steps are done (counters, shared state).
+    fn finish(&mut self, _case: &Case) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What a replay found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub total: usize,
+    pub replayed: usize,
+    pub requests: usize,
+    /// Cases the host could not replay, each with why.
+    pub not_applicable: Vec<String>,
+    /// Every unmet expectation or host error, each naming its case, step and attempt.
+    pub failures: Vec<String>,
+}
+
+impl Replay {
+    /// Every failure, or a summary when there are none; `at_least` cases must have run.
+    pub fn verdict(&self, at_least: usize) -> Result<String, String> {
+        if !self.failures.is_empty() {
+            return Err(format!("{} failures:\n\n{}", self.failures.len(), self.failures.join("\n\n")));
+        }
+        if self.replayed < at_least {
+            return Err(format!(
+                "only {} of {} cases replayed (at least {at_least} expected); not applicable: {}",
+                self.replayed,
+                self.total,
+                self.not_applicable.join("; ")
+            ));
+        }
+        Ok(format!(
+            "replayed {} of {} cases ({} requests), all met; not applicable: {}",
+            self.replayed,
+            self.total,
+            self.requests,
+            if self.not_applicable.is_empty() { "none".to_owned() } else { self.not_applicable.join("; ") }
+        ))
+    }
+}
+
+/// Replays every case of the vector file that a host with `supported` capabilities can replay
+/// through `harness`.
+pub fn replay(supported: &[Requirement], harness: &mut impl Harness) -> Replay {
+    let vectors = match Vectors::load() {
+        Ok(vectors) => vectors,
+        Err(err) => return Replay { failures: vec![err], ..Replay::default() },
+    };
+    let mut replay = Replay { total: vectors.cases.len(), ..Replay::default() };
+    for case in &vectors.cases {
+        if let Some(missing) = case.requires.iter().find(|r| !supported.contains(r)) {
+            replay.not_applicable.push(format!("{} (needs {missing:?})", case.name));
+            continue;
+        }
+        let policy = vectors.configs.get(&case.config).cloned().unwrap_or_default();
+        if let Some(why) = harness.cannot_replay(case, &policy) {
+            replay.not_applicable.push(format!("{} ({why})", case.name));
+            continue;
+        }
+        if let Err(err) = harness.start(case, &vectors.config_json(case)) {
+            replay.failures.push(format!("{}: the host did not start: {err}", case.name));
+            continue;
+        }
+        replay.replayed += 1;
+        for (index, step) in case.steps.iter().enumerate() {
+            let now = (EPOCH_MS + step.at_ms) * 1_000_000;
+            for attempt in 0..step.repeat {
+                replay.requests += 1;
+                let outcome = harness.send(step, now).and_then(|observed| step.expect.check(&observed));
+                if let Err(problems) = outcome {
+                    replay.failures.push(format!("{} / step {index} / attempt {attempt}:\n{problems}", case.name));
+                }
+            }
+        }
+        if let Err(err) = harness.finish(case) {
+            replay.failures.push(format!("{}: after its steps: {err}", case.name));
+        }
+    }
+    replay
 }

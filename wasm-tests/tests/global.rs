@@ -165,10 +165,9 @@ fn conformance_vectors_hold_through_the_real_service(backend: Backend) {
             assert_eq!(host.metric("portcullis.global_fallbacks").unwrap_or(0), 0, "{}", case.name);
         },
     );
-    let failures = &replay.failures;
-    assert!(failures.is_empty(), "{} failures:\n\n{}", failures.len(), failures.join("\n\n"));
-    assert!(replay.replayed >= replay.total - 2, "too few cases replayed: {}", replay.replayed);
+    let summary = replay.found.verdict(replay.found.total - 2).unwrap_or_else(|e| panic!("{e}"));
     assert!(replay.grpc_calls > 100, "the vectors' limited requests went to the service ({} calls)", replay.grpc_calls);
+    println!("{backend:?}, global: {summary}");
 }
 
 /// A cluster that answers every call `answer` and counts the calls.

@@ -237,7 +237,7 @@ pub fn validate(envoy: &Path, config: &Path) -> Result<()> {
     )
 }
 
-/// The fixed local ports (DESIGN.md) a test or stack run needs free.
+/// The fixed local ports (the README lists them) a test or stack run needs free.
 pub const PORTS: [(u16, &str); 4] =
     [(8080, "Envoy HTTP"), (8443, "Envoy HTTPS"), (9901, "Envoy admin"), (9443, "origin")];
 

@@ -1,5 +1,5 @@
 //! A fleet on loopback: Redis, `portcullis-ratelimit` and three Envoys in global mode in front
-//! of one origin, on the fixed ports of DESIGN.md. Used by `cargo xtask up --fleet`, by the
+//! of one origin, on the fixed local ports the README lists. Used by `cargo xtask up --fleet`, by the
 //! fleet tests and by `cargo xtask bench fleet`.
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,8 @@
 //! A broken configuration answers every request with a 500 and logs the variable and field;
 //! it never passes traffic through unprotected.
 
+#[cfg(test)]
+mod conformance;
 pub mod incoming;
 pub mod limiter;
 pub mod ratelimits;

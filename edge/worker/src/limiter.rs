@@ -175,7 +175,11 @@ impl RateLimiter {
 
 /// The core's GCRA step over the object's in-memory copy of bucket `ask.index`. Returns the
 /// answer and the bytes to persist when the step changed the bucket.
-fn step_here(buckets: &RefCell<HashMap<u32, Option<Vec<u8>>>>, ask: Ask, now: u64) -> (Answer, Option<Vec<u8>>) {
+pub(crate) fn step_here(
+    buckets: &RefCell<HashMap<u32, Option<Vec<u8>>>>,
+    ask: Ask,
+    now: u64,
+) -> (Answer, Option<Vec<u8>>) {
     let Some(rate) = Rate::new(ask.limit, ask.period_secs) else {
         return (Answer::Failed(format!("{}/{} s is not a rate", ask.limit, ask.period_secs)), None);
     };

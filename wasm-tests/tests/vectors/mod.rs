@@ -1,63 +1,64 @@
 //! The conformance vectors replayed through a plugin, once for every test that replays them
 //! (local mode in `conformance.rs`, global mode in `global.rs`).
 
-use portcullis_core::conformance::{Action, Case, EPOCH_MS, Observed, Requirement, Step, Vectors};
+use portcullis_core::conformance::{self, Action, Case, Harness, Observed, Requirement, Step};
 use wasm_tests::{Host, HttpRequest, Plugin, Response};
 
-/// What a replay found.
+/// What a replay found: the core's account, and the gRPC calls the plugins made.
 pub struct Replay {
-    pub replayed: usize,
-    pub total: usize,
-    /// Cases whose requirements the host lacks, with the first one missing.
-    pub not_applicable: Vec<String>,
-    pub failures: Vec<String>,
-    /// gRPC calls the plugins made.
+    pub found: conformance::Replay,
     pub grpc_calls: usize,
+}
+
+/// The filter in a proxy-wasm host, as the core's replay drives it.
+struct Filter<Start, After> {
+    start: Start,
+    after_case: After,
+    running: Option<(Host, Plugin)>,
+    grpc_calls: usize,
+}
+
+impl<Start, After> Harness for Filter<Start, After>
+where
+    Start: FnMut(&Case, &str) -> (Host, Plugin),
+    After: FnMut(&Case, &Host),
+{
+    fn start(&mut self, case: &Case, policy_json: &[u8]) -> Result<(), String> {
+        self.running = Some((self.start)(case, &String::from_utf8_lossy(policy_json)));
+        Ok(())
+    }
+
+    fn send(&mut self, step: &Step, now_nanos: u64) -> Result<Observed, String> {
+        let (host, plugin) = self.running.as_mut().ok_or("not started")?;
+        host.set_time_nanos(now_nanos);
+        let exchange = plugin.send(&request_of(step)).map_err(|e| format!("the filter trapped: {e:?}"))?;
+        self.grpc_calls += exchange.grpc_calls.len();
+        Ok(Observed {
+            action: if exchange.local { Action::Respond } else { Action::Forward },
+            status: exchange.response.status,
+            headers: exchange.response.text_headers(),
+            body: String::from_utf8_lossy(&exchange.response.body).into_owned(),
+        })
+    }
+
+    fn finish(&mut self, case: &Case) -> Result<(), String> {
+        if let Some((host, _)) = &self.running {
+            (self.after_case)(case, host);
+        }
+        Ok(())
+    }
 }
 
 /// Replays every case `supported` allows through the plugin `start` gives for it (from the
 /// case's policy JSON); `after_case` checks the host once the case's steps are done.
 pub fn replay(
     supported: &[Requirement],
-    mut start: impl FnMut(&Case, &str) -> (Host, Plugin),
-    mut after_case: impl FnMut(&Case, &Host),
+    start: impl FnMut(&Case, &str) -> (Host, Plugin),
+    after_case: impl FnMut(&Case, &Host),
 ) -> Replay {
-    let vectors = Vectors::load().unwrap_or_else(|e| panic!("the vector file: {e}"));
-    let mut replay = Replay {
-        replayed: 0,
-        total: vectors.cases.len(),
-        not_applicable: Vec::new(),
-        failures: Vec::new(),
-        grpc_calls: 0,
-    };
-    for case in &vectors.cases {
-        if let Some(missing) = case.requires.iter().find(|r| !supported.contains(r)) {
-            replay.not_applicable.push(format!("{} (needs {missing:?})", case.name));
-            continue;
-        }
-        replay.replayed += 1;
-        let config = String::from_utf8_lossy(&vectors.config_json(case)).into_owned();
-        let (host, mut plugin) = start(case, &config);
-        for (index, step) in case.steps.iter().enumerate() {
-            host.set_time_nanos((EPOCH_MS + step.at_ms) * 1_000_000);
-            let request = request_of(step);
-            for attempt in 0..step.repeat {
-                let exchange = plugin.send(&request).unwrap_or_else(|e| panic!("{} trapped: {e:?}", case.name));
-                replay.grpc_calls += exchange.grpc_calls.len();
-                let observed = Observed {
-                    action: if exchange.local { Action::Respond } else { Action::Forward },
-                    status: exchange.response.status,
-                    headers: exchange.response.text_headers(),
-                    body: String::from_utf8_lossy(&exchange.response.body).into_owned(),
-                };
-                if let Err(problems) = step.expect.check(&observed) {
-                    replay.failures.push(format!("{} / step {index} / attempt {attempt}:\n{problems}", case.name));
-                }
-            }
-        }
-        after_case(case, &host);
-    }
-    replay
+    let mut filter = Filter { start, after_case, running: None, grpc_calls: 0 };
+    let found = conformance::replay(supported, &mut filter);
+    Replay { found, grpc_calls: filter.grpc_calls }
 }
 
 /// A step's request as this host sends it, with the upstream's answer.
