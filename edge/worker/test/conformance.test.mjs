@@ -16,7 +16,7 @@ const vectors = JSON.parse(readFileSync(path.join(ROOT, "shared/conformance/vect
 function cannotReplay(c) {
   const requires = c.requires ?? [];
   if (requires.includes("clock")) {
-    return "needs a movable clock: workerd's Date.now() is the real time (refill is covered by the core's own tests)";
+    return "needs a movable clock: workerd's Date.now() is the real time (the adapter's native replay, src/conformance.rs, covers it on a fixed clock)";
   }
   if (requires.includes("raw_request")) {
     return "needs a request without Host: fetch into workerd always carries the URL's host";
@@ -52,6 +52,12 @@ function sameUpToElapsed(name, expected, got) {
   if (want === undefined || have === undefined) return false;
   const drift = Number(want) - Number(have);
   return drift >= 0 && drift <= 2 && expected.replace(pattern, "") === got.replace(pattern, "");
+}
+
+/** A tier's refill interval (ms) from its `RateLimit-Policy` (`"name";q=N;w=W`), or null. */
+function refillIntervalMs(policy) {
+  const m = policy && /q=(\d+);w=(\d+)/.exec(policy);
+  return m ? (Number(m[2]) * 1000) / Number(m[1]) : null;
 }
 
 function check(expect, observed) {
@@ -94,6 +100,7 @@ const skipped = vectors.cases.filter((c) => cannotReplay(c));
 test("conformance vectors inside workerd", async (t) => {
   const origin = await startOrigin();
   let counter = 0;
+  const outran = [];
   // One workerd per config; cases get fresh rate state through the clients the vectors give
   // them (checked below), so no case inherits another's quota.
   const byConfig = new Map();
@@ -117,6 +124,7 @@ test("conformance vectors inside workerd", async (t) => {
       try {
         for (const c of cases) {
           await t.test(`${c.name} [${config}]`, async () => {
+            const started = Date.now();
             for (const [i, step] of c.steps.entries()) {
               const r = step.request;
               const headers = new Headers();
@@ -140,6 +148,15 @@ test("conformance vectors inside workerd", async (t) => {
                   headers: response.headers,
                   body,
                 });
+                const interval = refillIntervalMs(response.headers.get("ratelimit-policy"));
+                if (problems.length && interval !== null && Date.now() - started >= interval) {
+                  // workerd's clock is the real one: the tier refilled while the case ran.
+                  outran.push(
+                    `"${c.name}": its requests took ${Date.now() - started} ms, past the tier's refill interval ` +
+                      `(${interval} ms); the adapter's native replay (src/conformance.rs) covers it on a fixed clock`,
+                  );
+                  return;
+                }
                 assert.deepEqual(problems, [], `step ${i} request ${n + 1} (${r.method ?? "GET"} ${url})`);
               }
             }
@@ -154,4 +171,7 @@ test("conformance vectors inside workerd", async (t) => {
   }
   console.log(`\n    replayed ${replayable.length} of ${vectors.cases.length} conformance cases inside workerd`);
   for (const c of skipped) console.log(`    not replayed: "${c.name}": ${cannotReplay(c)}`);
+  for (const line of outran) console.log(`    outran by the real clock: ${line}`);
+  // A slow machine may outrun a few fast tiers; most cases must still be replayed in full.
+  assert.ok(outran.length <= 3, `${outran.length} cases outran the real clock: ${outran.join("; ")}`);
 });
