@@ -16,7 +16,7 @@ const EVERYTHING: [Requirement; 4] =
 /// How the core is driven: in one phase over a bucket store, or in two phases with the GCRA
 /// step run on one TAT per (tier, client id), the way the rate-limit service's script keeps it.
 enum Phases {
-    One(MemoryStore),
+    One(Box<MemoryStore>),
     Two { tats: HashMap<(u32, u128), u64>, checks: u32 },
 }
 
@@ -29,7 +29,7 @@ impl Harness for Core {
     fn start(&mut self, case: &Case, policy_json: &[u8]) -> Result<(), String> {
         self.policy = Some(Policy::from_json(policy_json).map_err(|e| format!("config {}: {e}", case.config))?);
         match &mut self.phases {
-            Phases::One(store) => *store = MemoryStore::new(),
+            Phases::One(store) => **store = MemoryStore::new(),
             Phases::Two { tats, .. } => tats.clear(),
         }
         Ok(())
@@ -52,7 +52,7 @@ impl Harness for Core {
             headers: &r.headers,
         };
         let decision = match &mut self.phases {
-            Phases::One(store) => policy.decide(&request, now, &*store),
+            Phases::One(store) => policy.decide(&request, now, &**store),
             Phases::Two { tats, checks } => match policy.begin(&request) {
                 Begin::Decided(decision) => decision,
                 Begin::Check(check) => {
@@ -87,7 +87,7 @@ impl Harness for Core {
 
 #[test]
 fn core_meets_every_conformance_vector() {
-    let mut core = Core { policy: None, phases: Phases::One(MemoryStore::new()) };
+    let mut core = Core { policy: None, phases: Phases::One(Box::default()) };
     let replay = conformance::replay(&EVERYTHING, &mut core);
     println!("{}", replay.verdict(30).unwrap_or_else(|e| panic!("{e}")));
     assert!(replay.not_applicable.is_empty(), "the core replays every case");
