@@ -66,8 +66,10 @@ fn envoy() -> Result<Vec<(String, String)>> {
     let size = std::fs::metadata(&filter)?.len();
     let envoy = crate::tools::ensure_envoy()?;
     crate::envoy::ensure_ports_free(&[(18000, "bench upstream"), (18080, "bench proxy"), (18901, "bench admin")])?;
-    let mut rows =
-        stage("bench: Envoy CPU per request, three configurations side by side", || crate::bench_envoy::run(&envoy))?;
+    let mut rows = stage(
+        "bench: Envoy CPU per request, each request class against its native equivalent (interleaved, pinned)",
+        || crate::bench_envoy::run(&envoy),
+    )?;
     rows.push(("envoy: filter .wasm size".into(), kib(size)));
     let empty = crate::stage::root().join(crate::bench_envoy::BASELINE_FILTER);
     rows.push(("envoy: empty proxy-wasm filter .wasm size".into(), kib(std::fs::metadata(&empty)?.len())));

@@ -1,7 +1,12 @@
-//! `cargo xtask bench envoy`: Envoy's CPU time per request for three configurations measured
-//! side by side in one run — router only, Envoy's native equivalent of the policy, and the
-//! Portcullis filter. CPU time of the Envoy process (from /proc) per request is far steadier on
-//! shared machines than requests per second.
+//! `cargo xtask bench envoy`: Envoy's CPU time per request, the Portcullis filter against Envoy's
+//! native equivalent of its policy, for each class of request (untiered and limited-tier
+//! forwards, a refusal, a redirect), plus router-only and an empty Wasm filter for scale.
+//!
+//! Built to hold on a noisy shared machine: CPU time of the Envoy process (from /proc) per
+//! request rather than requests per second; Envoy pinned to one core and the load generator and
+//! upstream to the other; the variants interleaved within each of at least seven rounds (the
+//! order reversed every other round, so drift favours neither); and each ratio taken per round,
+//! reported as the median of the per-round ratios with their min–max.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::envoy::{INSTALLED_FILTER, admin_ready, spawn_envoy};
+use crate::envoy::{INSTALLED_FILTER, admin_ready};
 use crate::stage::{cmd, exec, output, root};
 use crate::tools::state_dir;
 
@@ -18,9 +23,12 @@ pub const BASELINE_FILTER: &str = ".portcullis/envoy/baseline_filter.wasm";
 pub const PROXY_PORT: u16 = 18080;
 pub const PROXY_ADMIN: u16 = 18901;
 const SECONDS_PER_RUN: u32 = 8;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 7;
+/// Envoy under test runs on this core; wrk and the upstream on the other.
+const PROXY_CPU: &str = "0";
+const LOAD_CPU: &str = "1";
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
     RouterOnly,
     Native,
@@ -33,17 +41,74 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Self::RouterOnly => "router only",
-            Self::Native => "Envoy native (header mutation + local_ratelimit)",
-            Self::EmptyWasm => "empty proxy-wasm filter (floor)",
+            Self::Native => "Envoy native",
+            Self::EmptyWasm => "empty proxy-wasm filter",
             Self::Portcullis => "Portcullis filter",
         }
     }
 }
 
-/// The policy both the native configuration and the filter apply: the seed headers and a
-/// per-client limit high enough never to refuse, so the limiter does its full work every time.
-const POLICY: &str = r#"{"https_redirect": {"enabled": false}, "allowed_hosts": ["*"],
- "rate_limits": [{"name": "bench", "method": "GET", "path": "/bench", "limit": "1000000/second"}]}"#;
+/// A class of request, each measured against its native equivalent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Forwarded, no tier matches: headers only.
+    Untiered,
+    /// Forwarded on a limited tier whose limit is never reached: the limiter's full work.
+    Limited,
+    /// Refused by a tier with no quota left: the 429 with its headers and JSON body.
+    Refused,
+    /// Plain HTTP redirected to HTTPS.
+    Redirect,
+}
+
+const CLASSES: [Class; 4] = [Class::Untiered, Class::Limited, Class::Refused, Class::Redirect];
+
+impl Class {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Untiered => "forwarded, no tier",
+            Self::Limited => "forwarded, limited tier",
+            Self::Refused => "refused (429)",
+            Self::Redirect => "redirect (301)",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Untiered => "/free",
+            Self::Limited | Self::Redirect => "/bench",
+            Self::Refused => "/refused",
+        }
+    }
+
+    fn status(self) -> &'static str {
+        match self {
+            Self::Untiered | Self::Limited => "200",
+            Self::Refused => "429",
+            Self::Redirect => "301",
+        }
+    }
+
+    /// The variants measured for this class: router-only and the empty filter once, for scale.
+    fn variants(self) -> &'static [Variant] {
+        match self {
+            Self::Limited => &[Variant::Native, Variant::Portcullis, Variant::RouterOnly, Variant::EmptyWasm],
+            _ => &[Variant::Native, Variant::Portcullis],
+        }
+    }
+}
+
+/// The policy both the native configuration and the filter apply: the seed headers, a tier
+/// high enough never to refuse (so the limiter does its full work every time), a tier that
+/// refuses everything after its first request, and the redirect only for that class.
+fn policy(class: Class) -> String {
+    format!(
+        r#"{{"https_redirect": {{"enabled": {}}}, "allowed_hosts": ["*"],
+ "rate_limits": [{{"name": "bench", "method": "GET", "path": "/bench", "limit": "1000000/second"}},
+                 {{"name": "refused", "method": "GET", "path": "/refused", "limit": "1/day"}}]}}"#,
+        class == Class::Redirect
+    )
+}
 
 const SEED_HEADERS: [(&str, &str); 7] = [
     ("x-frame-options", "DENY"),
@@ -58,42 +123,24 @@ const SEED_HEADERS: [(&str, &str); 7] = [
     ("server", "Unknown"),
 ];
 
-fn proxy_config(variant: Variant) -> String {
-    // Items of `http_filters` sit at 18 spaces, route fields at 26.
-    let (filters, route_extra) = match variant {
-        Variant::RouterOnly => (String::new(), String::new()),
-        Variant::Native => {
-            let headers: String = SEED_HEADERS
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "\n{0}- header: {{ key: {k}, value: \"{v}\" }}\n{0}  append_action: OVERWRITE_IF_EXISTS_OR_ADD",
-                        " ".repeat(28)
-                    )
-                })
-                .collect();
-            let filter = r#"
-                  - name: envoy.filters.http.local_ratelimit
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-                      stat_prefix: bench
-                      max_dynamic_descriptors: 100000
-                      token_bucket: { max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s }
-                      filter_enabled: { default_value: { numerator: 100, denominator: HUNDRED }, runtime_key: rl_enabled }
-                      filter_enforced: { default_value: { numerator: 100, denominator: HUNDRED }, runtime_key: rl_enforced }
-                      descriptors:
-                        - entries: [{ key: remote_address }]
-                          token_bucket: { max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s }"#;
-            let route = format!(
-                r#"
-                            rate_limits: [{{ actions: [{{ remote_address: {{}} }}] }}]
-                          response_headers_to_remove: [x-powered-by]
-                          response_headers_to_add:{headers}"#
-            );
-            (filter.to_owned(), route)
-        }
-        Variant::EmptyWasm => (
+/// `key: value` header items at `indent`, for route and filter header lists.
+fn header_items(indent: usize, headers: &[(&str, &str)]) -> String {
+    headers
+        .iter()
+        .map(|(k, v)| {
             format!(
+                "\n{0}- header: {{ key: {k}, value: \"{v}\" }}\n{0}  append_action: OVERWRITE_IF_EXISTS_OR_ADD",
+                " ".repeat(indent)
+            )
+        })
+        .collect()
+}
+
+fn proxy_config(variant: Variant, class: Class) -> String {
+    match variant {
+        Variant::RouterOnly => proxy_yaml("", &plain_routes(""), ""),
+        Variant::EmptyWasm => proxy_yaml(
+            &format!(
                 r#"
                   - name: envoy.filters.http.wasm
                     typed_config:
@@ -103,11 +150,85 @@ fn proxy_config(variant: Variant) -> String {
                           runtime: envoy.wasm.runtime.v8
                           code: {{ local: {{ filename: {BASELINE_FILTER} }} }}"#
             ),
-            String::new(),
+            &plain_routes(""),
+            "",
         ),
-        Variant::Portcullis => return filter_proxy_config(POLICY, ""),
+        Variant::Native => native_config(class),
+        Variant::Portcullis => filter_proxy_config(&policy(class), ""),
+    }
+}
+
+/// One catch-all route to the upstream, with `extra` route fields (at 26 spaces).
+fn plain_routes(extra: &str) -> String {
+    format!(
+        r#"
+                        - match: {{ prefix: "/" }}
+                          route:
+                            cluster: upstream{extra}"#
+    )
+}
+
+/// Envoy's own filters doing what the policy does for `class`: header mutation on every
+/// answer, `local_ratelimit` per client address on the limited paths (a huge bucket for
+/// `/bench`, an empty one for `/refused`, whose 429 carries the same headers), a route redirect
+/// to HTTPS for the redirect class.
+fn native_config(class: Class) -> String {
+    let add = header_items(28, &SEED_HEADERS);
+    let headers = format!(
+        "\n                          response_headers_to_remove: [x-powered-by]\n                          response_headers_to_add:{add}"
+    );
+    let limited = |descriptor: &str| {
+        format!(
+            r#"
+                          typed_per_filter_config:
+                            envoy.filters.http.local_ratelimit:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                              stat_prefix: {descriptor}
+                              token_bucket: {{ max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s }}
+                              filter_enabled: {{ default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+                              filter_enforced: {{ default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+                              response_headers_to_add:{}
+                              descriptors:
+                                - entries: [{{ key: remote_address }}]
+                                  token_bucket: {}"#,
+            header_items(32, &SEED_HEADERS),
+            if descriptor == "refused" {
+                "{ max_tokens: 1, tokens_per_fill: 1, fill_interval: 86400s }"
+            } else {
+                "{ max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s }"
+            }
+        )
     };
-    proxy_yaml(&filters, &route_extra, "")
+    let routes = if class == Class::Redirect {
+        format!(
+            r#"
+                        - match: {{ prefix: "/" }}
+                          redirect: {{ https_redirect: true }}{headers}"#
+        )
+    } else {
+        let mut routes = String::new();
+        for (prefix, descriptor) in [("/bench", Some("bench")), ("/refused", Some("refused")), ("/", None)] {
+            routes.push_str(&format!(
+                r#"
+                        - match: {{ prefix: "{prefix}" }}
+                          route:
+                            cluster: upstream{}{headers}{}"#,
+                if descriptor.is_some() {
+                    "\n                            rate_limits: [{ actions: [{ remote_address: {} }] }]"
+                } else {
+                    ""
+                },
+                descriptor.map(limited).unwrap_or_default(),
+            ));
+        }
+        routes
+    };
+    let filter = r#"
+                  - name: envoy.filters.http.local_ratelimit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                      stat_prefix: native"#;
+    proxy_yaml(filter, &routes, "")
 }
 
 /// The bench proxy with the Portcullis filter under `policy` (JSON), plus `extra_clusters`
@@ -129,10 +250,11 @@ pub fn filter_proxy_config(policy: &str, extra_clusters: &str) -> String {
                           value: '{}'"#,
         policy.replace('\n', "")
     );
-    proxy_yaml(&filter, "", extra_clusters)
+    proxy_yaml(&filter, &plain_routes(""), extra_clusters)
 }
 
-fn proxy_yaml(filters: &str, route_extra: &str, extra_clusters: &str) -> String {
+/// The bench proxy: `filters` before the router (items at 18 spaces), `routes` (items at 24).
+fn proxy_yaml(filters: &str, routes: &str, extra_clusters: &str) -> String {
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PROXY_ADMIN} }} }}
@@ -150,10 +272,7 @@ static_resources:
                   virtual_hosts:
                     - name: all
                       domains: ["*"]
-                      routes:
-                        - match: {{ prefix: "/" }}
-                          route:
-                            cluster: upstream{route_extra}
+                      routes:{routes}
                 http_filters:{filters}
                   - name: envoy.filters.http.router
                     typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
@@ -206,46 +325,102 @@ pub fn ticks_per_second() -> Result<f64> {
     Ok(output(&mut cmd("getconf", &["CLK_TCK"]))?.trim().parse()?)
 }
 
-/// Runs wrk against the proxy; returns the number of requests completed.
-fn wrk(seconds: u32) -> Result<u64> {
-    let out = output(&mut cmd(
-        "wrk",
-        &["-t1", "-c16", &format!("-d{seconds}s"), &format!("http://127.0.0.1:{PROXY_PORT}/bench")],
-    ))?;
-    let non_2xx = out.lines().any(|l| l.contains("Non-2xx"));
-    if non_2xx {
-        bail!("wrk saw non-2xx responses:\n{out}");
-    }
-    let requests = out
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().to_owned()))
-        .with_context(|| format!("no request count in wrk output:\n{out}"))?;
-    Ok(requests.parse()?)
+/// `command` on one core.
+fn pinned(cpu: &str, program: &Path) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", cpu]).arg(program);
+    command
 }
 
-fn measure(envoy: &Path, variant: Variant, dir: &Path) -> Result<(f64, u64)> {
-    let config = dir.join(format!("proxy-{}.yaml", variant as u8));
-    std::fs::write(&config, proxy_config(variant))?;
-    let mut proxy = spawn_envoy(envoy, &config, "bench-proxy", 52, 1, "error")?;
+/// Starts Envoy on one core, one worker.
+fn spawn_pinned(envoy: &Path, config: &Path, name: &str, base_id: u32, cpu: &str) -> Result<crate::envoy::Daemon> {
+    crate::envoy::Daemon::spawn(
+        name,
+        pinned(cpu, envoy)
+            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "error"])
+            .args(["--base-id", &base_id.to_string(), "-c"])
+            .arg(config)
+            .current_dir(root()),
+    )
+}
+
+/// Runs wrk (pinned to the load core) against `path`; returns the requests completed. Every
+/// answer must be the class's: wrk counts non-2xx/3xx ones, so a 429 class must have only those
+/// and the others none.
+fn wrk(seconds: u32, class: Class) -> Result<u64> {
+    let out = output(pinned(LOAD_CPU, Path::new("wrk")).args([
+        "-t1",
+        "-c16",
+        &format!("-d{seconds}s"),
+        &format!("http://127.0.0.1:{PROXY_PORT}{}", class.path()),
+    ]))?;
+    let requests: u64 = out
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().to_owned()))
+        .with_context(|| format!("no request count in wrk output:\n{out}"))?
+        .parse()?;
+    let errors: u64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:").map(|n| n.trim().to_owned()))
+        .map_or(Ok(0), |n| n.parse())?;
+    let expected_errors = if class == Class::Refused { requests } else { 0 };
+    if errors != expected_errors {
+        bail!("{}: {errors} of {requests} answers were not {}:\n{out}", class.name(), class.status());
+    }
+    Ok(requests)
+}
+
+/// One measurement: a fresh Envoy with `variant` for `class`, its answer checked, warmed up,
+/// then its CPU time per request over the run.
+fn measure(envoy: &Path, variant: Variant, class: Class, dir: &Path) -> Result<f64> {
+    let config = dir.join(format!("proxy-{}-{}.yaml", variant as u8, class as u8));
+    std::fs::write(&config, proxy_config(variant, class))?;
+    let mut proxy = spawn_pinned(envoy, &config, "bench-proxy", 52, PROXY_CPU)?;
     proxy.wait_until(Duration::from_secs(20), || admin_ready(PROXY_ADMIN))?;
-    wrk(1)?; // warm-up: connections, V8 tier-up
+    let url = format!("http://127.0.0.1:{PROXY_PORT}{}", class.path());
+    // The first request of the refused class is the tier's one allowed.
+    let mut status = String::new();
+    for _ in 0..2 {
+        status = output(&mut cmd("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &url]))?;
+    }
+    let expected = if matches!(variant, Variant::RouterOnly | Variant::EmptyWasm) { "200" } else { class.status() };
+    if status != expected {
+        bail!("{} for {}: answered {status}, not {expected}", variant.name(), class.name());
+    }
+    let load = if matches!(variant, Variant::RouterOnly | Variant::EmptyWasm) { Class::Untiered } else { class };
+    wrk(1, load)?; // warm-up: connections, V8 tier-up
     let pid = proxy.child.id();
     let before = cpu_ticks(pid)?;
-    let requests = wrk(SECONDS_PER_RUN)?;
+    let requests = wrk(SECONDS_PER_RUN, load)?;
     let ticks = cpu_ticks(pid)? - before;
-    let micros = ticks as f64 / ticks_per_second()? * 1e6 / requests as f64;
-    Ok((micros, requests))
+    Ok(ticks as f64 / ticks_per_second()? * 1e6 / requests as f64)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// `median× (min–max, N rounds)` of per-round ratios.
+fn spread(ratios: &[f64]) -> String {
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2}× ({min:.2}–{max:.2}, {} rounds)", median(ratios), ratios.len())
 }
 
 pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed: `apt-get install -y wrk` (cargo xtask setup does it when run as root)");
     }
+    if Command::new("taskset").arg("--version").output().is_err() {
+        bail!("taskset is missing (Debian package util-linux)");
+    }
     let dir = state_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let upstream_config_path = dir.join("upstream.yaml");
     std::fs::write(&upstream_config_path, upstream_config())?;
-    let mut upstream = spawn_envoy(envoy, &upstream_config_path, "bench-upstream", 51, 1, "error")?;
+    let mut upstream = spawn_pinned(envoy, &upstream_config_path, "bench-upstream", 51, LOAD_CPU)?;
     upstream
         .wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", UPSTREAM_PORT)).is_ok())?;
 
@@ -257,33 +432,53 @@ pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
         crate::stage::target_dir()?.join("wasm32-wasip1/filter/baseline_filter.wasm"),
         root().join(BASELINE_FILTER),
     )?;
-    let variants = [Variant::RouterOnly, Variant::Native, Variant::EmptyWasm, Variant::Portcullis];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    // samples[(class, variant)] = µs per request, one per round.
+    let mut samples: std::collections::BTreeMap<(u8, u8), Vec<f64>> = std::collections::BTreeMap::new();
     for round in 1..=ROUNDS {
-        for (i, variant) in variants.iter().enumerate() {
-            let (micros, requests) = measure(envoy, *variant, &dir)?;
-            println!("    round {round}: {:<50} {micros:7.2} µs CPU/request ({requests} requests)", variant.name());
-            samples[i].push(micros);
+        for class in CLASSES {
+            let mut order = class.variants().to_vec();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for variant in order {
+                let micros = measure(envoy, variant, class, &dir)?;
+                println!("    round {round}: {:<24} {:<24} {micros:7.2} µs CPU/request", class.name(), variant.name());
+                samples.entry((class as u8, variant as u8)).or_default().push(micros);
+            }
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    let series =
+        |class: Class, variant: Variant| samples.get(&(class as u8, variant as u8)).cloned().unwrap_or_default();
+    let ratios = |class: Class, over: Variant, under: Variant| -> Vec<f64> {
+        series(class, over).iter().zip(series(class, under)).map(|(a, b)| a / b).collect()
     };
-    let medians: Vec<f64> = samples.iter_mut().map(median).collect();
-    let mut rows: Vec<(String, String)> = variants
-        .iter()
-        .zip(&medians)
-        .map(|(v, m)| (format!("envoy: {}", v.name()), format!("{m:.2} µs CPU/request")))
-        .collect();
-    let [router, native, empty, filter] = [medians[0], medians[1], medians[2], medians[3]];
-    rows.push(("envoy: filter / native".into(), format!("{:.2}×", filter / native)));
-    rows.push(("envoy: filter / router only".into(), format!("{:.2}×", filter / router)));
-    rows.push(("envoy: native / router only".into(), format!("{:.2}×", native / router)));
-    rows.push(("envoy: empty Wasm filter / router only".into(), format!("{:.2}×", empty / router)));
+    let mut rows = Vec::new();
+    for class in CLASSES {
+        for variant in class.variants() {
+            rows.push((
+                format!("envoy: {}: {}", class.name(), variant.name()),
+                format!("{:.2} µs CPU/request (median)", median(&series(class, *variant))),
+            ));
+        }
+        rows.push((
+            format!("envoy: {}: Portcullis / native", class.name()),
+            spread(&ratios(class, Variant::Portcullis, Variant::Native)),
+        ));
+    }
+    let limited = Class::Limited;
+    rows.push(("envoy: native / router only".into(), spread(&ratios(limited, Variant::Native, Variant::RouterOnly))));
     rows.push((
-        "envoy: Portcullis work above the empty Wasm filter".into(),
-        format!("{:.2} µs CPU/request", filter - empty),
+        "envoy: empty Wasm filter / router only".into(),
+        spread(&ratios(limited, Variant::EmptyWasm, Variant::RouterOnly)),
+    ));
+    let above: Vec<f64> = series(limited, Variant::Portcullis)
+        .iter()
+        .zip(series(limited, Variant::EmptyWasm))
+        .map(|(a, b)| a - b)
+        .collect();
+    rows.push((
+        "envoy: Portcullis above the empty Wasm filter (limited tier)".into(),
+        format!("{:.2} µs CPU/request (median)", median(&above)),
     ));
     Ok(rows)
 }
