@@ -323,3 +323,16 @@ pub fn replay(supported: &[Requirement], harness: &mut impl Harness) -> Replay {
     }
     replay
 }
+
+impl Observed {
+    /// The host answered itself with the core's `reply`.
+    pub fn local(reply: crate::LocalResponse) -> Self {
+        Self { action: Action::Respond, status: reply.status, headers: reply.headers, body: reply.body }
+    }
+
+    /// The request reached the upstream, which answered `upstream`; `headers` are the upstream's
+    /// after the host applied the core's edits its own way.
+    pub fn forwarded(upstream: &Upstream, headers: Vec<(String, String)>) -> Self {
+        Self { action: Action::Forward, status: upstream.status, headers, body: upstream.body.clone() }
+    }
+}

@@ -68,18 +68,11 @@ impl Harness for Core {
             },
         };
         Ok(match decision {
-            Decision::Respond(local) => {
-                Observed { action: Action::Respond, status: local.status, headers: local.headers, body: local.body }
-            }
+            Decision::Respond(local) => Observed::local(local),
             Decision::Forward(forward) => {
                 let mut headers = step.upstream.headers.clone();
                 policy.response_edits(&forward.plan).apply(&mut headers);
-                Observed {
-                    action: Action::Forward,
-                    status: step.upstream.status,
-                    headers,
-                    body: step.upstream.body.clone(),
-                }
+                Observed::forwarded(&step.upstream, headers)
             }
         })
     }

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use portcullis_core::conformance::{self, Action, Case, Harness, Observed, Requirement, Step};
+use portcullis_core::conformance::{self, Case, Harness, Observed, Requirement, Step};
 use portcullis_core::{Begin, Decision, Policy};
 
 use crate::incoming::Incoming;
@@ -79,9 +79,7 @@ impl Harness for Worker {
             }
         };
         Ok(match decision {
-            Decision::Respond(reply) => {
-                Observed { action: Action::Respond, status: reply.status, headers: reply.headers, body: reply.body }
-            }
+            Decision::Respond(reply) => Observed::local(reply),
             Decision::Forward(forward) => {
                 let edits = policy.response_edits(&forward.plan);
                 let headers = edits
@@ -89,12 +87,7 @@ impl Harness for Worker {
                     .into_iter()
                     .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value).into_owned()))
                     .collect();
-                Observed {
-                    action: Action::Forward,
-                    status: step.upstream.status,
-                    headers,
-                    body: step.upstream.body.clone(),
-                }
+                Observed::forwarded(&step.upstream, headers)
             }
         })
     }
