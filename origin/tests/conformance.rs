@@ -27,6 +27,8 @@ const SUPPORTED: [Requirement; 2] = [Requirement::Peer, Requirement::RawRequest]
 const REACHED: &str = "x-conformance-upstream";
 
 struct Origin {
+    /// One runtime for every request of the replay.
+    runtime: tokio::runtime::Runtime,
     router: Option<Router>,
     /// What the upstream handler answers for the step being sent.
     upstream: Arc<Mutex<Upstream>>,
@@ -69,15 +71,12 @@ impl Harness for Origin {
         let mut request = request.body(Body::empty()).map_err(|e| format!("building the request: {e}"))?;
         let peer = socket_addr(r.peer.as_deref().unwrap_or("192.0.2.1:50000"))?;
         request.extensions_mut().insert(ConnectInfo(Connection { peer, tls: r.scheme == "https" }));
-        let response =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?.block_on(
-                async move {
-                    let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
-                    let (parts, body) = response.into_parts();
-                    let body = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>((parts, body))
-                },
-            )?;
+        let response = self.runtime.block_on(async move {
+            let response = router.oneshot(request).await.map_err(|e| e.to_string())?;
+            let (parts, body) = response.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((parts, body))
+        })?;
         let (parts, body) = response;
         let action = if parts.headers.contains_key(REACHED) { Action::Forward } else { Action::Respond };
         let headers = parts
@@ -117,7 +116,8 @@ fn socket_addr(peer: &str) -> Result<SocketAddr, String> {
 
 #[test]
 fn the_origin_meets_every_conformance_vector_it_can_replay() {
-    let mut origin = Origin { router: None, upstream: Arc::new(Mutex::new(Upstream::default())) };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut origin = Origin { runtime, router: None, upstream: Arc::new(Mutex::new(Upstream::default())) };
     let replay = conformance::replay(&SUPPORTED, &mut origin);
     let verdict = replay.verdict(20).unwrap_or_else(|e| panic!("{e}"));
     println!("the origin: {verdict}");

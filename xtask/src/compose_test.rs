@@ -7,7 +7,6 @@
 //! the tests use, and a Rust build stage that hands over the host's build of the origin. The
 //! compose file and the project's Dockerfiles are the ones users run; only their `FROM`s differ.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -331,14 +330,10 @@ impl Stack {
         // A user made with `docker compose exec origin … user add`, then a login.
         let username = format!("compose-{}", random_hex(3)?);
         let password = random_hex(12)?;
-        let mut add = self
-            .compose(&["exec", "-T", "origin", "portcullis-origin", "user", "add", "--username", &username])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        add.stdin.take().context("stdin")?.write_all(format!("{password}\n").as_bytes())?;
-        let added = add.wait_with_output()?;
+        let added = crate::up::user_add(
+            &mut self.compose(&["exec", "-T", "origin", "portcullis-origin", "user", "add", "--username", &username]),
+            &password,
+        )?;
         ensure!(added.status.success(), "user add: {}", String::from_utf8_lossy(&added.stderr));
         let login = |password: &str| {
             curl(&[

@@ -315,16 +315,19 @@ fn start_worker(target: &str) -> Result<Daemon> {
     Ok(worker)
 }
 
-fn create_demo_user(origin: &Path, app_url: &str, password: &str) -> Result<()> {
-    let mut child = Command::new(origin)
-        .args(["user", "add", "--username", DEMO_USER])
-        .env("PORTCULLIS_DATABASE_URL", app_url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+/// Runs `portcullis-origin user add` as `command` gives it (locally or through `docker compose
+/// exec`), the password on its standard input as the command reads it; its output.
+pub fn user_add(command: &mut Command, password: &str) -> Result<std::process::Output> {
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     child.stdin.take().context("stdin")?.write_all(format!("{password}\n").as_bytes())?;
-    let out = child.wait_with_output()?;
+    Ok(child.wait_with_output()?)
+}
+
+fn create_demo_user(origin: &Path, app_url: &str, password: &str) -> Result<()> {
+    let out = user_add(
+        Command::new(origin).args(["user", "add", "--username", DEMO_USER]).env("PORTCULLIS_DATABASE_URL", app_url),
+        password,
+    )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || stderr.contains("already exists") {
         Ok(())

@@ -251,12 +251,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// The app role's URL without TLS, which the server must refuse.
+    pub fn plain_url(&self) -> Result<String> {
+        Ok(self.url(Role::App)?.replace("sslmode=verify-full", "sslmode=disable"))
+    }
+
     /// Details for tests, written where `PORTCULLIS_TEST_PG` points.
     pub fn describe(&self) -> Result<serde_json::Value> {
         Ok(json!({
             "app_url": self.url(Role::App)?,
             "owner_url": self.url(Role::Owner)?,
-            "plain_url": self.url(Role::App)?.replace("sslmode=verify-full", "sslmode=disable"),
+            "plain_url": self.plain_url()?,
             "log": self.log(),
             "port": self.port,
         }))
@@ -312,10 +317,14 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether pgaudit for PostgreSQL 15 is installed.
+fn pgaudit_installed() -> bool {
+    Path::new("/usr/share/postgresql/15/extension/pgaudit.control").exists()
+}
+
 /// Ensures the Debian packages the clusters need (pgaudit); quiet when present.
 pub fn ensure_packages() -> Result<()> {
-    let installed = Path::new("/usr/share/postgresql/15/extension/pgaudit.control").exists();
-    if installed {
+    if pgaudit_installed() {
         return Ok(());
     }
     if !Path::new(PG_BIN).join("postgres").exists() {
@@ -349,9 +358,7 @@ pub struct TestPostgres {
 impl TestPostgres {
     /// Starts this process's cluster, migrated by `origin` (`env!("CARGO_BIN_EXE_portcullis-origin")`).
     pub fn start(origin: &Path) -> Result<Self> {
-        if !Path::new("/usr/share/postgresql/15/extension/pgaudit.control").exists()
-            || !Path::new(PG_BIN).join("postgres").exists()
-        {
+        if !pgaudit_installed() || !Path::new(PG_BIN).join("postgres").exists() {
             bail!(
                 "these tests need the PostgreSQL 15 server with pgaudit: run `cargo xtask setup` \
                  (or `apt-get install postgresql-15 postgresql-15-pgaudit`)"
@@ -366,17 +373,16 @@ impl TestPostgres {
         if cluster.dir.exists() {
             std::fs::remove_dir_all(&cluster.dir)?;
         }
-        let copied = Command::new("cp").arg("-a").arg(&template.dir).arg(&cluster.dir).status()?;
+        let copied = Command::new("cp").arg("-a").arg(&template).arg(&cluster.dir).status()?;
         if !copied.success() {
-            bail!("copying the template cluster {} failed", template.dir.display());
+            bail!("copying the template cluster {} failed", template.display());
         }
         let _ = std::fs::remove_file(cluster.data().join("postmaster.pid"));
         cluster.install_certs(&certs::ensure()?)?;
         serve_until_exit(&cluster)?;
-        let app_url = cluster.url(Role::App)?;
         Ok(Self {
-            plain_url: app_url.replace("sslmode=verify-full", "sslmode=disable"),
-            app_url,
+            app_url: cluster.url(Role::App)?,
+            plain_url: cluster.plain_url()?,
             owner_url: cluster.url(Role::Owner)?,
             port,
             log: cluster.log(),
@@ -384,16 +390,16 @@ impl TestPostgres {
     }
 }
 
-/// The migrated template for the current migrations and hardening, made under a lock so test
-/// binaries that start at once make it once.
-fn template(base: &Path, origin: &Path) -> Result<Cluster> {
+/// The directory of the migrated template for the current migrations and hardening, made under
+/// a lock so test binaries that start at once make it once.
+fn template(base: &Path, origin: &Path) -> Result<PathBuf> {
     let key = template_key()?;
     let lock = std::fs::File::create(base.join("template.lock"))?;
     // Released when `lock` drops.
     lock.lock().with_context(|| format!("locking {}", base.join("template.lock").display()))?;
     let dir = base.join(format!("template-{key:016x}"));
     if dir.join("ready").exists() {
-        return Ok(Cluster { dir, port: 0, throwaway: true });
+        return Ok(dir);
     }
     // Older templates are for other migrations.
     for entry in std::fs::read_dir(base)?.flatten() {
@@ -407,7 +413,7 @@ fn template(base: &Path, origin: &Path) -> Result<Cluster> {
     cluster.stop()?;
     made.context("making the template test cluster")?;
     std::fs::write(cluster.dir.join("ready"), "")?;
-    Ok(cluster)
+    Ok(cluster.dir)
 }
 
 /// What a template depends on: the migrations, the hardening and the bootstrap SQL.
