@@ -31,6 +31,8 @@ async fn exactly_the_burst_passes_under_concurrency_and_the_answer_is_complete()
     let service = Service::start(&redis.url(), &[]).await;
 
     let answers = codes(&service, "login", "client-a", 60).await;
+    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(failed.is_empty(), "every call is answered: {failed:?}");
     assert_eq!(count(&answers, Code::Ok), 5, "{answers:?}");
     assert_eq!(count(&answers, Code::OverLimit), 55);
 
