@@ -119,7 +119,22 @@ impl ClientIdentity {
             },
             Peer::Cloudflare => ResolvedPeer::Cloudflare,
             Peer::Unknown => ResolvedPeer::Unknown,
+            Peer::Deferred(source) => {
+                let mut resolved = ResolvedPeer::Unknown;
+                // A source answering with another deferred peer is not followed: it is unknown.
+                source.with_peer(&mut |peer| {
+                    if !matches!(peer, Peer::Deferred(_)) {
+                        resolved = self.peer(&peer);
+                    }
+                });
+                resolved
+            }
         }
+    }
+
+    /// Whether any peer could be a trusted proxy: only then can a forwarded scheme count.
+    pub(crate) fn trusts_any_peer(&self) -> bool {
+        self.trusted_hops > 0 || !self.trusted.is_empty()
     }
 
     fn is_trusted(&self, ip: IpAddr, hop: usize) -> bool {

@@ -58,4 +58,4 @@ pub use limiter::store::{BucketStore, Loaded, MemoryStore, StoreError, Swap, Ver
 pub use limiter::table::BUCKET_BYTES;
 pub use limiter::{Acquire, HashKey, Slot};
 pub use policy::{Begin, LimitCheck, Limited, Policy};
-pub use request::{Peer, Request, RequestHeaders, Scheme};
+pub use request::{Peer, PeerSource, Request, RequestHeaders, Scheme};

@@ -16,7 +16,7 @@ use crate::limiter::store::BucketStore;
 use crate::limiter::{Acquire, HashKey, Limiter, Slot};
 use crate::path::{RouteTemplate, canonical, canonicalize, has_prefix};
 use crate::rate::Rate;
-use crate::request::{Request, RequestHeaders, Scheme};
+use crate::request::{Peer, Request, RequestHeaders, Scheme};
 
 /// A decision on a limited request, and whether `on_store_error` made it because the store
 /// failed (a degraded decision: hosts count them).
@@ -41,6 +41,9 @@ pub struct Policy {
     tiers: Vec<Tier>,
     limiter: Limiter,
     headers_on_success: bool,
+    /// By header set index: whether an error reply under that set carries every header of
+    /// [`Policy::own_reply_headers`].
+    complete_replies: Vec<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,7 +228,7 @@ impl Policy {
                 .map(|https| HeaderSet::compile(slot * 2 + usize::from(https), profile, https, &RATE_LIMIT_HEADERS))
         };
         let profile_sets = profiles.iter().enumerate().map(|(i, (_, profile))| sets(i + 1, profile)).collect();
-        Ok(Self {
+        let mut policy = Self {
             default_sets: sets(0, &default_profile),
             profiles: profiles.into_iter().map(|(prefix, _)| prefix).collect(),
             profile_sets,
@@ -235,7 +238,36 @@ impl Policy {
             tiers,
             limiter: Limiter::compile(&config.limiter, limited)?,
             headers_on_success: config.rate_limit_headers_on_success,
-        })
+            complete_replies: Vec::new(),
+        };
+        policy.complete_replies = policy.find_complete_replies();
+        Ok(policy)
+    }
+
+    /// An error reply of every header set (all error replies are [`Policy::local_json`]'s),
+    /// checked against the own 400's names once, at configuration.
+    fn find_complete_replies(&self) -> Vec<bool> {
+        let mut complete = vec![false; self.header_sets().count()];
+        for profile in 0..=self.profile_sets.len() {
+            for https in [false, true] {
+                let plan = ResponsePlan { profile: profile as u16, https, rate: None };
+                let own = self.own_reply_headers(https);
+                let Decision::Respond(reply) = self.local_json(400, plan, Outcome::BadHost, "", "", Vec::new()) else {
+                    continue;
+                };
+                if let Some(slot) = complete.get_mut(self.header_set(&plan).index()) {
+                    *slot = own.iter().all(|(name, _)| reply.header(name).is_some());
+                }
+            }
+        }
+        complete
+    }
+
+    /// Whether the policy's own error reply under `plan` already carries every header of
+    /// [`Policy::own_reply_headers`], so that a host which adds those to its error replies
+    /// when absent (Envoy's `local_reply_config`) leaves it exactly as the policy made it.
+    pub fn reply_is_complete(&self, plan: &ResponsePlan) -> bool {
+        self.complete_replies.get(self.header_set(plan).index()).copied().unwrap_or(false)
     }
 
     /// The most buckets the rate-limit store will ever hold (its memory bound).
@@ -268,10 +300,13 @@ impl Policy {
     {
         let raw_target = request.path.filter(|p| !p.is_empty()).unwrap_or(b"/");
         let path = canonical(raw_target);
-        // The peer is parsed and judged once; the scheme and the client key both use it.
-        let peer = self.identity.peer(&request.peer);
-        let https =
-            request.scheme == Scheme::Https || (peer.is_trusted_proxy() && forwarded_proto_is_https(request.headers));
+        // The peer is fetched, parsed and judged at most once, and only when needed: to believe a
+        // forwarded scheme (if any peer can be a trusted proxy) and for a limited tier's key.
+        let mut peer = None;
+        let https = request.scheme == Scheme::Https
+            || (self.identity.trusts_any_peer()
+                && peer.get_or_insert_with(|| self.identity.peer(&request.peer)).is_trusted_proxy()
+                && forwarded_proto_is_https(request.headers));
         let plan = ResponsePlan { profile: self.profile_for(&path), https, rate: None };
 
         let host =
@@ -302,6 +337,7 @@ impl Policy {
         let Some((gcra, limited)) = &tier.limit else {
             return forward;
         };
+        let peer = peer.unwrap_or_else(|| self.identity.peer(&request.peer));
         let client = self.identity.identify(peer, request.headers);
         Begin::Check(LimitCheck {
             tier: ordinal as u16,
@@ -460,23 +496,50 @@ impl Policy {
 
     /// Header edits for a response produced under `plan`.
     pub fn response_edits(&self, plan: &ResponsePlan) -> ResponseEdits<'_> {
-        let sets = match plan.profile {
-            0 => &self.default_sets,
-            n => self.profile_sets.get(usize::from(n) - 1).unwrap_or(&self.default_sets),
-        };
-        let [http, https] = sets;
         let rate = plan.rate.filter(|r| r.retry_after.is_some() || self.headers_on_success).and_then(|report| {
             let tier = self.tiers.get(usize::from(report.tier))?;
             let (gcra, _) = tier.limit.as_ref()?;
             Some((tier.name.as_str(), gcra.limit(), gcra.period_secs(), report))
         });
-        ResponseEdits::new(if plan.https { https } else { http }, rate)
+        ResponseEdits::new(self.header_set(plan), rate)
+    }
+
+    /// The header set a response under `plan` gets.
+    fn header_set(&self, plan: &ResponsePlan) -> &HeaderSet {
+        let sets = match plan.profile {
+            0 => &self.default_sets,
+            n => self.profile_sets.get(usize::from(n) - 1).unwrap_or(&self.default_sets),
+        };
+        let [http, https] = sets;
+        if plan.https { https } else { http }
     }
 
     /// Every header set a response can get, in [`HeaderSet::index`] order: hosts that prepare
     /// them in their own form do it once, here.
     pub fn header_sets(&self) -> impl Iterator<Item = &HeaderSet> {
         std::iter::once(&self.default_sets).chain(&self.profile_sets).flatten()
+    }
+
+    /// The headers the policy puts on a reply it makes itself (its 400 for a foreign `Host`),
+    /// over HTTPS or HTTP, less `content-type`: what a host's own error replies (Envoy's
+    /// `local_reply_config`) must carry too, and so what such a host adds to the policy's replies
+    /// that lack any of them.
+    pub fn own_reply_headers(&self, https: bool) -> Vec<(String, String)> {
+        let headers: [(&str, &[u8]); 0] = [];
+        let request = Request {
+            method: b"GET",
+            scheme: if https { Scheme::Https } else { Scheme::Http },
+            authority: Some(b"\0"),
+            path: Some(b"/"),
+            peer: Peer::Unknown,
+            headers: &headers[..],
+        };
+        match self.begin(&request) {
+            Begin::Decided(Decision::Respond(reply)) => {
+                reply.headers.into_iter().filter(|(name, _)| !name.eq_ignore_ascii_case("content-type")).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// A plan for responses the host produces without a request decision (e.g. a codec error).

@@ -8,7 +8,7 @@ pub enum Scheme {
 }
 
 /// Where the client address comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Peer<'a> {
     /// The TCP peer as the host reports it: `ip`, `ip:port` or `[v6]:port`.
     Socket(&'a str),
@@ -16,6 +16,28 @@ pub enum Peer<'a> {
     Cloudflare,
     /// The host could not say.
     Unknown,
+    /// The host fetches the peer only if the decision needs it: for a limited tier's client key,
+    /// or to judge a forwarded scheme when the policy trusts proxies. Most requests need neither,
+    /// and in Envoy each fetch is a host call.
+    Deferred(&'a dyn PeerSource),
+}
+
+/// A peer the host looks up on demand ([`Peer::Deferred`]).
+/// `Sync`, so that a request holding one can be carried across an `.await` (the origin).
+pub trait PeerSource: Sync {
+    /// Calls `with` with the peer, as one of the other [`Peer`] forms.
+    fn with_peer(&self, with: &mut dyn FnMut(Peer<'_>));
+}
+
+impl std::fmt::Debug for Peer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Socket(addr) => f.debug_tuple("Socket").field(addr).finish(),
+            Self::Cloudflare => f.write_str("Cloudflare"),
+            Self::Unknown => f.write_str("Unknown"),
+            Self::Deferred(_) => f.write_str("Deferred"),
+        }
+    }
 }
 
 /// Read access to request headers. Names are asked for in lowercase; values are raw bytes

@@ -315,3 +315,64 @@ fn shadow_mode_reports_contention_too() {
     let shadow = Policy::from_json(br#"{"rate_limit_mode": "shadow"}"#).unwrap();
     assert_eq!(shadow.decide(&request, NOW, &AlwaysRacing(MemoryStore::new())).outcome(), Outcome::ShadowLimited);
 }
+
+#[test]
+fn error_replies_are_complete_unless_their_profile_drops_an_own_reply_header() {
+    let policy = Policy::from_json(
+        br#"{"profiles": [{"path_prefix": "/docs", "headers": {"x-frame-options": null}},
+                          {"path_prefix": "/api", "headers": {"x-frame-options": "SAMEORIGIN"}}]}"#,
+    )
+    .unwrap();
+    let own: Vec<String> = policy.own_reply_headers(true).into_iter().map(|(name, _)| name).collect();
+    assert!(own.contains(&"x-frame-options".to_owned()) && own.contains(&"cache-control".to_owned()), "{own:?}");
+    for (path, complete) in [("/", true), ("/api/x", true), ("/docs/x", false)] {
+        let Decision::Respond(reply) = decide(&policy, Scheme::Https, "GET", Some(b"evil.example"), path.as_bytes())
+        else {
+            panic!("a foreign host is refused");
+        };
+        assert_eq!(policy.reply_is_complete(&reply.plan), complete, "{path}");
+        // The flag says exactly whether the reply carries every header Envoy would add.
+        assert_eq!(own.iter().all(|name| reply.header(name).is_some()), complete, "{path}");
+    }
+}
+
+/// Counts how often the core asks for the peer.
+struct CountingPeer {
+    asked: std::sync::atomic::AtomicU32,
+}
+
+impl portcullis_core::PeerSource for CountingPeer {
+    fn with_peer(&self, with: &mut dyn FnMut(Peer<'_>)) {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        with(Peer::Socket("198.51.100.1:1234"));
+    }
+}
+
+#[test]
+fn a_deferred_peer_is_fetched_once_and_only_when_the_decision_needs_it() {
+    let asked = |policy: &Policy, scheme: Scheme, path: &[u8], headers: &[(&str, &str)]| {
+        let source = CountingPeer { asked: 0.into() };
+        let request = Request {
+            method: b"POST",
+            scheme,
+            authority: Some(b"localhost"),
+            path: Some(path),
+            peer: Peer::Deferred(&source),
+            headers,
+        };
+        let deferred = policy.decide(&request, NOW, &MemoryStore::new());
+        let direct =
+            policy.decide(&Request { peer: Peer::Socket("198.51.100.1:1234"), ..request }, NOW, &MemoryStore::new());
+        assert_eq!(format!("{deferred:?}"), format!("{direct:?}"), "the same decision either way");
+        source.asked.into_inner()
+    };
+    let seed = Policy::from_json(br#"{"allowed_hosts": ["localhost"]}"#).unwrap();
+    assert_eq!(asked(&seed, Scheme::Https, b"/static/app.js", &[]), 0, "untiered");
+    assert_eq!(asked(&seed, Scheme::Http, b"/static/app.js", &[]), 0, "redirected: no proxy is trusted");
+    assert_eq!(asked(&seed, Scheme::Https, b"/api/v1/auth/login", &[]), 1, "a limited tier's key");
+    let behind_proxy =
+        Policy::from_json(br#"{"allowed_hosts": ["localhost"], "client_ip": {"trusted_hops": 1}}"#).unwrap();
+    let forwarded = [("x-forwarded-proto", "https"), ("x-forwarded-for", "203.0.113.5")];
+    assert_eq!(asked(&behind_proxy, Scheme::Http, b"/static/app.js", &forwarded), 1, "a forwarded scheme to judge");
+    assert_eq!(asked(&behind_proxy, Scheme::Http, b"/api/v1/auth/login", &forwarded), 1, "judged once, keyed too");
+}

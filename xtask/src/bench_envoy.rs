@@ -1,5 +1,6 @@
 //! `cargo xtask bench envoy`: Envoy's CPU time per request, the Portcullis filter against Envoy's
-//! native equivalent of its policy, for each class of request (untiered and limited-tier
+//! native equivalent of its policy and against the host-call floor (a filter making exactly its
+//! host calls with precomputed answers), for each class of request (untiered and limited-tier
 //! forwards, a refusal, a redirect), plus router-only and an empty Wasm filter for scale.
 //!
 //! Built to hold on a noisy shared machine: CPU time of the Envoy process (from /proc) per
@@ -20,6 +21,7 @@ use crate::tools::state_dir;
 
 pub const UPSTREAM_PORT: u16 = 18000;
 pub const BASELINE_FILTER: &str = ".portcullis/envoy/baseline_filter.wasm";
+pub const FLOOR_FILTER: &str = ".portcullis/envoy/floor_filter.wasm";
 pub const PROXY_PORT: u16 = 18080;
 pub const PROXY_ADMIN: u16 = 18901;
 const SECONDS_PER_RUN: u32 = 8;
@@ -34,6 +36,8 @@ enum Variant {
     Native,
     /// A proxy-wasm filter that does nothing: the floor any Wasm filter pays.
     EmptyWasm,
+    /// Portcullis's host calls for the class, answers precomputed, no logic.
+    Floor,
     Portcullis,
 }
 
@@ -43,6 +47,7 @@ impl Variant {
             Self::RouterOnly => "router only",
             Self::Native => "Envoy native",
             Self::EmptyWasm => "empty proxy-wasm filter",
+            Self::Floor => "host-call floor",
             Self::Portcullis => "Portcullis filter",
         }
     }
@@ -92,8 +97,10 @@ impl Class {
     /// The variants measured for this class: router-only and the empty filter once, for scale.
     fn variants(self) -> &'static [Variant] {
         match self {
-            Self::Limited => &[Variant::Native, Variant::Portcullis, Variant::RouterOnly, Variant::EmptyWasm],
-            _ => &[Variant::Native, Variant::Portcullis],
+            Self::Limited => {
+                &[Variant::Native, Variant::Portcullis, Variant::Floor, Variant::RouterOnly, Variant::EmptyWasm]
+            }
+            _ => &[Variant::Native, Variant::Portcullis, Variant::Floor],
         }
     }
 }
@@ -155,7 +162,89 @@ fn proxy_config(variant: Variant, class: Class) -> String {
         ),
         Variant::Native => native_config(class),
         Variant::Portcullis => filter_proxy_config(&policy(class), ""),
+        Variant::Floor => proxy_yaml(
+            &format!(
+                r#"
+                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        vm_config:
+                          runtime: envoy.wasm.runtime.v8
+                          code: {{ local: {{ filename: {FLOOR_FILTER} }} }}
+                        configuration:
+                          "@type": type.googleapis.com/google.protobuf.StringValue
+                          value: {}"#,
+                // A JSON string is a YAML double-quoted scalar.
+                serde_json::to_string(&floor_script(class)).unwrap_or_default()
+            ),
+            &plain_routes(""),
+            "",
+        ),
     }
+}
+
+/// What the upstream answers the bench proxy, as the filter sees it.
+const UPSTREAM_ANSWER: [(&str, &str); 7] = [
+    (":status", "200"),
+    ("content-length", "11"),
+    ("content-type", "text/plain"),
+    ("date", "Wed, 02 Dec 2026 08:00:00 GMT"),
+    ("server", "envoy"),
+    ("x-powered-by", "FastAPI"),
+    ("x-envoy-upstream-service-time", "0"),
+];
+
+/// The floor filter's script for `class`: the host calls the Portcullis filter makes for it
+/// (`edge/envoy/src/lib.rs`), with the answers the core gives for the bench's policy.
+fn floor_script(class: Class) -> String {
+    use portcullis_core::{BUCKET_BYTES, Decision, MemoryStore, Peer, Policy, Request, Scheme};
+    let Ok(policy) = Policy::from_json(policy(class).as_bytes()) else {
+        return String::new();
+    };
+    let headers: Vec<(&str, &str)> = Vec::new();
+    let path = class.path().as_bytes();
+    let request = Request {
+        method: b"GET",
+        scheme: Scheme::Http,
+        authority: Some(b"127.0.0.1:18080"),
+        path: Some(path),
+        peer: Peer::Socket("127.0.0.1:40000"),
+        headers: &headers,
+    };
+    let store = MemoryStore::new();
+    let now = 1_800_000_000_000_000_000;
+    // The refused tier's first request is its one allowed.
+    let mut decision = policy.decide(&request, now, &store);
+    if class == Class::Refused {
+        decision = policy.decide(&request, now, &store);
+    }
+    // The scheme on every request; the peer only for a limited tier's key (the bench's policy
+    // trusts no proxy, so no forwarded scheme needs judging).
+    let mut lines = vec!["property connection\\0tls_version".to_owned()];
+    if matches!(class, Class::Limited | Class::Refused) {
+        lines.push("property source\\0address".into());
+        lines.push("clock".into());
+        let write = if class == Class::Limited { " write" } else { "" };
+        lines.push(format!("shared portcullis/1 {BUCKET_BYTES}{write}"));
+    }
+    match decision {
+        Decision::Respond(reply) => {
+            lines.push(format!("reply {}", reply.status));
+            lines.extend(reply.headers.iter().map(|(n, v)| format!("reply-header {n}: {v}")));
+            if !reply.body.is_empty() {
+                lines.push(format!("reply-body {}", reply.body));
+            }
+        }
+        Decision::Forward(forward) => {
+            let upstream: Vec<(String, &str)> = UPSTREAM_ANSWER.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect();
+            let edits = policy.response_edits(&forward.plan);
+            for (name, value) in edits.rewrite(&upstream) {
+                lines.push(format!("response {name}: {}", String::from_utf8_lossy(value)));
+            }
+        }
+    }
+    lines.join("\n") + "\n"
 }
 
 /// One catch-all route to the upstream, with `extra` route fields (at 26 spaces).
@@ -378,6 +467,7 @@ fn measure(envoy: &Path, variant: Variant, class: Class, dir: &Path) -> Result<f
     let mut proxy = spawn_pinned(envoy, &config, "bench-proxy", 52, PROXY_CPU)?;
     proxy.wait_until(Duration::from_secs(20), || admin_ready(PROXY_ADMIN))?;
     // Router-only and the empty filter apply no policy: every request is a plain forward.
+    // (The floor answers as Portcullis would, its refusals included.)
     let load = if matches!(variant, Variant::RouterOnly | Variant::EmptyWasm) { Class::Untiered } else { class };
     let url = format!("http://127.0.0.1:{PROXY_PORT}{}", load.path());
     // The first request of the refused class is the tier's one allowed.
@@ -424,14 +514,25 @@ pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
     upstream
         .wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", UPSTREAM_PORT)).is_ok())?;
 
+    // The yardsticks are built and optimised as the filter is.
     exec(&mut cmd(
         "cargo",
-        &["build", "--quiet", "-p", "baseline-filter", "--target", "wasm32-wasip1", "--profile", "filter"],
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "baseline-filter",
+            "-p",
+            "floor-filter",
+            "--target",
+            "wasm32-wasip1",
+            "--profile",
+            "filter",
+        ],
     ))?;
-    std::fs::copy(
-        crate::stage::target_dir()?.join("wasm32-wasip1/filter/baseline_filter.wasm"),
-        root().join(BASELINE_FILTER),
-    )?;
+    let built = crate::stage::target_dir()?.join("wasm32-wasip1/filter");
+    crate::envoy::wasm_opt(&built.join("baseline_filter.wasm"), &root().join(BASELINE_FILTER))?;
+    crate::envoy::wasm_opt(&built.join("floor_filter.wasm"), &root().join(FLOOR_FILTER))?;
     // samples[(class, variant)] = µs per request, one per round.
     let mut samples: std::collections::BTreeMap<(u8, u8), Vec<f64>> = std::collections::BTreeMap::new();
     for round in 1..=ROUNDS {
@@ -463,6 +564,14 @@ pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
         rows.push((
             format!("envoy: {}: Portcullis / native", class.name()),
             spread(&ratios(class, Variant::Portcullis, Variant::Native)),
+        ));
+        rows.push((
+            format!("envoy: {}: Portcullis / host-call floor", class.name()),
+            spread(&ratios(class, Variant::Portcullis, Variant::Floor)),
+        ));
+        rows.push((
+            format!("envoy: {}: host-call floor / native", class.name()),
+            spread(&ratios(class, Variant::Floor, Variant::Native)),
         ));
     }
     let limited = Class::Limited;

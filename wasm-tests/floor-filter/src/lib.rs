@@ -1,0 +1,161 @@
+//! The host-call floor for `cargo xtask bench envoy`: exactly the host calls Portcullis makes
+//! for one class of request, in the same order and through the same calls
+//! (`portcullis-proxy-abi`, the SDK's local reply), with every answer precomputed and no logic
+//! between them. Portcullis over the floor is what its own code costs; the floor over Envoy's
+//! native filters is what the ABI costs.
+
+use std::rc::Rc;
+
+use portcullis_proxy_abi as abi;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// The calls for one class of request, with their bytes prepared once. The bench writes it
+/// as lines, one call each (nothing here needs a JSON parser):
+///
+/// ```text
+/// property source\0address        a property read in the request phase (`\0` joins segments)
+/// clock                            the clock read (limited tiers)
+/// shared portcullis/3 16 write     a shared-data key read, and written back with its CAS
+/// reply 429                        a local reply instead of forwarding, with …
+/// reply-header retry-after: 12     … each of its headers, and …
+/// reply-body {"error": …}          … its body
+/// response server: Unknown         the response map written after reading it (forwards)
+/// ```
+#[derive(Default)]
+struct Script {
+    properties: Vec<Vec<u8>>,
+    clock: bool,
+    /// Key, value, and whether it is written back.
+    shared_data: Option<(Vec<u8>, Vec<u8>, bool)>,
+    reply: Option<Reply>,
+    /// The serialised response map, or `None` when the response phase calls nothing.
+    response: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Reply {
+    status: u32,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Script {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut script = Self::default();
+        let mut response = Vec::new();
+        let header = |rest: &str| {
+            rest.split_once(": ").map(|(n, v)| (n.to_owned(), v.to_owned())).ok_or(format!("no `: ` in {rest:?}"))
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+            match word {
+                "property" => script.properties.push(rest.replace("\\0", "\0").into_bytes()),
+                "clock" => script.clock = true,
+                "shared" => {
+                    let mut parts = rest.split(' ');
+                    let key = parts.next().unwrap_or_default().as_bytes().to_vec();
+                    let len = parts.next().and_then(|n| n.parse().ok()).ok_or(format!("shared: {rest:?}"))?;
+                    script.shared_data = Some((key, vec![0; len], parts.next() == Some("write")));
+                }
+                "reply" => {
+                    let status = rest.parse().map_err(|_| format!("reply: {rest:?}"))?;
+                    script.reply = Some(Reply { status, ..Reply::default() });
+                }
+                "reply-header" => script.reply.as_mut().ok_or("reply-header before reply")?.headers.push(header(rest)?),
+                "reply-body" => script.reply.as_mut().ok_or("reply-body before reply")?.body = rest.to_owned(),
+                "response" => response.push(header(rest)?),
+                other => return Err(format!("unknown line {other:?}")),
+            }
+        }
+        if !response.is_empty() {
+            let bytes = response.iter().map(|(n, v): &(String, String)| n.len() + v.len()).sum();
+            let mut writer = abi::MapWriter::new(response.len(), bytes);
+            for (name, value) in &response {
+                writer.push(name.as_bytes(), value.as_bytes());
+            }
+            script.response = Some(writer.finish());
+        }
+        Ok(script)
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    script: Option<Rc<Script>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten();
+        let config = config.unwrap_or_default();
+        match std::str::from_utf8(&config).map_err(|e| e.to_string()).and_then(Script::parse) {
+            Ok(script) => {
+                self.script = Some(Rc::new(script));
+                true
+            }
+            Err(err) => {
+                let _ = hostcalls::log(proxy_wasm::types::LogLevel::Critical, &format!("floor script: {err}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let script = self.script.clone()?;
+        Some(Box::new(Floor { script, replied: false }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Floor {
+    script: Rc<Script>,
+    replied: bool,
+}
+
+impl Context for Floor {}
+
+impl HttpContext for Floor {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let script = &self.script;
+        drop(abi::get_map(MapType::HttpRequestHeaders));
+        for path in &script.properties {
+            drop(abi::property(path));
+        }
+        if script.clock {
+            let _ = hostcalls::get_current_time();
+        }
+        if let Some((key, value, write)) = &script.shared_data {
+            let cas = abi::get_shared_data(key).map_or(0, |(_, cas)| cas);
+            if *write {
+                let _ = abi::set_shared_data(key, value, cas);
+            }
+        }
+        let Some(reply) = &script.reply else {
+            return Action::Continue;
+        };
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
+        let _ = hostcalls::send_http_response(reply.status, headers, body);
+        self.replied = true;
+        Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (false, Some(response)) = (self.replied, &self.script.response) {
+            drop(abi::get_map(MapType::HttpResponseHeaders));
+            let _ = abi::set_map(MapType::HttpResponseHeaders, response);
+        }
+        Action::Continue
+    }
+}
