@@ -146,42 +146,35 @@ fn header_items(indent: usize, headers: &[(&str, &str)]) -> String {
 fn proxy_config(variant: Variant, class: Class) -> String {
     match variant {
         Variant::RouterOnly => proxy_yaml("", &plain_routes(""), ""),
-        Variant::EmptyWasm => proxy_yaml(
-            &format!(
-                r#"
-                  - name: envoy.filters.http.wasm
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        vm_config:
-                          runtime: envoy.wasm.runtime.v8
-                          code: {{ local: {{ filename: {BASELINE_FILTER} }} }}"#
-            ),
-            &plain_routes(""),
-            "",
-        ),
+        Variant::EmptyWasm => proxy_yaml(&yardstick_filter(BASELINE_FILTER, ""), &plain_routes(""), ""),
         Variant::Native => native_config(class),
         Variant::Portcullis => filter_proxy_config(&policy(class), ""),
-        Variant::Floor => proxy_yaml(
-            &format!(
+        Variant::Floor => {
+            // A JSON string is a YAML double-quoted scalar.
+            let script = serde_json::to_string(&floor_script(class)).unwrap_or_default();
+            let configuration = format!(
                 r#"
+                        configuration:
+                          "@type": type.googleapis.com/google.protobuf.StringValue
+                          value: {script}"#
+            );
+            proxy_yaml(&yardstick_filter(FLOOR_FILTER, &configuration), &plain_routes(""), "")
+        }
+    }
+}
+
+/// A yardstick Wasm filter from `file`, with `configuration` lines (at 24 spaces) if any.
+fn yardstick_filter(file: &str, configuration: &str) -> String {
+    format!(
+        r#"
                   - name: envoy.filters.http.wasm
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
                       config:
                         vm_config:
                           runtime: envoy.wasm.runtime.v8
-                          code: {{ local: {{ filename: {FLOOR_FILTER} }} }}
-                        configuration:
-                          "@type": type.googleapis.com/google.protobuf.StringValue
-                          value: {}"#,
-                // A JSON string is a YAML double-quoted scalar.
-                serde_json::to_string(&floor_script(class)).unwrap_or_default()
-            ),
-            &plain_routes(""),
-            "",
-        ),
-    }
+                          code: {{ local: {{ filename: {file} }} }}{configuration}"#
+    )
 }
 
 /// What the upstream answers the bench proxy, as the filter sees it.
