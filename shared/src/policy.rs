@@ -248,10 +248,11 @@ impl Policy {
     /// checked against the own 400's names once, at configuration.
     fn find_complete_replies(&self) -> Vec<bool> {
         let mut complete = vec![false; self.header_sets().count()];
+        let own = [self.own_reply_headers(false), self.own_reply_headers(true)];
         for profile in 0..=self.profile_sets.len() {
             for https in [false, true] {
                 let plan = ResponsePlan { profile: profile as u16, https, rate: None };
-                let own = self.own_reply_headers(https);
+                let own = &own[usize::from(https)];
                 let Decision::Respond(reply) = self.local_json(400, plan, Outcome::BadHost, "", "", Vec::new()) else {
                     continue;
                 };

@@ -143,24 +143,24 @@ fn header_items(indent: usize, headers: &[(&str, &str)]) -> String {
         .collect()
 }
 
-fn proxy_config(variant: Variant, class: Class) -> String {
-    match variant {
-        Variant::RouterOnly => proxy_yaml("", &plain_routes(""), ""),
-        Variant::EmptyWasm => proxy_yaml(&yardstick_filter(BASELINE_FILTER, ""), &plain_routes(""), ""),
+fn proxy_config(variant: Variant, class: Class) -> Result<String> {
+    Ok(match variant {
+        Variant::RouterOnly => proxy_yaml("", &plain_route(), ""),
+        Variant::EmptyWasm => proxy_yaml(&yardstick_filter(BASELINE_FILTER, ""), &plain_route(), ""),
         Variant::Native => native_config(class),
         Variant::Portcullis => filter_proxy_config(&policy(class), ""),
         Variant::Floor => {
             // A JSON string is a YAML double-quoted scalar.
-            let script = serde_json::to_string(&floor_script(class)).unwrap_or_default();
+            let script = serde_json::to_string(&floor_script(class)?)?;
             let configuration = format!(
                 r#"
                         configuration:
                           "@type": type.googleapis.com/google.protobuf.StringValue
                           value: {script}"#
             );
-            proxy_yaml(&yardstick_filter(FLOOR_FILTER, &configuration), &plain_routes(""), "")
+            proxy_yaml(&yardstick_filter(FLOOR_FILTER, &configuration), &plain_route(), "")
         }
-    }
+    })
 }
 
 /// A yardstick Wasm filter from `file`, with `configuration` lines (at 24 spaces) if any.
@@ -190,11 +190,9 @@ const UPSTREAM_ANSWER: [(&str, &str); 7] = [
 
 /// The floor filter's script for `class`: the host calls the Portcullis filter makes for it
 /// (`edge/envoy/src/lib.rs`), with the answers the core gives for the bench's policy.
-fn floor_script(class: Class) -> String {
+fn floor_script(class: Class) -> Result<String> {
     use portcullis_core::{BUCKET_BYTES, Decision, MemoryStore, Peer, Policy, Request, Scheme};
-    let Ok(policy) = Policy::from_json(policy(class).as_bytes()) else {
-        return String::new();
-    };
+    let policy = Policy::from_json(policy(class).as_bytes()).context("the bench policy")?;
     let headers: Vec<(&str, &str)> = Vec::new();
     let path = class.path().as_bytes();
     let request = Request {
@@ -237,17 +235,16 @@ fn floor_script(class: Class) -> String {
             }
         }
     }
-    lines.join("\n") + "\n"
+    Ok(lines.join("\n") + "\n")
 }
 
-/// One catch-all route to the upstream, with `extra` route fields (at 26 spaces).
-fn plain_routes(extra: &str) -> String {
-    format!(
-        r#"
-                        - match: {{ prefix: "/" }}
+/// One catch-all route to the upstream.
+fn plain_route() -> String {
+    r#"
+                        - match: { prefix: "/" }
                           route:
-                            cluster: upstream{extra}"#
-    )
+                            cluster: upstream"#
+        .to_owned()
 }
 
 /// Envoy's own filters doing what the policy does for `class`: header mutation on every
@@ -332,7 +329,7 @@ pub fn filter_proxy_config(policy: &str, extra_clusters: &str) -> String {
                           value: '{}'"#,
         policy.replace('\n', "")
     );
-    proxy_yaml(&filter, &plain_routes(""), extra_clusters)
+    proxy_yaml(&filter, &plain_route(), extra_clusters)
 }
 
 /// The bench proxy: `filters` before the router (items at 18 spaces), `routes` (items at 24).
@@ -456,7 +453,7 @@ fn wrk(seconds: u32, class: Class) -> Result<u64> {
 /// then its CPU time per request over the run.
 fn measure(envoy: &Path, variant: Variant, class: Class, dir: &Path) -> Result<f64> {
     let config = dir.join(format!("proxy-{}-{}.yaml", variant as u8, class as u8));
-    std::fs::write(&config, proxy_config(variant, class))?;
+    std::fs::write(&config, proxy_config(variant, class)?)?;
     let mut proxy = spawn_pinned(envoy, &config, "bench-proxy", 52, PROXY_CPU)?;
     proxy.wait_until(Duration::from_secs(20), || admin_ready(PROXY_ADMIN))?;
     // Router-only and the empty filter apply no policy: every request is a plain forward.
