@@ -327,7 +327,7 @@ pub fn replay(supported: &[Requirement], harness: &mut impl Harness) -> Replay {
 impl Observed {
     /// The host answered itself with the core's `reply`.
     pub fn local(reply: crate::LocalResponse) -> Self {
-        Self { action: Action::Respond, status: reply.status, headers: reply.headers, body: reply.body }
+        Self { action: Action::Respond, status: reply.status, headers: reply.headers.to_vec(), body: reply.body }
     }
 
     /// The request reached the upstream, which answered `upstream`; `headers` are the upstream's

@@ -1,8 +1,10 @@
 //! Decisions as plain data: what the host must do with a request, and with its response.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use crate::headers::{HeaderSet, HeaderSink};
+use crate::headers::{HeaderSet, HeaderSink, ReplyKind};
 use crate::limiter::gcra::ceil_secs;
 
 /// What the host does with a request.
@@ -71,8 +73,7 @@ pub struct Forward {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
     pub status: u16,
-    /// Lowercase names.
-    pub headers: Vec<(String, String)>,
+    pub headers: ReplyHeaders,
     pub body: String,
     /// Running the response phase again over this reply (as Envoy does) changes nothing.
     pub plan: ResponsePlan,
@@ -81,9 +82,90 @@ pub struct LocalResponse {
 
 impl LocalResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
+
+/// A local reply's headers, lowercase names, in order: the few made for this reply (its
+/// `location`), then its header set's part, compiled with the policy and shared by every reply
+/// of that set rather than copied into each, then its rate-limit headers. A refusal or redirect
+/// is built on every request of a flood: this keeps it to a few allocations.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyHeaders {
+    own: Vec<(String, String)>,
+    shared: Arc<[(String, String)]>,
+    rate: RateLimitHeaders,
+}
+
+impl ReplyHeaders {
+    pub(crate) fn new(own: Vec<(String, String)>, shared: Arc<[(String, String)]>, rate: RateLimitHeaders) -> Self {
+        Self { own, shared, rate }
+    }
+
+    /// Every header, in the order they are sent.
+    pub fn iter(&self) -> ReplyHeadersIter<'_> {
+        ReplyHeadersIter { own: self.own.iter(), shared: self.shared.iter(), rate: self.rate.iter() }
+    }
+
+    /// The value of `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.own.len() + self.shared.len() + self.rate.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of every name and value together, for hosts that size a buffer up front.
+    pub fn text_len(&self) -> usize {
+        self.iter().map(|(name, value)| name.len() + value.len()).sum()
+    }
+
+    /// The headers as owned pairs.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a ReplyHeaders {
+    type Item = (&'a str, &'a str);
+    type IntoIter = ReplyHeadersIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// [`ReplyHeaders::iter`].
+pub struct ReplyHeadersIter<'a> {
+    own: std::slice::Iter<'a, (String, String)>,
+    shared: std::slice::Iter<'a, (String, String)>,
+    rate: RateLimitHeadersIter<'a>,
+}
+
+impl<'a> Iterator for ReplyHeadersIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.own.next().or_else(|| self.shared.next()) {
+            Some((name, value)) => Some((name.as_str(), value.as_str())),
+            None => self.rate.next(),
+        }
+    }
+}
+
+/// The same headers in the same order, however they are held.
+impl PartialEq for ReplyHeaders {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ReplyHeaders {}
 
 /// Everything the response phase needs, small enough to copy into a host's request context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,19 +214,22 @@ impl<'p> ResponseEdits<'p> {
         self.for_each_set(|name, value| sink.set(name, value));
     }
 
-    /// What [`ResponseEdits::apply`] does to a header list, in one pass over it rather than one
-    /// per header set: a local reply's list is built on every redirect and refusal.
-    pub(crate) fn apply_to_list(&self, headers: &mut Vec<(String, String)>) {
+    /// The headers of a local reply of `kind` whose own headers are `own`: what
+    /// [`ResponseEdits::apply`] leaves of `own` followed by `kind`'s extra headers, without
+    /// copying the header set (a reply is built on every redirect and refusal).
+    pub(crate) fn reply_headers(self, mut own: Vec<(String, String)>, kind: ReplyKind) -> ReplyHeaders {
         if self.set.sets_rate_names() && !self.rate.is_empty() {
-            // A rate-limit header would replace the profile's header of the same name.
-            return self.apply(headers);
+            // A rate-limit header would replace the profile's header of the same name: the
+            // rare policy that sets one gets the general path.
+            own.extend(kind.extra_headers().iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())));
+            self.apply(&mut own);
+            return ReplyHeaders::new(own, Arc::default(), RateLimitHeaders::default());
         }
-        headers.retain(|(name, _)| {
+        own.retain(|(name, _)| {
             let name = name.as_bytes();
             !(self.set.replaces(name) || self.rate.names.iter().any(|rate| rate.as_bytes().eq_ignore_ascii_case(name)))
         });
-        headers.reserve(self.set.headers().len() + self.rate.len());
-        self.for_each_set(|name, value| headers.push((name.to_owned(), value.to_owned())));
+        ReplyHeaders::new(own, self.set.reply_base(kind).clone(), self.rate)
     }
 
     /// Every header these edits set, in order: [`ResponseEdits::header_set`]'s, then
@@ -309,7 +394,7 @@ mod tests {
     use crate::Policy;
 
     #[test]
-    fn applying_to_a_list_in_one_pass_is_applying_header_by_header() {
+    fn a_reply_built_on_the_shared_set_is_applying_header_by_header() {
         let documents = [
             &br#"{}"#[..],
             br#"{"remove_headers": ["Cache-Control", "retry-after"], "headers": {"Strict-Transport-Security": null}}"#,
@@ -328,25 +413,28 @@ mod tests {
             }) {
                 let edits = policy.response_edits(&ResponsePlan { profile, https, rate });
                 assert_eq!(edits.rate_limit_headers().is_empty(), rate.is_none());
-                let initial: Vec<(String, String)> = [
-                    ("location", "https://x/"),
-                    ("Content-Type", "application/json"),
-                    ("cache-control", "no-store"),
+                let own: Vec<(String, String)> = [
+                    ("Location", "https://x/"),
                     ("retry-after", "1"),
                     ("ratelimit", "forged"),
                     ("STRICT-TRANSPORT-SECURITY", "max-age=1"),
+                    ("x-own", "kept"),
                 ]
                 .map(|(n, v)| (n.to_owned(), v.to_owned()))
                 .into();
-                let (mut by_header, mut by_list) = (initial.clone(), initial);
-                edits.apply(&mut by_header);
-                edits.apply_to_list(&mut by_list);
-                assert_eq!(
-                    by_list,
-                    by_header,
-                    "{} profile {profile} https {https} {rate:?}",
-                    String::from_utf8_lossy(document)
-                );
+                for kind in [ReplyKind::Redirect, ReplyKind::Json] {
+                    let mut by_header = own.clone();
+                    by_header.extend(kind.extra_headers().iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())));
+                    edits.apply(&mut by_header);
+                    let reply = edits.clone().reply_headers(own.clone(), kind);
+                    assert_eq!(reply.len(), by_header.len());
+                    assert_eq!(
+                        reply.to_vec(),
+                        by_header,
+                        "{} profile {profile} https {https} {rate:?} {kind:?}",
+                        String::from_utf8_lossy(document)
+                    );
+                }
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Security-header profiles: the presets as data, compiled per path prefix, and the response edits.
 
+use std::sync::Arc;
+
 use crate::config::{ConfigError, HeaderOverrides, PresetName};
 
 pub const HSTS: &str = "strict-transport-security";
@@ -103,13 +105,38 @@ impl HeaderProfile {
     }
 }
 
+/// The headers every JSON error reply (400, 429, 503) carries besides the header set's.
+pub(crate) const JSON_REPLY_HEADERS: [(&str, &str); 2] =
+    [("content-type", "application/json"), ("cache-control", "no-store")];
+
+/// The kinds of local reply, by the headers they carry besides their own and the set's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyKind {
+    /// Nothing more: a redirect has only its `location`.
+    Redirect,
+    /// [`JSON_REPLY_HEADERS`].
+    Json,
+}
+
+impl ReplyKind {
+    pub(crate) fn extra_headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Redirect => &[],
+            Self::Json => &JSON_REPLY_HEADERS,
+        }
+    }
+}
+
 /// What a profile does to a response over one scheme, compiled with the policy so that a
 /// response only copies it: the headers to set (HSTS last, over HTTPS only), the ones to
 /// remove, and every name an upstream value of must not survive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderSet {
     index: usize,
-    set: Vec<(String, String)>,
+    set: Arc<[(String, String)]>,
+    /// What a JSON error reply of this set carries after its own headers:
+    /// [`JSON_REPLY_HEADERS`] the set does not replace, then `set`.
+    json_reply: Arc<[(String, String)]>,
     remove: Vec<String>,
     managed: ManagedNames,
     /// `managed` plus the rate-limit names, for responses that carry rate-limit headers.
@@ -140,7 +167,22 @@ impl HeaderSet {
         let managed_with_rate = ManagedNames::new(profile_names().chain(rate_names.iter().copied()));
         let replaced = ManagedNames::new(remove.iter().chain(set.iter().map(|(name, _)| name)).map(String::as_str));
         let sets_rate_names = set.iter().any(|(name, _)| rate_names.contains(&name.as_str()));
-        Self { index, set, remove, managed, managed_with_rate, replaced, sets_rate_names }
+        let json_reply = JSON_REPLY_HEADERS
+            .iter()
+            .filter(|(name, _)| !replaced.contains(name.as_bytes()))
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .chain(set.iter().cloned())
+            .collect();
+        let set = set.into();
+        Self { index, set, json_reply, remove, managed, managed_with_rate, replaced, sets_rate_names }
+    }
+
+    /// The headers after a reply's own ones: for `kind`'s extra headers, then the set's.
+    pub(crate) fn reply_base(&self, kind: ReplyKind) -> &Arc<[(String, String)]> {
+        match kind {
+            ReplyKind::Redirect => &self.set,
+            ReplyKind::Json => &self.json_reply,
+        }
     }
 
     /// This set's position in [`crate::Policy::header_sets`], for hosts that prepare each set

@@ -9,7 +9,7 @@ use crate::config::{
 use crate::decision::{
     Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits, ResponsePlan,
 };
-use crate::headers::{HeaderProfile, HeaderSet};
+use crate::headers::{HeaderProfile, HeaderSet, ReplyKind};
 use crate::host::{HostPattern, parse_authority};
 use crate::limiter::gcra::{Gcra, Verdict, ceil_secs};
 use crate::limiter::store::BucketStore;
@@ -339,12 +339,12 @@ impl Policy {
             return forward;
         };
         let peer = peer.unwrap_or_else(|| self.identity.peer(&request.peer));
-        let client = self.identity.identify(peer, request.headers);
+        let client_id = self.limiter.client_id(&self.identity.identify(peer, request.headers));
         Begin::Check(LimitCheck {
             tier: ordinal as u16,
             limited: *limited,
-            slot: self.limiter.slot(&tier.name, *limited, &client),
-            client: self.limiter.client_id(&client),
+            slot: self.limiter.slot(*limited, client_id),
+            client: client_id,
             gcra: *gcra,
             shadow: tier.shadow,
             on_store_error: tier.on_store_error,
@@ -537,7 +537,8 @@ impl Policy {
         };
         match self.begin(&request) {
             Begin::Decided(Decision::Respond(reply)) => {
-                reply.headers.into_iter().filter(|(name, _)| !name.eq_ignore_ascii_case("content-type")).collect()
+                let own = reply.headers.iter().filter(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+                own.map(|(name, value)| (name.to_owned(), value.to_owned())).collect()
             }
             _ => Vec::new(),
         }
@@ -555,19 +556,35 @@ impl Policy {
     fn redirect(&self, redirect: &Redirect, method: &[u8], host: &str, target: &[u8], plan: ResponsePlan) -> Decision {
         let status =
             if method.eq_ignore_ascii_case(b"GET") || method.eq_ignore_ascii_case(b"HEAD") { 301 } else { 308 };
-        let port = if redirect.https_port == 443 { String::new() } else { format!(":{}", redirect.https_port) };
-        let slash = if target.starts_with(b"/") { "" } else { "/" };
-        let location = format!("https://{host}{port}{slash}{}", percent_encode(target, LOCATION_ESCAPE));
-        let mut headers = vec![("location".to_owned(), location)];
-        self.response_edits(&plan).apply_to_list(&mut headers);
+        let mut location = String::with_capacity(16 + host.len() + target.len());
+        location.push_str("https://");
+        location.push_str(host);
+        if redirect.https_port != 443 {
+            location.push(':');
+            location.push_str(itoa::Buffer::new().format(redirect.https_port));
+        }
+        if !target.starts_with(b"/") {
+            location.push('/');
+        }
+        location.extend(percent_encode(target, LOCATION_ESCAPE));
+        let headers =
+            self.response_edits(&plan).reply_headers(vec![("location".to_owned(), location)], ReplyKind::Redirect);
         Decision::Respond(LocalResponse { status, headers, body: String::new(), plan, outcome: Outcome::Redirected })
     }
 
     fn too_many(&self, tier: &Tier, plan: ResponsePlan, report: RateReport) -> Decision {
         let plan = ResponsePlan { rate: Some(report), ..plan };
         let wait = ceil_secs(report.retry_after.unwrap_or(0)).max(1);
-        let message = format!("Too many requests to {}; retry after {wait} s.", tier.name);
-        self.local_json(429, plan, Outcome::RateLimited, "rate_limited", &message, Vec::new())
+        // Tier names are [a-z0-9_-] (checked at configuration), so this is JSON as it stands,
+        // and cheaper than serialising a message made by `format!` on every refusal.
+        let mut digits = itoa::Buffer::new();
+        let wait = digits.format(wait);
+        let mut body = String::with_capacity(REFUSAL_BODY.iter().map(|part| part.len()).sum::<usize>() + 32);
+        for part in [REFUSAL_BODY[0], &tier.name, REFUSAL_BODY[1], wait, REFUSAL_BODY[2]] {
+            body.push_str(part);
+        }
+        let headers = self.response_edits(&plan).reply_headers(Vec::new(), ReplyKind::Json);
+        Decision::Respond(LocalResponse { status: 429, headers, body, plan, outcome: Outcome::RateLimited })
     }
 
     fn local_json(
@@ -577,22 +594,26 @@ impl Policy {
         outcome: Outcome,
         error: &str,
         message: &str,
-        mut headers: Vec<(String, String)>,
+        own: Vec<(String, String)>,
     ) -> Decision {
         // A struct rather than `json!`: the same bytes (its fields are in the order a `json!`
-        // map sorts them), without building a map of values for every local reply.
+        // map sorts them), without building a map of values.
         #[derive(serde::Serialize)]
         struct Body<'a> {
             error: &'a str,
             message: &'a str,
         }
         let body = serde_json::to_string(&Body { error, message }).unwrap_or_default();
-        headers.push(("content-type".to_owned(), "application/json".to_owned()));
-        headers.push(("cache-control".to_owned(), "no-store".to_owned()));
-        self.response_edits(&plan).apply_to_list(&mut headers);
+        let headers = self.response_edits(&plan).reply_headers(own, ReplyKind::Json);
         Decision::Respond(LocalResponse { status, headers, body, plan, outcome })
     }
 }
+
+/// A 429's body around its tier's name and its wait in seconds: what [`Policy::local_json`]
+/// would write for error `rate_limited` and message "Too many requests to {tier}; retry after
+/// {wait} s.".
+const REFUSAL_BODY: [&str; 3] =
+    [r#"{"error":"rate_limited","message":"Too many requests to "#, "; retry after ", r#" s."}"#];
 
 /// `X-Forwarded-Proto` as the nearest proxy wrote it (the rightmost value).
 fn forwarded_proto_is_https<H: RequestHeaders + ?Sized>(headers: &H) -> bool {

@@ -32,7 +32,7 @@ fn last_response(preset: &str, scheme: Scheme, method: &str, authority: &str, pa
     let mut rendered = String::new();
     for _ in 0..requests {
         rendered = match policy.decide(&request, NOW, &store) {
-            Decision::Respond(reply) => render(reply.status, &reply.headers, &reply.body),
+            Decision::Respond(reply) => render(reply.status, &reply.headers.to_vec(), &reply.body),
             Decision::Forward(forward) => {
                 let mut upstream = vec![
                     ("content-type".to_owned(), "application/json".to_owned()),

@@ -282,9 +282,13 @@ impl Filter {
         match decision {
             Decision::Forward(_) => Action::Continue,
             Decision::Respond(reply) => {
-                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-                if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
+                let mut headers = host_bytes::MapWriter::new(reply.headers.len(), reply.headers.text_len());
+                for (name, value) in &reply.headers {
+                    headers.push(name.as_bytes(), value.as_bytes());
+                }
+                let sent =
+                    host_bytes::send_local_response(u32::from(reply.status), &headers.finish(), reply.body.as_bytes());
+                if let Err(status) = sent {
                     log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
                 }
                 self.replied = true;

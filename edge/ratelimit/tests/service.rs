@@ -227,7 +227,7 @@ async fn a_host_in_two_phases_through_the_service_matches_its_local_limiter() {
         headers: &headers,
     };
     let render = |decision: Decision| match decision {
-        Decision::Respond(reply) => (reply.status, reply.headers, reply.body),
+        Decision::Respond(reply) => (reply.status, reply.headers.to_vec(), reply.body),
         Decision::Forward(forward) => {
             let mut edited: Vec<(String, String)> = Vec::new();
             policy.response_edits(&forward.plan).apply(&mut edited);

@@ -29,7 +29,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let mut response: Vec<(String, String)> = Vec::new();
             policy.response_edits(&decision.plan()).apply(&mut response);
             let reply_headers = match &decision {
-                Decision::Respond(reply) => reply.headers.clone(),
+                Decision::Respond(reply) => reply.headers.to_vec(),
                 Decision::Forward(_) => Vec::new(),
             };
             for (name, value) in response.iter().chain(&reply_headers) {

@@ -167,17 +167,13 @@ impl Limiter {
         self.buckets_per_tier * self.limited_tiers
     }
 
-    pub(crate) fn slot(&self, tier_name: &str, tier_ordinal: u32, client: &ClientKey) -> Slot {
-        let mut hasher = self.hasher();
-        // SipHash is streamed, so three writes hash the same as one of `name 0 client`, without
-        // building that key on the heap.
-        let (client, client_len) = client.to_bytes();
-        hasher.write(tier_name.as_bytes());
-        hasher.write(&[0]);
-        hasher.write(client.get(..client_len).unwrap_or_default());
-        let hash = hasher.finish128();
-        let bucket = (hash.h1 % u64::from(self.buckets_per_tier)) as u32;
-        Slot { index: tier_ordinal * self.buckets_per_tier + bucket, fingerprint: hash.h2.max(1) }
+    /// The bucket of (tier, client), taken from the client's keyed id: one hash per request
+    /// for both. Each limited tier has its own range of buckets, so the same position in every
+    /// range loses nothing, and the id is unpredictable without the key.
+    pub(crate) fn slot(&self, tier_ordinal: u32, client_id: u128) -> Slot {
+        let (low, high) = (client_id as u64, (client_id >> 64) as u64);
+        let bucket = (low % u64::from(self.buckets_per_tier)) as u32;
+        Slot { index: tier_ordinal * self.buckets_per_tier + bucket, fingerprint: high.max(1) }
     }
 
     /// A keyed hash of the client alone, for stores keyed by client rather than by bucket (the
@@ -186,7 +182,7 @@ impl Limiter {
     pub(crate) fn client_id(&self, client: &ClientKey) -> u128 {
         let mut hasher = self.hasher();
         let (client, client_len) = client.to_bytes();
-        // A domain byte no tier name starts with, so an id never equals a slot hash.
+        // A domain byte, so an id never equals a [`Limiter::keyed_id`].
         hasher.write(&[0xff]);
         hasher.write(client.get(..client_len).unwrap_or_default());
         hasher.finish128().as_u128()
@@ -254,8 +250,8 @@ mod tests {
         assert_eq!(limiter.bucket_count(), 32);
         for i in 0..500u32 {
             let client = ClientKey::V4(i.to_be_bytes());
-            let a = limiter.slot("login", 0, &client);
-            let b = limiter.slot("videos", 1, &client);
+            let a = limiter.slot(0, limiter.client_id(&client));
+            let b = limiter.slot(1, limiter.client_id(&client));
             assert!(a.index < 16 && (16..32).contains(&b.index));
             assert_ne!(a.fingerprint, 0);
         }
@@ -274,7 +270,7 @@ mod tests {
         )
         .unwrap();
         let client = ClientKey::V4([192, 0, 2, 1]);
-        assert_ne!(default.slot("login", 0, &client), keyed.slot("login", 0, &client));
+        assert_ne!(default.slot(0, default.client_id(&client)), keyed.slot(0, keyed.client_id(&client)));
         let bad = LimiterConfig { hash_key: Some("xyz".into()), ..LimiterConfig::default() };
         assert_eq!(Limiter::compile(&bad, 1).unwrap_err().path, "limiter.hash_key");
     }
@@ -302,7 +298,7 @@ mod tests {
     fn cas_retries_are_bounded_with_a_defined_outcome() {
         let limiter = limiter(64, 3);
         let gcra = Gcra::new(Rate::new(5, 60).unwrap());
-        let slot = limiter.slot("login", 0, &ClientKey::Unknown);
+        let slot = limiter.slot(0, limiter.client_id(&ClientKey::Unknown));
         let store = Contended { inner: MemoryStore::new(), conflicts: Cell::new(3) };
         assert!(matches!(limiter.acquire(&store, slot, &gcra, 1), Acquire::Allowed(_)), "won on the last retry");
         store.conflicts.set(4);
@@ -322,7 +318,7 @@ mod tests {
         }
         let limiter = limiter(64, 3);
         let gcra = Gcra::new(Rate::new(5, 60).unwrap());
-        let slot = limiter.slot("login", 0, &ClientKey::Unknown);
+        let slot = limiter.slot(0, limiter.client_id(&ClientKey::Unknown));
         assert!(matches!(limiter.acquire(&Broken, slot, &gcra, 1), Acquire::StoreFailed(_)));
     }
 }

@@ -1,6 +1,6 @@
 //! The host-call floor for `cargo xtask bench envoy`: exactly the host calls Portcullis makes
 //! for one class of request, in the same order and through the same calls
-//! (`portcullis-proxy-abi`, the SDK's local reply), with every answer precomputed and no logic
+//! (`portcullis-proxy-abi`), with every answer precomputed and no logic
 //! between them. Portcullis over the floor is what its own code costs; the floor over Envoy's
 //! native filters is what the ABI costs.
 
@@ -42,6 +42,8 @@ struct Script {
 struct Reply {
     status: u32,
     headers: Vec<(String, String)>,
+    /// `headers` serialised, once the script is read.
+    serialised: Vec<u8>,
     body: String,
 }
 
@@ -74,15 +76,22 @@ impl Script {
             }
         }
         if !response.is_empty() {
-            let bytes = response.iter().map(|(n, v): &(String, String)| n.len() + v.len()).sum();
-            let mut writer = abi::MapWriter::new(response.len(), bytes);
-            for (name, value) in &response {
-                writer.push(name.as_bytes(), value.as_bytes());
-            }
-            script.response = Some(writer.finish());
+            script.response = Some(serialise(&response));
+        }
+        if let Some(reply) = &mut script.reply {
+            reply.serialised = serialise(&reply.headers);
         }
         Ok(script)
     }
+}
+
+fn serialise(pairs: &[(String, String)]) -> Vec<u8> {
+    let bytes = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let mut writer = abi::MapWriter::new(pairs.len(), bytes);
+    for (name, value) in pairs {
+        writer.push(name.as_bytes(), value.as_bytes());
+    }
+    writer.finish()
 }
 
 #[derive(Default)]
@@ -144,9 +153,7 @@ impl HttpContext for Floor {
         let Some(reply) = &script.reply else {
             return Action::Continue;
         };
-        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-        let _ = hostcalls::send_http_response(reply.status, headers, body);
+        let _ = abi::send_local_response(reply.status, &reply.serialised, reply.body.as_bytes());
         self.replied = true;
         Action::Pause
     }

@@ -41,6 +41,16 @@ unsafe extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> Status;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
 }
 
 /// Takes ownership of a buffer the host filled, or `None` when it answered anything but `Ok`.
@@ -112,6 +122,32 @@ pub fn get_shared_data(key: &[u8]) -> Result<(Option<Vec<u8>>, u32), Status> {
 pub fn set_shared_data(key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
     // SAFETY: the host only reads `key.len()` and `value.len()` bytes of live slices.
     match unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) } {
+        Status::Ok => Ok(()),
+        status => Err(status),
+    }
+}
+
+/// Answers the request with `status`, the serialised `headers` (as [`MapWriter`] builds them)
+/// and `body`. Unlike the SDK's call, which takes a vector of pairs to serialise again and
+/// panics on any status but `Ok`, a failure is an error the caller handles.
+#[inline]
+pub fn send_local_response(status: u32, headers: &[u8], body: &[u8]) -> Result<(), Status> {
+    let body_data = if body.is_empty() { std::ptr::null() } else { body.as_ptr() };
+    // SAFETY: the host only reads `headers.len()` and `body.len()` bytes of live slices; no
+    // status details (null, 0) and no gRPC status (-1), as the SDK sends them.
+    let status = unsafe {
+        proxy_send_local_response(
+            status,
+            std::ptr::null(),
+            0,
+            body_data,
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    match status {
         Status::Ok => Ok(()),
         status => Err(status),
     }
