@@ -295,12 +295,13 @@ pub fn parse(json: &[u8]) -> Result<PolicyConfig, ConfigError> {
         return Ok(PolicyConfig::default());
     }
     let mut de = serde_json::Deserializer::from_slice(json);
-    let config: PolicyConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    let config: PolicyConfig = serde::Deserialize::deserialize(&mut de).map_err(|err| {
+        let at = crate::json_path::offset_of(json, err.line(), err.column());
         // A key spelt "" gives an empty path: report it against the document instead.
-        let path = Some(err.path().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
-        let inner = err.into_inner();
+        let path =
+            Some(crate::json_path::path_at(json, at)).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
         // serde_json appends " at line L column C"; the field path already locates the problem.
-        let mut reason = inner.to_string();
+        let mut reason = err.to_string();
         if let Some(cut) = reason.rfind(" at line ") {
             reason.truncate(cut);
         }

@@ -71,6 +71,54 @@ fn config_errors_name_the_field_and_the_reason() {
     assert_eq!(config_error("["), ".: EOF while parsing a list");
 }
 
+/// The paths of serde's errors come from scanning the document at the error's position: they
+/// must be the paths `serde_path_to_error` finds by tracking the deserializer.
+#[test]
+fn config_error_paths_are_the_paths_serde_tracks() {
+    let documents = [
+        r#"{"presett": "seed"}"#,
+        r#"{"preset": 1}"#,
+        r#"{"headers": {"X-A": 5}}"#,
+        r#"{"headers": {"X-A": "ok", "X-B": []}}"#,
+        r#"{"remove_headers": ["a", 2]}"#,
+        r#"{"profiles": [{"path_prefix": "/a"}, {"path_prefix": "/b", "preset": "lax"}]}"#,
+        r#"{"profiles": [{"path_prefix": "/a", "extra": 1}]}"#,
+        r#"{"profiles": [{"headers": {}}]}"#,
+        r#"{"allowed_hosts": ["a", {"b": 1}]}"#,
+        r#"{"https_redirect": {"enabled": "yes"}}"#,
+        r#"{"https_redirect": {"https_port": 70000}}"#,
+        r#"{"client_ip": {"trusted_hops": -1}}"#,
+        r#"{"client_ip": {"trusted_proxies": ["10.0.0.0/8", 7]}}"#,
+        r#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/a", "limit": "1/minute", "mode": "loud"}]}"#,
+        r#"{"rate_limits": [{"name": "a", "method": "GET", "path": "/a", "limit": "1/minute"}, {"name": "b"}]}"#,
+        r#"{"rate_limits": [{"name": 1}]}"#,
+        r#"{"rate_limit_mode": "both"}"#,
+        r#"{"rate_limit_headers_on_success": "true"}"#,
+        r#"{"limiter": {"capacity_per_tier": "many"}}"#,
+        r#"{"limiter": {"backend": "global", "global": {"cluster": 5}}}"#,
+        r#"{"limiter": {"global": {"timeout_ms": 10, "nonsense": true}}}"#,
+        "{\n  \"limiter\": {\n    \"hash_key\": 12\n  }\n}",
+        r#"{"headers": {"k"}": 1}}"#,
+        r#"{"": 1}"#,
+    ];
+    for document in documents {
+        let ours = Policy::from_json(document.as_bytes()).unwrap_err();
+        let mut de = serde_json::Deserializer::from_str(document);
+        let tracked = serde_path_to_error::deserialize::<_, portcullis_core::PolicyConfig>(&mut de).unwrap_err();
+        let expected = Some(tracked.path().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
+        assert_eq!(ours.path, expected, "{document}: {ours}");
+    }
+    // Broken JSON: where the tracker can only say `?`, the scan still names the field.
+    for (document, path) in [
+        ("[", "."),
+        (r#"{"preset": "seed""#, "preset"),
+        (r#"{"rate_limits": [{"name": "a",}]}"#, "rate_limits[0]"),
+        (r#"{"limiter": {"capacity_per_tier": 1"#, "limiter.capacity_per_tier"),
+    ] {
+        assert_eq!(Policy::from_json(document.as_bytes()).unwrap_err().path, path, "{document}");
+    }
+}
+
 #[test]
 fn an_empty_document_is_the_seed_policy() {
     let policy = Policy::from_json(b"").unwrap();
