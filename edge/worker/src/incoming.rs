@@ -15,24 +15,12 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Reads a Workers request. The scheme is the request URL's: on Cloudflare it is the
-    /// visitor's (`CF-Visitor` says the same, but a client can send that header wherever
-    /// Cloudflare does not overwrite it, so it is not read).
+    /// Reads a Workers request: scheme, authority and target from its URL ([`split_url`]).
     pub fn from_worker(req: &worker::Request) -> worker::Result<Self> {
-        let url = req.url()?;
+        let url = req.inner().url();
+        let (https, authority, target) = split_url(&url);
         let headers: Vec<(String, String)> = req.headers().entries().collect();
-        // The URL's authority: on Cloudflare it is built from the client's Host, and local
-        // runtimes (Miniflare, `wrangler dev`) keep the client's URL there while rewriting Host.
-        let authority = url.host_str().map(|host| match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
-        });
-        let mut target = url.path().to_owned();
-        if let Some(query) = url.query() {
-            target.push('?');
-            target.push_str(query);
-        }
-        Ok(Self { method: req.inner().method(), https: url.scheme() == "https", authority, target, headers })
+        Ok(Self { method: req.inner().method(), https, authority, target, headers })
     }
 
     /// The core's view of this request.
@@ -46,5 +34,43 @@ impl Incoming {
             peer: Peer::Cloudflare,
             headers: &self.headers,
         }
+    }
+}
+
+/// Scheme, authority and target (path and query) of a request URL as the runtime serialises it
+/// (`https://host[:port]/path?query`, already parsed and normalised by the runtime's WHATWG
+/// URL parser), so only split here: parsing it again in Rust would bring the `url` crate and
+/// IDNA's Unicode tables into the module. The authority: on Cloudflare it is built from the
+/// client's Host, and local runtimes (Miniflare, `wrangler dev`) keep the client's URL there
+/// while rewriting Host. The scheme is the visitor's on Cloudflare (`CF-Visitor` says the same,
+/// but a client can send that header wherever Cloudflare does not overwrite it, so it is not read).
+pub fn split_url(url: &str) -> (bool, Option<String>, String) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(end);
+    // Userinfo is never part of the Host a request names.
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let target = if target.starts_with('/') { target.to_owned() } else { format!("/{target}") };
+    let authority = (!authority.is_empty()).then(|| authority.to_owned());
+    (scheme.eq_ignore_ascii_case("https"), authority, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_url;
+
+    #[test]
+    fn request_urls_split_into_scheme_authority_and_target() {
+        let split = |url: &str| {
+            let (https, authority, target) = split_url(url);
+            (https, authority.unwrap_or_default(), target)
+        };
+        assert_eq!(split("https://api.example/v1/x?a=1"), (true, "api.example".into(), "/v1/x?a=1".into()));
+        assert_eq!(split("http://localhost:8787/"), (false, "localhost:8787".into(), "/".into()));
+        assert_eq!(split("http://[::1]:8787/a%20b"), (false, "[::1]:8787".into(), "/a%20b".into()));
+        assert_eq!(split("https://u:p@h.example/#frag"), (true, "h.example".into(), "/".into()));
+        assert_eq!(split("https://h.example?q"), (true, "h.example".into(), "/?q".into()));
+        assert_eq!(split("nonsense"), (false, "nonsense".into(), "/".into()));
     }
 }

@@ -43,7 +43,7 @@ fn start() {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let settings = settings::load(&env);
-    let https = req.url().map(|u| u.scheme() == "https").unwrap_or(true);
+    let (https, _, _) = incoming::split_url(&req.inner().url());
     let settings = match settings.as_ref() {
         Ok(settings) => settings,
         Err(err) => {

@@ -4,10 +4,11 @@
 use portcullis_core::{LocalResponse, Policy, ResponsePlan};
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    Fetch, Fetcher, Headers, Request, RequestInit, RequestRedirect, Response, ResponseBody, Result, Url, console_error,
+    Fetch, Fetcher, Headers, Request, RequestInit, RequestRedirect, Response, ResponseBody, Result, console_error,
 };
 
 use crate::incoming::Incoming;
+use crate::settings::OriginUrl;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and `host`, which the fetch sets from the origin URL.
 const HOP_BY_HOP: [&str; 10] = [
@@ -57,9 +58,8 @@ pub fn json_error(
 }
 
 /// The origin URL for `incoming`: the configured origin (and its path prefix) + the target.
-pub fn upstream_url(origin: &Url, incoming: &Incoming) -> String {
-    let base = origin.as_str().trim_end_matches('/');
-    format!("{base}{}", incoming.target)
+pub fn upstream_url(origin: &OriginUrl, incoming: &Incoming) -> String {
+    format!("{origin}{}", incoming.target)
 }
 
 /// Forwards the request (method, headers minus hop-by-hop, streamed body) to the origin and
@@ -67,7 +67,7 @@ pub fn upstream_url(origin: &Url, incoming: &Incoming) -> String {
 pub async fn forward(
     req: &Request,
     incoming: &Incoming,
-    origin: &Url,
+    origin: &OriginUrl,
     mtls: Option<&Fetcher>,
     policy: &Policy,
     plan: ResponsePlan,
@@ -123,7 +123,12 @@ pub fn upstream_headers(incoming: &Incoming) -> Vec<(String, String)> {
 
 /// Sends the origin request: through `mtls` (the `mtls_certificates` binding, which presents the
 /// Worker's client certificate to an origin that requires one), else a plain fetch.
-async fn send_upstream(req: &Request, incoming: &Incoming, origin: &Url, mtls: Option<&Fetcher>) -> Result<Response> {
+async fn send_upstream(
+    req: &Request,
+    incoming: &Incoming,
+    origin: &OriginUrl,
+    mtls: Option<&Fetcher>,
+) -> Result<Response> {
     let headers = Headers::new();
     for (name, value) in upstream_headers(incoming) {
         headers.append(&name, &value)?;
