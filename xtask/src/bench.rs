@@ -108,7 +108,8 @@ fn filter_figures(filter: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// What `wrangler deploy` uploads: the JS glue, the Wasm module and the shim, raw and gzipped
-/// (Cloudflare's size limits apply to the compressed bundle).
+/// (Cloudflare's size limits apply to the compressed bundle); and workerd's CPU per request
+/// through it (`edge/worker/bench/cpu.mjs`), a redirect and a forward, in alternating rounds.
 fn worker() -> Result<Vec<(String, String)>> {
     stage("build: the Worker (worker-build)", crate::worker::build)?;
     let build = crate::stage::root().join("edge/worker/build");
@@ -126,10 +127,24 @@ fn worker() -> Result<Vec<(String, String)>> {
     let gzipped = crate::stage::output(&mut cmd("sh", &["-c", "gzip -9c \"$0\" | wc -c", &joined.to_string_lossy()]))?;
     let gzipped: u64 = gzipped.trim().parse().context("gzip size")?;
     let wasm = std::fs::metadata(build.join("index_bg.wasm"))?.len();
-    Ok(vec![
+    let mut rows = vec![
         ("worker: bundle (JS + Wasm)".into(), format!("{} raw, {} gzipped", kib(raw), kib(gzipped))),
         ("worker: Wasm module".into(), kib(wasm)),
-    ])
+    ];
+    let script = crate::stage::root().join("edge/worker/bench/cpu.mjs");
+    let cpu = stage("bench: workerd CPU per request (miniflare)", || {
+        crate::stage::output(crate::worker::wrangler_env(&mut cmd("node", &[&script.to_string_lossy()])))
+    })?;
+    let cpu: serde_json::Value = serde_json::from_str(cpu.trim()).context("cpu.mjs printed no JSON")?;
+    for (key, what) in [("redirect", "redirect (301)"), ("forwarded", "forwarded to a local origin")] {
+        let rounds: Vec<f64> =
+            cpu[key].as_array().into_iter().flatten().filter_map(serde_json::Value::as_f64).collect();
+        if rounds.is_empty() {
+            anyhow::bail!("cpu.mjs gave no rounds for {key}");
+        }
+        rows.push((format!("worker: workerd CPU per request, {what}"), crate::bench_envoy::summary(&rounds, " µs")));
+    }
+    Ok(rows)
 }
 
 fn core() -> Result<Vec<(String, String)>> {

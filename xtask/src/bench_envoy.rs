@@ -484,9 +484,14 @@ fn median(values: &[f64]) -> f64 {
 
 /// `median× (min–max, N rounds)` of per-round ratios.
 fn spread(ratios: &[f64]) -> String {
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.2}× ({min:.2}–{max:.2}, {} rounds)", median(ratios), ratios.len())
+    summary(ratios, "×")
+}
+
+/// `median<unit> (min–max, N rounds)` of one figure per round.
+pub fn summary(values: &[f64], unit: &str) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2}{unit} ({min:.2}–{max:.2}, {} rounds)", median(values), values.len())
 }
 
 pub fn run(envoy: &Path) -> Result<Vec<(String, String)>> {
