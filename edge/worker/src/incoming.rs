@@ -16,11 +16,11 @@ pub struct Incoming {
 
 impl Incoming {
     /// Reads a Workers request: scheme, authority and target from its URL ([`split_url`]).
-    pub fn from_worker(req: &worker::Request) -> worker::Result<Self> {
+    pub fn from_worker(req: &worker::Request) -> Self {
         let url = req.inner().url();
         let (https, authority, target) = split_url(&url);
         let headers: Vec<(String, String)> = req.headers().entries().collect();
-        Ok(Self { method: req.inner().method(), https, authority, target, headers })
+        Self { method: req.inner().method(), https, authority, target, headers }
     }
 
     /// The core's view of this request.
@@ -44,7 +44,7 @@ impl Incoming {
 /// client's Host, and local runtimes (Miniflare, `wrangler dev`) keep the client's URL there
 /// while rewriting Host. The scheme is the visitor's on Cloudflare (`CF-Visitor` says the same,
 /// but a client can send that header wherever Cloudflare does not overwrite it, so it is not read).
-pub fn split_url(url: &str) -> (bool, Option<String>, String) {
+fn split_url(url: &str) -> (bool, Option<String>, String) {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
     let end = rest.find(['/', '?']).unwrap_or(rest.len());

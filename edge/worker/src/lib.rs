@@ -43,7 +43,9 @@ fn start() {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let settings = settings::load(&env);
-    let (https, _, _) = incoming::split_url(&req.inner().url());
+    // Read once: the error replies below need its scheme too.
+    let incoming = Incoming::from_worker(&req);
+    let https = incoming.https;
     let settings = match settings.as_ref() {
         Ok(settings) => settings,
         Err(err) => {
@@ -59,7 +61,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             );
         }
     };
-    match handle(&req, &env, settings).await {
+    match handle(&req, &incoming, &env, settings).await {
         Ok(response) => Ok(response),
         Err(err) => {
             console_error!("portcullis: internal error: {err}");
@@ -75,8 +77,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     }
 }
 
-async fn handle(req: &Request, env: &Env, settings: &Settings) -> Result<Response> {
-    let incoming = Incoming::from_worker(req)?;
+async fn handle(req: &Request, incoming: &Incoming, env: &Env, settings: &Settings) -> Result<Response> {
     let policy = settings.active_policy();
     // Decided once: the first phase needs no state; a limited tier's check runs where its
     // state lives and the second phase turns the verdict into the decision.
@@ -100,7 +101,7 @@ async fn handle(req: &Request, env: &Env, settings: &Settings) -> Result<Respons
         Decision::Forward(forward) => {
             // The mTLS certificate binding, when the deployment declares one.
             let mtls = env.service(settings::ORIGIN_MTLS_BINDING).ok();
-            respond::forward(req, &incoming, &settings.origin, mtls.as_ref(), policy, forward.plan).await
+            respond::forward(req, incoming, &settings.origin, mtls.as_ref(), policy, forward.plan).await
         }
     }
 }

@@ -247,12 +247,6 @@ fn hash_key(secret: Option<&str>, configured: bool) -> Result<Option<HashKey>, S
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginUrl(String);
 
-impl OriginUrl {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl std::fmt::Display for OriginUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
