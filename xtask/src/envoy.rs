@@ -41,7 +41,7 @@ pub fn build_filter() -> Result<PathBuf> {
 
 /// The Wasm features rustc emits for `wasm32-wasip1` (and V8 runs): `wasm-opt` must be told,
 /// since the module carries no features section.
-const WASM_FEATURES: [&str; 6] = [
+pub const WASM_FEATURES: [&str; 6] = [
     "--enable-bulk-memory",
     "--enable-sign-ext",
     "--enable-mutable-globals",

@@ -103,19 +103,6 @@ pub fn build() -> Result<()> {
     wasm_opt(&root().join(CRATE_DIR).join("build/index_bg.wasm"))
 }
 
-/// The Wasm features worker-build itself enables (rustc's defaults plus the exception handling
-/// of wasm-bindgen's catch wrappers), listed rather than `--all-features` so that no encoding
-/// workerd does not read yet is emitted.
-const WORKER_WASM_FEATURES: [&str; 7] = [
-    "--enable-mutable-globals",
-    "--enable-sign-ext",
-    "--enable-nontrapping-float-to-int",
-    "--enable-bulk-memory",
-    "--enable-multivalue",
-    "--enable-reference-types",
-    "--enable-exception-handling",
-];
-
 /// `wasm-opt -Oz` over the Worker's module, in place: about 23 % smaller raw, 11 % gzipped. It
 /// is npm's `binaryen` (package.json pins the version worker-build 0.8.7 would download), since
 /// Debian's Binaryen 108 cannot read the module's exception-handling instructions.
@@ -126,7 +113,11 @@ fn wasm_opt(module: &std::path::Path) -> Result<()> {
     }
     let optimised = module.with_extension("opt.wasm");
     let mut command = cmd(&wasm_opt.to_string_lossy(), &["-Oz"]);
-    command.args(WORKER_WASM_FEATURES).arg(module).arg("-o").arg(&optimised);
+    // The features worker-build itself enables: rustc's defaults (as for the filter) plus the
+    // exception handling of wasm-bindgen's catch wrappers, listed rather than `--all-features`
+    // so that no encoding workerd does not read yet is emitted.
+    command.args(crate::envoy::WASM_FEATURES).arg("--enable-exception-handling");
+    command.arg(module).arg("-o").arg(&optimised);
     exec(&mut command)?;
     std::fs::rename(&optimised, module)
         .with_context(|| format!("moving {} over {}", optimised.display(), module.display()))
