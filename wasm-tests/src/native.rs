@@ -1,13 +1,13 @@
 //! The native backend: the filter crate linked into this binary for the host's target, so its
 //! code runs — and is measured by line coverage — outside any VM.
 //!
-//! Compiled natively, the proxy-wasm SDK still imports its host calls as plain `extern "C"`
-//! symbols and exports its `proxy_on_*` callbacks as `#[no_mangle]` functions. This module
+//! Compiled natively, the filter's ABI crate (`portcullis-proxy-abi`) still imports its host calls
+//! as plain `extern "C"` symbols and exports its `proxy_on_*` callbacks as `#[no_mangle]` functions. This module
 //! defines those imports, answering each through [`abi`] like the wasmtime backend does, and calls
 //! the callbacks directly. Guest "addresses" are real pointers, and guest memory comes from the
-//! SDK's own `proxy_on_memory_allocate`, since the SDK frees what it receives.
+//! filter's own `proxy_on_memory_allocate`, since the filter frees what it receives.
 //!
-//! The SDK keeps its contexts in a thread-local dispatcher, so one native VM is bound to the
+//! The ABI crate keeps its contexts in thread-local dispatch tables, so one native VM is bound to the
 //! thread that started it; two plugins on one thread are two root contexts of one dispatcher,
 //! told apart by context ids that are unique per thread.
 
@@ -22,7 +22,7 @@ use wasmtime::{Error, Result, bail};
 use crate::abi::{self, Guest, LocalResponse, State};
 use crate::{Callback, Vm};
 
-// Links the filter crate (and through it the SDK's callbacks) into every binary using this module.
+// Links the filter crate (and through it the ABI crate's callbacks) into every binary using this module.
 use portcullis_envoy as _;
 
 #[cfg(target_endian = "big")]
@@ -66,7 +66,7 @@ impl Guest for Native<'_> {
         if addr == 0 {
             bail!("the filter passed a null pointer for {len} bytes");
         }
-        // SAFETY: the SDK passes a pointer and length of a live slice for the duration of the call.
+        // SAFETY: the filter passes a pointer and length of a live slice for the duration of the call.
         Ok(unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec())
     }
 
@@ -74,14 +74,14 @@ impl Guest for Native<'_> {
         if addr == 0 {
             bail!("the filter passed a null pointer to write {} bytes to", bytes.len());
         }
-        // SAFETY: `addr` is either an out-parameter the SDK passed for a value of this size or
+        // SAFETY: `addr` is either an out-parameter the filter passed for a value of this size or
         // a fresh allocation of at least `bytes.len()` from `allocate`. Byte copies need no alignment.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
         Ok(())
     }
 
     fn allocate(&mut self, len: usize) -> Result<usize> {
-        // SAFETY: the SDK's allocator takes any size and returns an owned buffer of that size.
+        // SAFETY: the filter's allocator takes any size and returns an owned buffer of that size.
         Ok(unsafe { proxy_on_memory_allocate(len) } as usize)
     }
 
@@ -90,9 +90,9 @@ impl Guest for Native<'_> {
     }
 }
 
-/// Runs one host call against the current VM. An error cannot unwind through the SDK's
+/// Runs one host call against the current VM. An error cannot unwind through the filter's
 /// `extern "C"` frames, so it is kept for the callback's caller and the filter gets
-/// `InternalFailure` (on which the SDK panics, as a trap would stop it under wasmtime).
+/// `InternalFailure`, which it handles as any failed host call.
 fn host_call(call: impl FnOnce(&mut Native<'_>) -> Result<u32>) -> u32 {
     let current = CURRENT.get();
     if current.is_null() {
@@ -108,8 +108,8 @@ fn host_call(call: impl FnOnce(&mut Native<'_>) -> Result<u32>) -> u32 {
     })
 }
 
-/// Log calls also arrive from outside any callback: the SDK installs a process-wide `log`
-/// logger, which other code in the binary (wasmtime's compiler) may write to.
+/// Log calls also arrive from outside any callback: the filter's panic hook is process-wide,
+/// and a panic on another thread of the binary may reach it before the harness puts its own back.
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_log(level: u32, ptr: usize, len: usize) -> u32 {
     if CURRENT.get().is_null() {
@@ -247,27 +247,6 @@ pub extern "C" fn proxy_set_effective_context(context_id: u32) -> u32 {
     host_call(|g| abi::set_effective_context(g, context_id))
 }
 
-/// Host calls the SDK declares but the filter never makes: the SDK's exported callbacks reach
-/// them, so the linker needs them, and a call fails the callback like an unknown import traps
-/// under wasmtime. A symbol carries no signature and the arguments are never read, so none are
-/// declared.
-macro_rules! not_modelled {
-    ($($name:ident)*) => {$(
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name() -> u32 {
-            host_call(|_| bail!(concat!("the filter called ", stringify!($name), ", which this host does not model")))
-        }
-    )*};
-}
-
-not_modelled! {
-    proxy_get_log_level proxy_set_buffer_bytes proxy_set_property proxy_register_shared_queue
-    proxy_resolve_shared_queue proxy_dequeue_shared_queue proxy_enqueue_shared_queue
-    proxy_close_stream proxy_http_call proxy_grpc_stream proxy_grpc_send
-    proxy_grpc_close proxy_get_status proxy_call_foreign_function proxy_done
-    proxy_get_metric proxy_record_metric
-}
-
 /// The filter linked into this binary, seen as one VM.
 pub struct NativeVm {
     state: State,
@@ -276,9 +255,9 @@ pub struct NativeVm {
 
 impl NativeVm {
     pub fn start(state: State) -> Result<Self> {
-        // The SDK sets its logger and panic hook once per process and would fail a second
-        // time, so concurrent first calls are serialised. Its panic hook would route test
-        // failures' messages into `proxy_log`; the test harness's own hook is put back.
+        // The filter's `_initialize` sets a process-wide panic hook, so concurrent first calls
+        // are serialised. Its hook would route test failures' messages into `proxy_log`; the
+        // test harness's own hook is put back.
         static INITIALIZE: Mutex<()> = Mutex::new(());
         {
             let _once = INITIALIZE.lock().map_err(|_| Error::msg("initialisation poisoned"))?;
@@ -306,13 +285,15 @@ impl Vm for NativeVm {
 
     fn call(&mut self, callback: Callback) -> Result<u32> {
         if std::thread::current().id() != self.thread {
-            bail!("a native plugin runs only on the thread that started it (the SDK's dispatcher is thread-local)");
+            bail!(
+                "a native plugin runs only on the thread that started it (the ABI crate's dispatch tables are thread-local)"
+            );
         }
         if !CURRENT.get().is_null() {
             bail!("a callback re-entered the native host");
         }
         CURRENT.set(&mut self.state);
-        // SAFETY: the callbacks are the SDK's `#[no_mangle]` exports, with the ABI's signatures.
+        // SAFETY: the callbacks are the ABI crate's `#[no_mangle]` exports, with the ABI's signatures.
         let result = unsafe {
             match callback {
                 Callback::ContextCreate { id, parent } => {

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use portcullis_core::config::GlobalConfig;
 use portcullis_core::{Acquire, LimitCheck, Policy, Verdict};
+use portcullis_proxy_abi::{self as abi, BufferType, Status};
 use portcullis_ratelimit::descriptor::{request_for, verdict_from};
 use portcullis_ratelimit::proto::RateLimitResponse;
 use prost::Message;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, Status};
 
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
@@ -24,14 +23,7 @@ pub const METHOD: &str = "ShouldRateLimit";
 /// Starts the call for `check`; its answer arrives in `on_grpc_call_response` with the token.
 pub fn dispatch(policy: &Policy, global: &GlobalConfig, check: &LimitCheck) -> Result<u32, Status> {
     let message = request_for(policy, check, &global.domain).encode_to_vec();
-    hostcalls::dispatch_grpc_call(
-        &global.cluster,
-        SERVICE,
-        METHOD,
-        Vec::new(),
-        Some(&message),
-        Duration::from_millis(u64::from(global.timeout_ms)),
-    )
+    abi::grpc_call(&global.cluster, SERVICE, METHOD, &message, Duration::from_millis(u64::from(global.timeout_ms)))
 }
 
 /// A call that opens this worker's connection to the service before the first limited request
@@ -49,7 +41,7 @@ pub fn warm_up(global: &GlobalConfig) -> Result<u32, Status> {
         hits_addend: 0,
     }
     .encode_to_vec();
-    hostcalls::dispatch_grpc_call(&global.cluster, SERVICE, METHOD, Vec::new(), Some(&message), Duration::from_secs(5))
+    abi::grpc_call(&global.cluster, SERVICE, METHOD, &message, Duration::from_secs(5))
 }
 
 /// Not a valid tier name (policy tiers are `[a-z0-9_-]`), so never a configured limit.
@@ -57,7 +49,7 @@ pub const WARM_UP_TIER: &str = "(warm-up)";
 
 /// Reads a successful call's answer as a verdict. `None`: not usable (the fallback decides).
 pub fn answer(check: &LimitCheck, size: usize) -> Result<Acquire, String> {
-    let body = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+    let body = abi::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
         .map_err(|status| format!("reading the answer: {status:?}"))?
         .unwrap_or_default();
     let response = RateLimitResponse::decode(body.as_slice()).map_err(|err| format!("decoding the answer: {err}"))?;

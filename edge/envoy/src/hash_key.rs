@@ -10,9 +10,9 @@
 //! winner's key within one tick of starting.
 
 use portcullis_core::HashKey;
-use proxy_wasm::types::Status;
+use portcullis_proxy_abi::Status;
 
-use crate::host_bytes;
+use portcullis_proxy_abi as abi;
 
 const KEY: &[u8] = b"portcullis.hash_key";
 
@@ -22,7 +22,7 @@ pub fn shared(fresh: impl FnOnce() -> Result<[u8; 16], String>) -> Result<HashKe
         return Ok(key);
     }
     let bytes = fresh()?;
-    host_bytes::set_shared_data(KEY, &bytes, 0).map_err(|s| format!("writing shared data: {s:?}"))?;
+    abi::set_shared_data(KEY, &bytes, 0).map_err(|s| format!("writing shared data: {s:?}"))?;
     current()
         .map_err(|s| format!("reading shared data: {s:?}"))?
         .ok_or_else(|| "the key written to shared data is gone".to_owned())
@@ -30,7 +30,7 @@ pub fn shared(fresh: impl FnOnce() -> Result<[u8; 16], String>) -> Result<HashKe
 
 /// The key in shared data, if any VM stored one.
 pub fn current() -> Result<Option<HashKey>, Status> {
-    let (bytes, _) = host_bytes::get_shared_data(KEY)?;
+    let (bytes, _) = abi::get_shared_data(KEY)?;
     Ok(bytes.and_then(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok()).map(HashKey::from_bytes))
 }
 

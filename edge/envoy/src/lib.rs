@@ -12,30 +12,23 @@ mod shared_data;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use portcullis_core::{
     Begin, Decision, HashKey, LimitCheck, Limited, MemoryStore, Outcome, Peer, PeerSource, Policy, Request,
     RequestHeaders, ResponsePlan, Scheme,
 };
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use portcullis_proxy_abi::{self as abi, Action, BufferType, HttpContext, LogLevel, MapType, RootContext};
 
 use metrics::Metrics;
-use portcullis_proxy_abi as host_bytes;
 use shared_data::SharedDataStore;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+portcullis_proxy_abi::main!(|| -> Box<dyn RootContext> { Box::new(Root::default()) });
 
 #[derive(Default)]
 struct Root {
     policy: Option<Rc<Policy>>,
     metrics: Option<Rc<Metrics>>,
-    header_sets: Option<Rc<[host_bytes::Block]>>,
+    header_sets: Option<Rc<[abi::Block]>>,
     denials: Rc<RefCell<global::KnownDenials>>,
     /// Buckets of this VM alone: where limits are counted should shared data fail
     /// (`on_store_error: "local"`).
@@ -45,8 +38,6 @@ struct Root {
     /// This VM's connection to the rate-limit service was opened (global mode).
     warmed: bool,
 }
-
-impl Context for Root {}
 
 impl Root {
     /// Another VM's generated key won the race to shared data: hash with it from now on.
@@ -66,10 +57,7 @@ impl Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let config = abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
         let policy = match Policy::from_json(&config) {
             Ok(policy) => policy,
             Err(err) => {
@@ -96,9 +84,11 @@ impl RootContext for Root {
             policy
         };
         self.metrics = Some(Rc::new(Metrics::define()));
-        self.header_sets = Some(policy.header_sets().map(|set| host_bytes::Block::new(set.headers())).collect());
+        self.header_sets = Some(policy.header_sets().map(|set| abi::Block::new(set.headers())).collect());
         self.policy = Some(Rc::new(policy));
-        self.set_tick_period(metrics::FLUSH_EVERY);
+        if let Err(status) = abi::set_tick_period(metrics::FLUSH_EVERY) {
+            log(LogLevel::Warn, &format!("portcullis: no timer, so no stats: {status:?}"));
+        }
         true
     }
 
@@ -117,7 +107,7 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
         let metrics = self.metrics.clone()?;
         let header_sets = self.header_sets.clone()?;
@@ -135,17 +125,13 @@ impl RootContext for Root {
             pending: None,
         }))
     }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
 }
 
 struct Filter {
     policy: Rc<Policy>,
     metrics: Rc<Metrics>,
     /// Each of the policy's header sets serialised, by index.
-    header_sets: Rc<[host_bytes::Block]>,
+    header_sets: Rc<[abi::Block]>,
     /// Set by the request phase; the response phase of a request that never reached it
     /// (Envoy's own early replies) falls back to the default profile.
     plan: Option<ResponsePlan>,
@@ -163,7 +149,7 @@ struct Filter {
     pending: Option<(LimitCheck, u32)>,
 }
 
-impl Context for Filter {
+impl HttpContext for Filter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let Some((check, token)) = self.pending.take() else {
             return;
@@ -187,19 +173,17 @@ impl Context for Filter {
             Err(why) => self.unavailable(&check, &why, now),
         };
         if self.act(decision) == Action::Continue
-            && let Err(status) = hostcalls::resume_http_request()
+            && let Err(status) = abi::resume_http_request()
         {
             log(LogLevel::Error, &format!("portcullis: resuming the request failed: {status:?}"));
         }
     }
-}
 
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_request_headers(&mut self) -> Action {
         // The whole map in one host call: in Envoy each call costs about as much as the filter's
         // own work on a request, far more than finding three pseudo-headers in the copy.
-        let serialised = host_bytes::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let pseudo = |name: &[u8]| host_bytes::pairs(&serialised).find(|(key, _)| *key == name).map(|(_, v)| v);
+        let serialised = abi::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let pseudo = |name: &[u8]| abi::pairs(&serialised).find(|(key, _)| *key == name).map(|(_, v)| v);
         let (method, authority, path) = (pseudo(b":method"), pseudo(b":authority"), pseudo(b":path"));
         let headers = RequestHeaderMap { serialised: &serialised };
         let request = Request {
@@ -240,15 +224,15 @@ impl HttpContext for Filter {
         }
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self) -> Action {
         if self.replied || self.pending.is_some() { Action::Pause } else { Action::Continue }
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    fn on_request_trailers(&mut self) -> Action {
         if self.replied || self.pending.is_some() { Action::Pause } else { Action::Continue }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self) -> Action {
         if self.reply_is_final {
             // Two host calls saved on every redirect and refusal.
             return Action::Continue;
@@ -257,9 +241,8 @@ impl HttpContext for Filter {
         let edits = self.policy.response_edits(&plan);
         // One read and one write of the whole map: each host call costs far more than
         // rebuilding a dozen headers inside the VM.
-        let upstream = host_bytes::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-        if let Err(status) =
-            host_bytes::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &self.header_sets, &upstream))
+        let upstream = abi::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+        if let Err(status) = abi::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &self.header_sets, &upstream))
         {
             log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
         }
@@ -269,7 +252,7 @@ impl HttpContext for Filter {
     fn on_log(&mut self) {
         // The stream ended while the service was still deciding: nobody waits for the answer.
         if let Some((_, token)) = self.pending.take() {
-            let _ = hostcalls::cancel_grpc_call(token);
+            let _ = abi::cancel_grpc_call(token);
         }
     }
 }
@@ -282,12 +265,11 @@ impl Filter {
         match decision {
             Decision::Forward(_) => Action::Continue,
             Decision::Respond(reply) => {
-                let mut headers = host_bytes::MapWriter::new(reply.headers.len(), reply.headers.text_len());
+                let mut headers = abi::MapWriter::new(reply.headers.len(), reply.headers.text_len());
                 for (name, value) in &reply.headers {
                     headers.push(name.as_bytes(), value.as_bytes());
                 }
-                let sent =
-                    host_bytes::send_local_response(u32::from(reply.status), &headers.finish(), reply.body.as_bytes());
+                let sent = abi::send_local_response(u32::from(reply.status), &headers.finish(), reply.body.as_bytes());
                 if let Err(status) = sent {
                     log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
                 }
@@ -333,7 +315,7 @@ struct DownstreamPeer;
 
 impl PeerSource for DownstreamPeer {
     fn with_peer(&self, with: &mut dyn FnMut(Peer<'_>)) {
-        let bytes = host_bytes::property(b"source\0address");
+        let bytes = abi::property(b"source\0address");
         match bytes.as_deref().map(std::str::from_utf8) {
             Some(Ok(addr)) => with(Peer::Socket(addr)),
             _ => with(Peer::Unknown),
@@ -349,7 +331,7 @@ struct RequestHeaderMap<'a> {
 
 impl RequestHeaders for RequestHeaderMap<'_> {
     fn for_each_value(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
-        for (key, value) in host_bytes::pairs(self.serialised) {
+        for (key, value) in abi::pairs(self.serialised) {
             if key.eq_ignore_ascii_case(name.as_bytes()) {
                 visit(value);
             }
@@ -361,20 +343,20 @@ impl RequestHeaders for RequestHeaderMap<'_> {
 /// edits leave alone, in their order, then every header the edits set (as
 /// [`portcullis_core::ResponseEdits::rewrite`] orders them). The header set comes from
 /// `header_sets`, serialised at configuration.
-fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, header_sets: &[host_bytes::Block], upstream: &[u8]) -> Vec<u8> {
+fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, header_sets: &[abi::Block], upstream: &[u8]) -> Vec<u8> {
     let set = edits.header_set();
     let built;
     let block = match header_sets.get(set.index()) {
         Some(block) => block,
         None => {
-            built = host_bytes::Block::new(set.headers());
+            built = abi::Block::new(set.headers());
             &built
         }
     };
     // Which upstream pairs survive, worked out once: a bit per pair for the first 64 (more than
     // any real response has), the test repeated for any beyond.
     let (mut kept, mut count, mut size) = (0u64, block.count(), block.text_len());
-    for (i, (name, value)) in host_bytes::pairs(upstream).enumerate() {
+    for (i, (name, value)) in abi::pairs(upstream).enumerate() {
         if !edits.touches_bytes(name) {
             kept |= 1u64.checked_shl(i as u32).unwrap_or(0);
             count += 1;
@@ -386,8 +368,8 @@ fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, header_sets: &[host_bytes
         count += 1;
         size += name.len() + value.len();
     }
-    let mut writer = host_bytes::MapWriter::new(count, size);
-    for (i, (name, value)) in host_bytes::pairs(upstream).enumerate() {
+    let mut writer = abi::MapWriter::new(count, size);
+    for (i, (name, value)) in abi::pairs(upstream).enumerate() {
         let keep = match 1u64.checked_shl(i as u32) {
             Some(bit) => kept & bit != 0,
             None => !edits.touches_bytes(name),
@@ -405,22 +387,18 @@ fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, header_sets: &[host_bytes
 
 /// Whether the downstream connection is TLS, as Envoy saw it (never a client-supplied header).
 fn connection_scheme() -> Scheme {
-    match host_bytes::property(b"connection\0tls_version") {
+    match abi::property(b"connection\0tls_version") {
         Some(version) if !version.is_empty() => Scheme::Https,
         _ => Scheme::Http,
     }
 }
 
 fn now_nanos() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    abi::current_time_nanos().unwrap_or(0)
 }
 
 fn log(level: LogLevel, message: &str) {
-    // Logging is best effort: a failed log call must not fail the request.
-    let _ = hostcalls::log(level, message);
+    abi::log(level, message);
 }
 
 impl Metrics {
@@ -438,22 +416,21 @@ mod tests {
     #[test]
     fn the_rewritten_map_is_the_cores_rewrite_sized_up_front() {
         let policy = Policy::from_json(br#"{"allowed_hosts": ["localhost"]}"#).unwrap();
-        let sets: Vec<host_bytes::Block> =
-            policy.header_sets().map(|set| host_bytes::Block::new(set.headers())).collect();
-        let mut upstream = host_bytes::MapWriter::new(3, 32);
+        let sets: Vec<abi::Block> = policy.header_sets().map(|set| abi::Block::new(set.headers())).collect();
+        let mut upstream = abi::MapWriter::new(3, 32);
         upstream.push(b":status", b"200");
         upstream.push(b"server", b"uvicorn");
         upstream.push(b"content-type", b"application/json");
         let upstream = upstream.finish();
         let listed: Vec<(String, Vec<u8>)> =
-            host_bytes::pairs(&upstream).map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), v.to_vec())).collect();
+            abi::pairs(&upstream).map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), v.to_vec())).collect();
         for https in [false, true] {
             let edits = policy.response_edits(&policy.fallback_plan(https));
             let out = rewrite(&edits, &sets, &upstream);
             assert_eq!(out.capacity(), out.len());
             let expected: Vec<(&[u8], &[u8])> =
                 edits.rewrite(&listed).into_iter().map(|(n, v)| (n.as_bytes(), v)).collect();
-            assert_eq!(host_bytes::pairs(&out).collect::<Vec<_>>(), expected);
+            assert_eq!(abi::pairs(&out).collect::<Vec<_>>(), expected);
         }
     }
 }

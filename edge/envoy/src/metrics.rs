@@ -7,8 +7,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use portcullis_core::Outcome;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use portcullis_proxy_abi::{self as abi, MetricType};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Counter {
@@ -71,7 +70,7 @@ impl Metrics {
     pub fn define() -> Self {
         let mut ids = [None; ALL.len()];
         for (slot, (_, name)) in ids.iter_mut().zip(ALL) {
-            *slot = hostcalls::define_metric(MetricType::Counter, name).ok();
+            *slot = abi::define_metric(MetricType::Counter, name).ok();
         }
         Self { ids, pending: Default::default() }
     }
@@ -91,7 +90,7 @@ impl Metrics {
             let count = pending.take();
             if let (Some(id), true) = (id, count > 0) {
                 // A lost increment is better than a failed request.
-                let _ = hostcalls::increment_metric(*id, count);
+                let _ = abi::increment_metric(*id, count);
             }
         }
     }

@@ -2,9 +2,9 @@
 //! same counts, and compare-and-swap makes concurrent updates exact.
 
 use portcullis_core::{BUCKET_BYTES, BucketStore, Loaded, StoreError, Swap, Version};
-use proxy_wasm::types::Status;
+use portcullis_proxy_abi::Status;
 
-use crate::host_bytes;
+use portcullis_proxy_abi as abi;
 
 /// Stateless: shared data is addressed through free host calls.
 pub struct SharedDataStore;
@@ -51,8 +51,8 @@ impl SharedDataStore {
         let empty = [0u8; BUCKET_BYTES];
         for index in 0..bucket_count {
             let key = key(index);
-            if host_bytes::get_shared_data(key.as_bytes())?.0.is_none() {
-                host_bytes::set_shared_data(key.as_bytes(), &empty, 0)?;
+            if abi::get_shared_data(key.as_bytes())?.0.is_none() {
+                abi::set_shared_data(key.as_bytes(), &empty, 0)?;
             }
         }
         Ok(())
@@ -62,7 +62,7 @@ impl SharedDataStore {
 impl BucketStore for SharedDataStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError> {
         let (bytes, cas) =
-            host_bytes::get_shared_data(key(index).as_bytes()).map_err(|s| StoreError(format!("get: {s:?}")))?;
+            abi::get_shared_data(key(index).as_bytes()).map_err(|s| StoreError(format!("get: {s:?}")))?;
         Ok(Loaded { bytes, version: Version(cas) })
     }
 
@@ -71,7 +71,7 @@ impl BucketStore for SharedDataStore {
         if expected.0 == 0 {
             return Err(StoreError(format!("bucket {index} was never prepared")));
         }
-        match host_bytes::set_shared_data(key(index).as_bytes(), bytes, expected.0) {
+        match abi::set_shared_data(key(index).as_bytes(), bytes, expected.0) {
             Ok(()) => Ok(Swap::Written),
             Err(Status::CasMismatch) => Ok(Swap::Conflict),
             Err(status) => Err(StoreError(format!("set: {status:?}"))),

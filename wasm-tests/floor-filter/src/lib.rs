@@ -6,14 +6,9 @@
 
 use std::rc::Rc;
 
-use portcullis_proxy_abi as abi;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use portcullis_proxy_abi::{self as abi, Action, BufferType, HttpContext, LogLevel, MapType, RootContext};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+portcullis_proxy_abi::main!(|| -> Box<dyn RootContext> { Box::new(Root::default()) });
 
 /// The calls for one class of request, with their bytes prepared once. The bench writes it
 /// as lines, one call each (nothing here needs a JSON parser):
@@ -99,11 +94,9 @@ struct Root {
     script: Option<Rc<Script>>,
 }
 
-impl Context for Root {}
-
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten();
+        let config = abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten();
         let config = config.unwrap_or_default();
         match std::str::from_utf8(&config).map_err(|e| e.to_string()).and_then(Script::parse) {
             Ok(script) => {
@@ -111,19 +104,15 @@ impl RootContext for Root {
                 true
             }
             Err(err) => {
-                let _ = hostcalls::log(proxy_wasm::types::LogLevel::Critical, &format!("floor script: {err}"));
+                abi::log(LogLevel::Critical, &format!("floor script: {err}"));
                 false
             }
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self) -> Option<Box<dyn HttpContext>> {
         let script = self.script.clone()?;
         Some(Box::new(Floor { script, replied: false }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }
 
@@ -132,17 +121,15 @@ struct Floor {
     replied: bool,
 }
 
-impl Context for Floor {}
-
 impl HttpContext for Floor {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_request_headers(&mut self) -> Action {
         let script = &self.script;
         drop(abi::get_map(MapType::HttpRequestHeaders));
         for path in &script.properties {
             drop(abi::property(path));
         }
         if script.clock {
-            let _ = hostcalls::get_current_time();
+            let _ = abi::current_time_nanos();
         }
         if let Some((key, value, write)) = &script.shared_data {
             let cas = abi::get_shared_data(key).map_or(0, |(_, cas)| cas);
@@ -158,7 +145,7 @@ impl HttpContext for Floor {
         Action::Pause
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self) -> Action {
         if let (false, Some(response)) = (self.replied, &self.script.response) {
             drop(abi::get_map(MapType::HttpResponseHeaders));
             let _ = abi::set_map(MapType::HttpResponseHeaders, response);
