@@ -125,24 +125,13 @@ pub(crate) fn await_call(token: u32) {
 }
 
 pub(crate) fn forget_call(token: u32) {
-    CALLS.with(|calls| {
-        if let Ok(mut calls) = calls.try_borrow_mut()
-            && let Ok(at) = position(&calls, token)
-        {
-            calls.remove(at);
-        }
-    });
+    CALLS.with(|calls| remove(calls, token));
 }
 
 /// A call's answer (`status` 0) or failure, to the context that made it. A unary call gets one
 /// of the two; a second, or an answer for a context that is gone, is dropped.
 fn answer_call(token: u32, status: u32, size: usize) {
-    let caller = CALLS.with(|calls| {
-        let mut calls = calls.try_borrow_mut().ok()?;
-        let at = position(&calls, token).ok()?;
-        Some(calls.remove(at).1)
-    });
-    let Some(caller) = caller else { return };
+    let Some(caller) = CALLS.with(|calls| remove(calls, token)) else { return };
     if calls::set_effective_context(caller).is_err() {
         return;
     }
@@ -246,8 +235,9 @@ pub extern "C" fn proxy_on_delete(context_id: u32) {
     });
 }
 
-fn remove<T: ?Sized>(contexts: &Table<T>, id: u32) -> Option<Box<T>> {
-    let mut contexts = contexts.try_borrow_mut().ok()?;
-    let at = position(&contexts, id).ok()?;
-    Some(contexts.remove(at).1)
+/// Takes the entry `id` out of `entries`; a context comes back to be dropped after the borrow.
+fn remove<T>(entries: &RefCell<Vec<(u32, T)>>, id: u32) -> Option<T> {
+    let mut entries = entries.try_borrow_mut().ok()?;
+    let at = position(&entries, id).ok()?;
+    Some(entries.remove(at).1)
 }
