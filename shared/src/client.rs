@@ -1,6 +1,7 @@
 //! Who the client is: the peer address, or an address from forwarding headers only as far as
 //! trusted hops vouch for it.
 
+use crate::json::quoted;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use ipnet::IpNet;
@@ -90,7 +91,7 @@ impl ClientIdentity {
                 parse_cidr(cidr).ok_or_else(|| {
                     ConfigError::at(
                         format!("client_ip.trusted_proxies[{i}]"),
-                        format!("{cidr:?} is not an IP address or CIDR"),
+                        format!("{} is not an IP address or CIDR", quoted(cidr)),
                     )
                 })
             })

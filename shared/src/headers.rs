@@ -1,5 +1,6 @@
 //! Security-header profiles: the presets as data, compiled per path prefix, and the response edits.
 
+use crate::json::quoted;
 use std::sync::Arc;
 
 use crate::config::{ConfigError, HeaderOverrides, PresetName};
@@ -249,11 +250,11 @@ impl ManagedNames {
 pub(crate) fn validate_name(name: &str) -> Result<String, String> {
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("{name:?} is not a valid header name"));
+        return Err(format!("{} is not a valid header name", quoted(name)));
     }
     let lower = name.to_ascii_lowercase();
     if UNMANAGEABLE.contains(&lower.as_str()) {
-        return Err(format!("{name:?} is a connection header the host manages"));
+        return Err(format!("{} is a connection header the host manages", quoted(name)));
     }
     Ok(lower)
 }
@@ -262,10 +263,10 @@ pub(crate) fn validate_name(name: &str) -> Result<String, String> {
 pub(crate) fn validate_value(value: &str) -> Result<(), String> {
     let ok = value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
     if !ok {
-        return Err(format!("{value:?} contains control or non-ASCII characters"));
+        return Err(format!("{} contains control or non-ASCII characters", quoted(value)));
     }
     if value.trim() != value {
-        return Err(format!("{value:?} has leading or trailing whitespace"));
+        return Err(format!("{} has leading or trailing whitespace", quoted(value)));
     }
     Ok(())
 }

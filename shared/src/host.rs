@@ -3,6 +3,7 @@
 //! Hand-written because the `Location` we build must be provably free of anything but
 //! `[a-z0-9.-_]` and bracketed IPv6: general URL crates accept (and re-encode) far more.
 
+use crate::json::quoted;
 use std::borrow::Cow;
 use std::net::Ipv6Addr;
 
@@ -124,12 +125,12 @@ impl HostPattern {
         if let Some(parent) = pattern.strip_prefix("*.") {
             return parse_host_name(parent.as_bytes())
                 .map(|p| Self::Subdomains(String::from_utf8_lossy(&p).into_owned()))
-                .ok_or_else(|| format!("{pattern:?} is not a host name, *.domain or *"));
+                .ok_or_else(|| format!("{} is not a host name, *.domain or *", quoted(pattern)));
         }
         parse_authority(pattern.as_bytes())
             .filter(|_| !pattern.contains(':') || pattern.starts_with('['))
             .map(|host| Self::Exact(String::from_utf8_lossy(&host.name).into_owned()))
-            .ok_or_else(|| format!("{pattern:?} is not a host name (without port), *.domain or *"))
+            .ok_or_else(|| format!("{} is not a host name (without port), *.domain or *", quoted(pattern)))
     }
 
     pub(crate) fn matches(&self, host: &Host<'_>) -> bool {

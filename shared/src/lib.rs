@@ -36,7 +36,7 @@ pub mod config;
 mod decision;
 mod headers;
 mod host;
-mod json_path;
+mod json;
 pub mod limiter;
 pub mod path;
 mod policy;

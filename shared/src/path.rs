@@ -4,6 +4,7 @@
 //! doubt it merges spellings (treating a decoded `%2F` as a separator, dropping `;params`) —
 //! matching too much only limits more, matching too little opens a bypass.
 
+use crate::json::quoted;
 use std::borrow::Cow;
 
 use percent_encoding::percent_decode;
@@ -120,7 +121,7 @@ enum TemplateSegment {
 impl RouteTemplate {
     pub(crate) fn parse(template: &str) -> Result<Self, String> {
         if !template.starts_with('/') {
-            return Err(format!("{template:?} must start with /"));
+            return Err(format!("{} must start with /", quoted(template)));
         }
         let segments = template
             .split('/')
@@ -129,7 +130,7 @@ impl RouteTemplate {
                 if segment.starts_with('{') && segment.ends_with('}') && segment.len() > 2 {
                     Ok(TemplateSegment::Param)
                 } else if segment.contains(['{', '}', '%', ';', '\\', '?', '#']) || segment == "." || segment == ".." {
-                    Err(format!("{template:?}: segment {segment:?} is neither literal nor {{name}}"))
+                    Err(format!("{}: segment {} is neither literal nor {{name}}", quoted(template), quoted(segment)))
                 } else {
                     Ok(TemplateSegment::Literal(segment.to_ascii_lowercase()))
                 }

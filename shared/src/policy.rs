@@ -1,5 +1,6 @@
 //! The compiled policy and its one entry point per phase.
 
+use crate::json::quoted;
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::client::ClientIdentity;
@@ -179,7 +180,7 @@ impl Policy {
             if !profile.path_prefix.starts_with('/') {
                 return Err(ConfigError::at(
                     format!("profiles[{i}].path_prefix"),
-                    format!("{:?} must start with /", profile.path_prefix),
+                    format!("{} must start with /", quoted(&profile.path_prefix)),
                 ));
             }
             let mut compiled = match profile.preset {
@@ -596,14 +597,14 @@ impl Policy {
         message: &str,
         own: Vec<(String, String)>,
     ) -> Decision {
-        // A struct rather than `json!`: the same bytes (its fields are in the order a `json!`
-        // map sorts them), without building a map of values.
-        #[derive(serde::Serialize)]
-        struct Body<'a> {
-            error: &'a str,
-            message: &'a str,
-        }
-        let body = serde_json::to_string(&Body { error, message }).unwrap_or_default();
+        // `{"error":…,"message":…}`: the bytes serde_json writes for `json!` (its map sorts
+        // the keys), without linking a serializer into the filter for two strings.
+        let mut body = String::with_capacity(32 + error.len() + message.len());
+        body.push_str("{\"error\":");
+        crate::json::write_string(&mut body, error);
+        body.push_str(",\"message\":");
+        crate::json::write_string(&mut body, message);
+        body.push('}');
         let headers = self.response_edits(&plan).reply_headers(own, ReplyKind::Json);
         Decision::Respond(LocalResponse { status, headers, body, plan, outcome })
     }
@@ -637,16 +638,19 @@ fn compile_tiers(
             && tier.name.len() <= 64
             && tier.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !name_ok {
-            return Err(ConfigError::at(at("name"), format!("{:?} is not 1-64 characters of [a-z0-9_-]", tier.name)));
+            return Err(ConfigError::at(
+                at("name"),
+                format!("{} is not 1-64 characters of [a-z0-9_-]", quoted(&tier.name)),
+            ));
         }
         if tiers.iter().any(|t| t.name == tier.name) {
-            return Err(ConfigError::at(at("name"), format!("{:?} is used by an earlier tier", tier.name)));
+            return Err(ConfigError::at(at("name"), format!("{} is used by an earlier tier", quoted(&tier.name))));
         }
         let method = match tier.method.as_str() {
             "*" => None,
             m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => Some(m.to_ascii_uppercase()),
             m => {
-                return Err(ConfigError::at(at("method"), format!("{m:?} is not an HTTP method or *")));
+                return Err(ConfigError::at(at("method"), format!("{} is not an HTTP method or *", quoted(m))));
             }
         };
         let route = RouteTemplate::parse(&tier.path).map_err(|r| ConfigError::at(at("path"), r))?;

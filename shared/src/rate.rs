@@ -1,5 +1,6 @@
 //! Rate expressions as the seed writes them: `N/second|minute|hour|day`.
 
+use crate::json::quoted;
 use std::fmt;
 use std::str::FromStr;
 
@@ -59,7 +60,7 @@ impl FromStr for Rate {
     type Err = RateParseError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let shape = || RateParseError(format!("{input:?} is not N/second|minute|hour|day"));
+        let shape = || RateParseError(format!("{} is not N/second|minute|hour|day", quoted(input)));
         let (count, unit) = input.split_once('/').ok_or_else(shape)?;
         let count = count.trim();
         if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
@@ -74,9 +75,9 @@ impl FromStr for Rate {
         };
         let limit: u32 = count
             .parse()
-            .map_err(|_| RateParseError(format!("{input:?} has a count above the maximum of {MAX_LIMIT}")))?;
+            .map_err(|_| RateParseError(format!("{} has a count above the maximum of {MAX_LIMIT}", quoted(input))))?;
         Rate::new(limit, period_secs)
-            .ok_or_else(|| RateParseError(format!("{input:?} must allow between 1 and {MAX_LIMIT} requests")))
+            .ok_or_else(|| RateParseError(format!("{} must allow between 1 and {MAX_LIMIT} requests", quoted(input))))
     }
 }
 

@@ -71,8 +71,8 @@ fn config_errors_name_the_field_and_the_reason() {
     assert_eq!(config_error("["), ".: EOF while parsing a list");
 }
 
-/// The paths of serde's errors come from scanning the document at the error's position: they
-/// must be the paths `serde_path_to_error` finds by tracking the deserializer.
+/// The policy reader's error paths must be the paths `serde_path_to_error` finds by tracking
+/// serde's deserializer over the same document (`config_reader.rs` checks many more).
 #[test]
 fn config_error_paths_are_the_paths_serde_tracks() {
     let documents = [
@@ -108,7 +108,7 @@ fn config_error_paths_are_the_paths_serde_tracks() {
         let expected = Some(tracked.path().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
         assert_eq!(ours.path, expected, "{document}: {ours}");
     }
-    // Broken JSON: where the tracker can only say `?`, the scan still names the field.
+    // Broken JSON: where the tracker can only say `?`, the reader still names the field.
     for (document, path) in [
         ("[", "."),
         (r#"{"preset": "seed""#, "preset"),

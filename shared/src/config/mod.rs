@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+mod read;
+
 /// Header values by name; `null` removes the header from the profile.
 pub type HeaderOverrides = BTreeMap<String, Option<String>>;
 
@@ -289,24 +291,17 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses the JSON document, naming the field of any structural error.
+/// Parses the JSON document, naming the field of any error.
 pub fn parse(json: &[u8]) -> Result<PolicyConfig, ConfigError> {
     if json.iter().all(u8::is_ascii_whitespace) {
         return Ok(PolicyConfig::default());
     }
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let config: PolicyConfig = serde::Deserialize::deserialize(&mut de).map_err(|err| {
-        let at = crate::json_path::offset_of(json, err.line(), err.column());
-        // A key spelt "" gives an empty path: report it against the document instead.
-        let path =
-            Some(crate::json_path::path_at(json, at)).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".to_owned());
-        // serde_json appends " at line L column C"; the field path already locates the problem.
-        let mut reason = err.to_string();
-        if let Some(cut) = reason.rfind(" at line ") {
-            reason.truncate(cut);
-        }
-        ConfigError::at(path, reason)
-    })?;
-    de.end().map_err(|err| ConfigError::at(".", format!("trailing data after the document: {err}")))?;
-    Ok(config)
+    let tree = crate::json::parse(json).map_err(ConfigError::from)?;
+    read::policy(&tree).map_err(ConfigError::from)
+}
+
+impl From<crate::json::Error> for ConfigError {
+    fn from(err: crate::json::Error) -> Self {
+        Self { path: err.path, reason: err.reason }
+    }
 }
