@@ -243,20 +243,9 @@ impl<'p> ResponseEdits<'p> {
         }
     }
 
-    /// The profile's part of these edits, the same for every response of its profile and scheme.
-    pub fn header_set(&self) -> &'p HeaderSet {
-        self.set
-    }
-
     /// Whether these edits set or remove `name` (so an upstream value of it must not survive).
     pub fn touches(&self, name: &str) -> bool {
-        self.touches_bytes(name.as_bytes())
-    }
-
-    /// [`ResponseEdits::touches`] for a name as the host holds it: bytes that are not UTF-8 are
-    /// never a name the edits touch (theirs are ASCII tokens).
-    pub fn touches_bytes(&self, name: &[u8]) -> bool {
-        self.set.manages(name, !self.rate.is_empty())
+        self.set.manages(name.as_bytes(), !self.rate.is_empty())
     }
 
     /// The whole response header list after the edits: the upstream headers the edits leave

@@ -177,17 +177,6 @@ fn yardstick_filter(file: &str, configuration: &str) -> String {
     )
 }
 
-/// What the upstream answers the bench proxy, as the filter sees it.
-const UPSTREAM_ANSWER: [(&str, &str); 7] = [
-    (":status", "200"),
-    ("content-length", "11"),
-    ("content-type", "text/plain"),
-    ("date", "Wed, 02 Dec 2026 08:00:00 GMT"),
-    ("server", "envoy"),
-    ("x-powered-by", "FastAPI"),
-    ("x-envoy-upstream-service-time", "0"),
-];
-
 /// The floor filter's script for `class`: the host calls the Portcullis filter makes for it
 /// (`edge/envoy/src/lib.rs`), with the answers the core gives for the bench's policy.
 fn floor_script(class: Class) -> Result<String> {
@@ -228,11 +217,17 @@ fn floor_script(class: Class) -> Result<String> {
             }
         }
         Decision::Forward(forward) => {
-            let upstream: Vec<(String, &str)> = UPSTREAM_ANSWER.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect();
-            let edits = policy.response_edits(&forward.plan);
-            for (name, value) in edits.rewrite(&upstream) {
-                lines.push(format!("response {name}: {}", String::from_utf8_lossy(value)));
+            /// The filter's response-phase calls, one line each.
+            struct Calls<'a>(&'a mut Vec<String>);
+            impl portcullis_core::HeaderSink for Calls<'_> {
+                fn set(&mut self, name: &str, value: &str) {
+                    self.0.push(format!("response-set {name}: {value}"));
+                }
+                fn remove(&mut self, name: &str) {
+                    self.0.push(format!("response-remove {name}"));
+                }
             }
+            policy.response_edits(&forward.plan).apply(&mut Calls(&mut lines));
         }
     }
     Ok(lines.join("\n") + "\n")

@@ -28,7 +28,6 @@ portcullis_proxy_abi::main!(|| -> Box<dyn RootContext> { Box::new(Root::default(
 struct Root {
     policy: Option<Rc<Policy>>,
     metrics: Option<Rc<Metrics>>,
-    header_sets: Option<Rc<[abi::Block]>>,
     denials: Rc<RefCell<global::KnownDenials>>,
     /// Buckets of this VM alone: where limits are counted should shared data fail
     /// (`on_store_error: "local"`).
@@ -84,7 +83,6 @@ impl RootContext for Root {
             policy
         };
         self.metrics = Some(Rc::new(Metrics::define()));
-        self.header_sets = Some(policy.header_sets().map(|set| abi::Block::new(set.headers())).collect());
         self.policy = Some(Rc::new(policy));
         if let Err(status) = abi::set_tick_period(metrics::FLUSH_EVERY) {
             log(LogLevel::Warn, &format!("portcullis: no timer, so no stats: {status:?}"));
@@ -102,7 +100,7 @@ impl RootContext for Root {
             if let Some(global) = self.policy.as_ref().and_then(|p| p.global_limiter())
                 && let Err(status) = global::warm_up(global)
             {
-                log(LogLevel::Warn, &format!("portcullis: rate-limit service {:?}: {status:?}", global.cluster));
+                log(LogLevel::Warn, &format!("portcullis: rate-limit service `{}`: {status:?}", global.cluster));
             }
         }
     }
@@ -110,13 +108,11 @@ impl RootContext for Root {
     fn create_http_context(&self) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
         let metrics = self.metrics.clone()?;
-        let header_sets = self.header_sets.clone()?;
         let denials = self.denials.clone();
         let own = self.own.clone();
         Some(Box::new(Filter {
             policy,
             metrics,
-            header_sets,
             denials,
             own,
             plan: None,
@@ -130,8 +126,6 @@ impl RootContext for Root {
 struct Filter {
     policy: Rc<Policy>,
     metrics: Rc<Metrics>,
-    /// Each of the policy's header sets serialised, by index.
-    header_sets: Rc<[abi::Block]>,
     /// Set by the request phase; the response phase of a request that never reached it
     /// (Envoy's own early replies) falls back to the default profile.
     plan: Option<ResponsePlan>,
@@ -218,7 +212,7 @@ impl HttpContext for Filter {
                 Action::Pause
             }
             Err(status) => {
-                let decision = self.unavailable(&check, &format!("dispatch to {:?}: {status:?}", global.cluster), now);
+                let decision = self.unavailable(&check, &format!("dispatch to `{}`: {status:?}", global.cluster), now);
                 self.act(decision)
             }
         }
@@ -239,11 +233,9 @@ impl HttpContext for Filter {
         }
         let plan = self.plan.unwrap_or_else(|| self.policy.fallback_plan(connection_scheme() == Scheme::Https));
         let edits = self.policy.response_edits(&plan);
-        // One read and one write of the whole map: each host call costs far more than
-        // rebuilding a dozen headers inside the VM.
-        let upstream = abi::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-        if let Err(status) = abi::set_map(MapType::HttpResponseHeaders, &rewrite(&edits, &self.header_sets, &upstream))
-        {
+        let mut sink = ResponseHeaders { failed: None };
+        edits.apply(&mut sink);
+        if let Some(status) = sink.failed {
             log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
         }
         Action::Continue
@@ -253,6 +245,25 @@ impl HttpContext for Filter {
         // The stream ended while the service was still deciding: nobody waits for the answer.
         if let Some((_, token)) = self.pending.take() {
             let _ = abi::cancel_grpc_call(token);
+        }
+    }
+}
+
+/// The response's header map, edited in place one header per host call.
+struct ResponseHeaders {
+    failed: Option<abi::Status>,
+}
+
+impl portcullis_core::HeaderSink for ResponseHeaders {
+    fn set(&mut self, name: &str, value: &str) {
+        if let Err(status) = abi::replace_map_value(MapType::HttpResponseHeaders, name.as_bytes(), value.as_bytes()) {
+            self.failed = Some(status);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Err(status) = abi::remove_map_value(MapType::HttpResponseHeaders, name.as_bytes()) {
+            self.failed = Some(status);
         }
     }
 }
@@ -339,52 +350,6 @@ impl RequestHeaders for RequestHeaderMap<'_> {
     }
 }
 
-/// The response map after `edits`, serialised for one host call: the upstream headers the
-/// edits leave alone, in their order, then every header the edits set (as
-/// [`portcullis_core::ResponseEdits::rewrite`] orders them). The header set comes from
-/// `header_sets`, serialised at configuration.
-fn rewrite(edits: &portcullis_core::ResponseEdits<'_>, header_sets: &[abi::Block], upstream: &[u8]) -> Vec<u8> {
-    let set = edits.header_set();
-    let built;
-    let block = match header_sets.get(set.index()) {
-        Some(block) => block,
-        None => {
-            built = abi::Block::new(set.headers());
-            &built
-        }
-    };
-    // Which upstream pairs survive, worked out once: a bit per pair for the first 64 (more than
-    // any real response has), the test repeated for any beyond.
-    let (mut kept, mut count, mut size) = (0u64, block.count(), block.text_len());
-    for (i, (name, value)) in abi::pairs(upstream).enumerate() {
-        if !edits.touches_bytes(name) {
-            kept |= 1u64.checked_shl(i as u32).unwrap_or(0);
-            count += 1;
-            size += name.len() + value.len();
-        }
-    }
-    let rate = edits.rate_limit_headers();
-    for (name, value) in rate {
-        count += 1;
-        size += name.len() + value.len();
-    }
-    let mut writer = abi::MapWriter::new(count, size);
-    for (i, (name, value)) in abi::pairs(upstream).enumerate() {
-        let keep = match 1u64.checked_shl(i as u32) {
-            Some(bit) => kept & bit != 0,
-            None => !edits.touches_bytes(name),
-        };
-        if keep {
-            writer.push(name, value);
-        }
-    }
-    writer.push_block(block);
-    for (name, value) in rate {
-        writer.push(name.as_bytes(), value.as_bytes());
-    }
-    writer.finish()
-}
-
 /// Whether the downstream connection is TLS, as Envoy saw it (never a client-supplied header).
 fn connection_scheme() -> Scheme {
     match abi::property(b"connection\0tls_version") {
@@ -405,32 +370,5 @@ impl Metrics {
     fn count(&self, outcome: Outcome) {
         self.add(metrics::Counter::Requests);
         self.add(metrics::Counter::from(outcome));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn the_rewritten_map_is_the_cores_rewrite_sized_up_front() {
-        let policy = Policy::from_json(br#"{"allowed_hosts": ["localhost"]}"#).unwrap();
-        let sets: Vec<abi::Block> = policy.header_sets().map(|set| abi::Block::new(set.headers())).collect();
-        let mut upstream = abi::MapWriter::new(3, 32);
-        upstream.push(b":status", b"200");
-        upstream.push(b"server", b"uvicorn");
-        upstream.push(b"content-type", b"application/json");
-        let upstream = upstream.finish();
-        let listed: Vec<(String, Vec<u8>)> =
-            abi::pairs(&upstream).map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), v.to_vec())).collect();
-        for https in [false, true] {
-            let edits = policy.response_edits(&policy.fallback_plan(https));
-            let out = rewrite(&edits, &sets, &upstream);
-            assert_eq!(out.capacity(), out.len());
-            let expected: Vec<(&[u8], &[u8])> =
-                edits.rewrite(&listed).into_iter().map(|(n, v)| (n.as_bytes(), v)).collect();
-            assert_eq!(abi::pairs(&out).collect::<Vec<_>>(), expected);
-        }
     }
 }

@@ -20,7 +20,8 @@ portcullis_proxy_abi::main!(|| -> Box<dyn RootContext> { Box::new(Root::default(
 /// reply 429                        a local reply instead of forwarding, with …
 /// reply-header retry-after: 12     … each of its headers, and …
 /// reply-body {"error": …}          … its body
-/// response server: Unknown         the response map written after reading it (forwards)
+/// response-remove x-powered-by     a response header removed (forwards), or …
+/// response-set x-frame-options: DENY  … set, one host call each, in the filter's order
 /// ```
 #[derive(Default)]
 struct Script {
@@ -29,8 +30,8 @@ struct Script {
     /// Key, value, and whether it is written back.
     shared_data: Option<(Vec<u8>, Vec<u8>, bool)>,
     reply: Option<Reply>,
-    /// The serialised response map, or `None` when the response phase calls nothing.
-    response: Option<Vec<u8>>,
+    /// The response header edits: a name and its new value, or `None` to remove it.
+    response: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 #[derive(Default)]
@@ -45,7 +46,6 @@ struct Reply {
 impl Script {
     fn parse(text: &str) -> Result<Self, String> {
         let mut script = Self::default();
-        let mut response = Vec::new();
         let header = |rest: &str| {
             rest.split_once(": ").map(|(n, v)| (n.to_owned(), v.to_owned())).ok_or(format!("no `: ` in {rest:?}"))
         };
@@ -66,12 +66,13 @@ impl Script {
                 }
                 "reply-header" => script.reply.as_mut().ok_or("reply-header before reply")?.headers.push(header(rest)?),
                 "reply-body" => script.reply.as_mut().ok_or("reply-body before reply")?.body = rest.to_owned(),
-                "response" => response.push(header(rest)?),
+                "response-remove" => script.response.push((rest.as_bytes().to_vec(), None)),
+                "response-set" => {
+                    let (name, value) = header(rest)?;
+                    script.response.push((name.into_bytes(), Some(value.into_bytes())));
+                }
                 other => return Err(format!("unknown line {other:?}")),
             }
-        }
-        if !response.is_empty() {
-            script.response = Some(serialise(&response));
         }
         if let Some(reply) = &mut script.reply {
             reply.serialised = serialise(&reply.headers);
@@ -146,9 +147,14 @@ impl HttpContext for Floor {
     }
 
     fn on_response_headers(&mut self) -> Action {
-        if let (false, Some(response)) = (self.replied, &self.script.response) {
-            drop(abi::get_map(MapType::HttpResponseHeaders));
-            let _ = abi::set_map(MapType::HttpResponseHeaders, response);
+        if self.replied {
+            return Action::Continue;
+        }
+        for (name, value) in &self.script.response {
+            let _ = match value {
+                Some(value) => abi::replace_map_value(MapType::HttpResponseHeaders, name, value),
+                None => abi::remove_map_value(MapType::HttpResponseHeaders, name),
+            };
         }
         Action::Continue
     }

@@ -22,6 +22,14 @@ unsafe extern "C" {
     ) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_set_header_map_pairs(map_type: u32, data: *const u8, size: usize) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_get_shared_data(
         key_data: *const u8,
         key_size: usize,
@@ -143,6 +151,20 @@ pub fn get_map(map: MapType) -> Option<Vec<u8>> {
 pub fn set_map(map: MapType, serialised: &[u8]) -> Result<(), Status> {
     // SAFETY: the host only reads `serialised.len()` bytes from a live slice during the call.
     ok(unsafe { proxy_set_header_map_pairs(map as u32, serialised.as_ptr(), serialised.len()) })
+}
+
+/// Sets header `name` to `value`, removing every value it had.
+#[inline]
+pub fn replace_map_value(map: MapType, name: &[u8], value: &[u8]) -> Result<(), Status> {
+    // SAFETY: the host only reads `name.len()` and `value.len()` bytes of live slices during the call.
+    ok(unsafe { proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Removes every value of header `name`.
+#[inline]
+pub fn remove_map_value(map: MapType, name: &[u8]) -> Result<(), Status> {
+    // SAFETY: the host only reads `name.len()` bytes of a live slice during the call.
+    ok(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
 }
 
 /// A property by its path, the segments already joined by NULs (`b"source\0address"`);
