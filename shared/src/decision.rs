@@ -94,12 +94,40 @@ impl LocalResponse {
 pub struct ReplyHeaders {
     own: Vec<(String, String)>,
     shared: Arc<[(String, String)]>,
+    /// Which set's part `shared` is, when it is one.
+    base: Option<ReplyBase>,
     rate: RateLimitHeaders,
+}
+
+/// The header set's part a reply's headers were built on ([`HeaderSet::reply_base_headers`]), for
+/// hosts that serialise each part once rather than on every reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyBase {
+    /// [`HeaderSet::index`].
+    pub set: usize,
+    /// The JSON reply's part (its `content-type` and `cache-control` first), not the redirect's.
+    pub json: bool,
 }
 
 impl ReplyHeaders {
     pub(crate) fn new(own: Vec<(String, String)>, shared: Arc<[(String, String)]>, rate: RateLimitHeaders) -> Self {
-        Self { own, shared, rate }
+        Self { own, shared, base: None, rate }
+    }
+
+    /// The headers made for this reply alone, sent first.
+    pub fn own(&self) -> &[(String, String)] {
+        &self.own
+    }
+
+    /// The header set's part, sent after [`ReplyHeaders::own`], if the reply was built on one
+    /// (otherwise every header but the rate-limit ones is its own).
+    pub fn base(&self) -> Option<ReplyBase> {
+        self.base
+    }
+
+    /// The rate-limit headers, sent last.
+    pub fn rate_limit_headers(&self) -> &RateLimitHeaders {
+        &self.rate
     }
 
     /// Every header, in the order they are sent.
@@ -229,7 +257,8 @@ impl<'p> ResponseEdits<'p> {
             let name = name.as_bytes();
             !(self.set.replaces(name) || self.rate.names.iter().any(|rate| rate.as_bytes().eq_ignore_ascii_case(name)))
         });
-        ReplyHeaders::new(own, self.set.reply_base(kind).clone(), self.rate)
+        let base = ReplyBase { set: self.set.index(), json: kind == ReplyKind::Json };
+        ReplyHeaders { base: Some(base), ..ReplyHeaders::new(own, self.set.reply_base(kind).clone(), self.rate) }
     }
 
     /// Every header these edits set, in order: [`ResponseEdits::header_set`]'s, then
@@ -339,6 +368,11 @@ impl RateLimitHeaders {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+
+    /// The bytes of every name and value together.
+    pub fn text_len(&self) -> usize {
+        self.names.iter().map(|name| name.len()).sum::<usize>() + self.text.len()
     }
 
     /// Each header's lowercase name and value, in the order they are set.

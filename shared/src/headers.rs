@@ -186,6 +186,13 @@ impl HeaderSet {
         }
     }
 
+    /// The part every local reply of this set carries after its own headers
+    /// ([`crate::ReplyBase`]): for a JSON reply its `content-type` and `cache-control` unless
+    /// the set replaces them, then the set's headers; for a redirect the set's headers alone.
+    pub fn reply_base_headers(&self, json: bool) -> &[(String, String)] {
+        self.reply_base(if json { ReplyKind::Json } else { ReplyKind::Redirect })
+    }
+
     /// This set's position in [`crate::Policy::header_sets`], for hosts that prepare each set
     /// in their own form once.
     pub fn index(&self) -> usize {

@@ -51,8 +51,8 @@ pub mod observatory;
 pub use client::ClientKey;
 pub use config::{ConfigError, PolicyConfig};
 pub use decision::{
-    Decision, Forward, LocalResponse, Outcome, RateLimitHeaders, RateLimitHeadersIter, ReplyHeaders, ReplyHeadersIter,
-    ResponseEdits, ResponsePlan,
+    Decision, Forward, LocalResponse, Outcome, RateLimitHeaders, RateLimitHeadersIter, ReplyBase, ReplyHeaders,
+    ReplyHeadersIter, ResponseEdits, ResponsePlan,
 };
 pub use headers::{HeaderSet, HeaderSink, SEED_HEADERS, STRICT_HEADERS};
 pub use limiter::gcra::{Gcra, Verdict};

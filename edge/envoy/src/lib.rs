@@ -27,11 +27,7 @@ portcullis_proxy_abi::main!(|| -> Box<dyn RootContext> { Box::new(Root::default(
 #[derive(Default)]
 struct Root {
     policy: Option<Rc<Policy>>,
-    metrics: Option<Rc<Metrics>>,
-    denials: Rc<RefCell<global::KnownDenials>>,
-    /// Buckets of this VM alone: where limits are counted should shared data fail
-    /// (`on_store_error: "local"`).
-    own: Rc<MemoryStore>,
+    vm: Option<Rc<Vm>>,
     /// The process's generated hash key, when the policy names none.
     generated_key: Option<HashKey>,
     /// This VM's connection to the rate-limit service was opened (global mode).
@@ -82,7 +78,14 @@ impl RootContext for Root {
         } else {
             policy
         };
-        self.metrics = Some(Rc::new(Metrics::define()));
+        // A new policy starts this VM's state afresh: its own buckets are laid out by the
+        // policy's tiers, and the service's refusals were for the old ones.
+        self.vm = Some(Rc::new(Vm {
+            metrics: Metrics::define(),
+            reply_blocks: policy.header_sets().map(ReplyBlocks::new).collect(),
+            denials: RefCell::default(),
+            own: MemoryStore::new(),
+        }));
         self.policy = Some(Rc::new(policy));
         if let Err(status) = abi::set_tick_period(metrics::FLUSH_EVERY) {
             log(LogLevel::Warn, &format!("portcullis: no timer, so no stats: {status:?}"));
@@ -91,8 +94,8 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Some(metrics) = &self.metrics {
-            metrics.flush();
+        if let Some(vm) = &self.vm {
+            vm.metrics.flush();
         }
         self.adopt_stored_key();
         if !self.warmed {
@@ -107,25 +110,26 @@ impl RootContext for Root {
 
     fn create_http_context(&self) -> Option<Box<dyn HttpContext>> {
         let policy = self.policy.clone()?;
-        let metrics = self.metrics.clone()?;
-        let denials = self.denials.clone();
-        let own = self.own.clone();
-        Some(Box::new(Filter {
-            policy,
-            metrics,
-            denials,
-            own,
-            plan: None,
-            replied: false,
-            reply_is_final: false,
-            pending: None,
-        }))
+        let vm = self.vm.clone()?;
+        Some(Box::new(Filter { policy, vm, plan: None, replied: false, reply_is_final: false, pending: None }))
     }
+}
+
+/// What every request of a VM shares, behind one reference per request.
+struct Vm {
+    metrics: Metrics,
+    /// Each header set's reply parts serialised, by set index.
+    reply_blocks: Vec<ReplyBlocks>,
+    /// Refusals of the fleet's rate-limit service still in force.
+    denials: RefCell<global::KnownDenials>,
+    /// Buckets of this VM alone: where limits are counted should shared data fail
+    /// (`on_store_error: "local"`).
+    own: MemoryStore,
 }
 
 struct Filter {
     policy: Rc<Policy>,
-    metrics: Rc<Metrics>,
+    vm: Rc<Vm>,
     /// Set by the request phase; the response phase of a request that never reached it
     /// (Envoy's own early replies) falls back to the default profile.
     plan: Option<ResponsePlan>,
@@ -135,10 +139,6 @@ struct Filter {
     /// The filter's own reply, which Envoy runs through the response phase too, already has
     /// every header it should: that phase reads and writes nothing.
     reply_is_final: bool,
-    /// Refusals of the fleet's rate-limit service still in force (shared by this VM's requests).
-    denials: Rc<RefCell<global::KnownDenials>>,
-    /// This VM's own buckets, for when shared data fails.
-    own: Rc<MemoryStore>,
     /// The limit check waiting for the rate-limit service, and the call's token.
     pending: Option<(LimitCheck, u32)>,
 }
@@ -161,7 +161,7 @@ impl HttpContext for Filter {
         };
         let decision = match answer {
             Ok(answer) => {
-                self.denials.borrow_mut().learn(&check, &answer, now);
+                self.vm.denials.borrow_mut().learn(&check, &answer, now);
                 self.policy.finish(&check, answer)
             }
             Err(why) => self.unavailable(&check, &why, now),
@@ -195,17 +195,17 @@ impl HttpContext for Filter {
         let now = now_nanos();
         let policy = self.policy.clone();
         let Some(global) = policy.global_limiter() else {
-            let limited = self.policy.limit_locally(&check, &SharedDataStore, &*self.own, now);
+            let limited = self.policy.limit_locally(&check, &SharedDataStore, &self.vm.own, now);
             return self.act_limited(limited);
         };
-        let known = self.denials.borrow().known(&check, now);
+        let known = self.vm.denials.borrow().known(&check, now);
         if let Some(known) = known {
-            self.metrics.add(metrics::Counter::GlobalKnownDenials);
+            self.vm.metrics.add(metrics::Counter::GlobalKnownDenials);
             return self.act(self.policy.finish(&check, known));
         }
         match global::dispatch(&self.policy, global, &check) {
             Ok(token) => {
-                self.metrics.add(metrics::Counter::GlobalCalls);
+                self.vm.metrics.add(metrics::Counter::GlobalCalls);
                 // The plan of the request so far, should Envoy answer it itself meanwhile.
                 self.plan = Some(check.plan());
                 self.pending = Some((check, token));
@@ -271,16 +271,13 @@ impl portcullis_core::HeaderSink for ResponseHeaders {
 impl Filter {
     /// Counts the decision, keeps its plan for the response phase and carries it out.
     fn act(&mut self, decision: Decision) -> Action {
-        self.metrics.count(decision.outcome());
+        self.vm.metrics.count(decision.outcome());
         self.plan = Some(decision.plan());
         match decision {
             Decision::Forward(_) => Action::Continue,
             Decision::Respond(reply) => {
-                let mut headers = abi::MapWriter::new(reply.headers.len(), reply.headers.text_len());
-                for (name, value) in &reply.headers {
-                    headers.push(name.as_bytes(), value.as_bytes());
-                }
-                let sent = abi::send_local_response(u32::from(reply.status), &headers.finish(), reply.body.as_bytes());
+                let headers = serialise_reply(&reply.headers, &self.vm.reply_blocks);
+                let sent = abi::send_local_response(u32::from(reply.status), &headers, reply.body.as_bytes());
                 if let Err(status) = sent {
                     log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
                 }
@@ -296,11 +293,11 @@ impl Filter {
     /// The rate-limit service could not decide `check`: `on_unavailable` does.
     fn unavailable(&self, check: &LimitCheck, why: &str, now: u64) -> Decision {
         // Once per metrics flush, not per request: an outage must not flood the log.
-        if self.metrics.first_since_flush(metrics::Counter::GlobalFallbacks) {
+        if self.vm.metrics.first_since_flush(metrics::Counter::GlobalFallbacks) {
             log(LogLevel::Warn, &format!("portcullis: rate-limit service unavailable ({why}); on_unavailable decides"));
         }
-        self.metrics.add(metrics::Counter::GlobalFallbacks);
-        let limited = self.policy.unavailable(check, &SharedDataStore, &*self.own, now);
+        self.vm.metrics.add(metrics::Counter::GlobalFallbacks);
+        let limited = self.policy.unavailable(check, &SharedDataStore, &self.vm.own, now);
         self.count_degraded(&limited);
         limited.decision
     }
@@ -313,10 +310,10 @@ impl Filter {
     /// Shared data failed and `on_store_error` decided: counted, and logged once per flush.
     fn count_degraded(&self, limited: &Limited) {
         if limited.degraded {
-            if self.metrics.first_since_flush(metrics::Counter::Degraded) {
+            if self.vm.metrics.first_since_flush(metrics::Counter::Degraded) {
                 log(LogLevel::Warn, "portcullis: shared data failed; on_store_error decides (this VM's own limiter)");
             }
-            self.metrics.add(metrics::Counter::Degraded);
+            self.vm.metrics.add(metrics::Counter::Degraded);
         }
     }
 }
@@ -350,6 +347,51 @@ impl RequestHeaders for RequestHeaderMap<'_> {
     }
 }
 
+/// A header set's two reply parts ([`portcullis_core::ReplyBase`]) serialised at configuration:
+/// a redirect's and a JSON reply's. Serialising a dozen shared headers was half the work of
+/// every refusal and redirect.
+struct ReplyBlocks {
+    redirect: abi::Block,
+    json: abi::Block,
+}
+
+impl ReplyBlocks {
+    fn new(set: &portcullis_core::HeaderSet) -> Self {
+        Self {
+            redirect: abi::Block::new(set.reply_base_headers(false)),
+            json: abi::Block::new(set.reply_base_headers(true)),
+        }
+    }
+}
+
+/// A local reply's headers in the ABI's serialised form, in [`ReplyHeaders`] order: its own,
+/// its header set's part (copied from `blocks`), its rate-limit headers.
+fn serialise_reply(headers: &portcullis_core::ReplyHeaders, blocks: &[ReplyBlocks]) -> Vec<u8> {
+    let block = headers.base().and_then(|base| {
+        let blocks = blocks.get(base.set)?;
+        Some(if base.json { &blocks.json } else { &blocks.redirect })
+    });
+    let Some(block) = block else {
+        let mut writer = abi::MapWriter::new(headers.len(), headers.text_len());
+        for (name, value) in headers {
+            writer.push(name.as_bytes(), value.as_bytes());
+        }
+        return writer.finish();
+    };
+    let (own, rate) = (headers.own(), headers.rate_limit_headers());
+    let own_len: usize = own.iter().map(|(name, value)| name.len() + value.len()).sum();
+    let mut writer =
+        abi::MapWriter::new(own.len() + block.count() + rate.len(), own_len + block.text_len() + rate.text_len());
+    for (name, value) in own {
+        writer.push(name.as_bytes(), value.as_bytes());
+    }
+    writer.push_block(block);
+    for (name, value) in rate {
+        writer.push(name.as_bytes(), value.as_bytes());
+    }
+    writer.finish()
+}
+
 /// Whether the downstream connection is TLS, as Envoy saw it (never a client-supplied header).
 fn connection_scheme() -> Scheme {
     match abi::property(b"connection\0tls_version") {
@@ -370,5 +412,56 @@ impl Metrics {
     fn count(&self, outcome: Outcome) {
         self.add(metrics::Counter::Requests);
         self.add(metrics::Counter::from(outcome));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use portcullis_core::{Decision, MemoryStore};
+
+    /// Replies built on the serialised set parts are byte for byte the pairs pushed one by one.
+    #[test]
+    fn a_reply_serialised_from_blocks_is_its_headers_in_order() {
+        let store = MemoryStore::new();
+        let headers: Vec<(&str, &str)> = Vec::new();
+        for document in [
+            &br#"{"https_redirect": {"https_port": 8443}}"#[..],
+            br#"{"preset": "strict", "headers": {"Cache-Control": "private"}, "profiles": [{"path_prefix": "/api"}]}"#,
+            br#"{"headers": {"RateLimit": "mine"}}"#,
+        ] {
+            let policy = Policy::from_json(document).unwrap();
+            let blocks: Vec<ReplyBlocks> = policy.header_sets().map(ReplyBlocks::new).collect();
+            let mut replies = 0;
+            for (scheme, authority, path, method) in [
+                (Scheme::Http, &b"localhost:8080"[..], &b"/api/v1/videos"[..], &b"GET"[..]),
+                (Scheme::Https, b"evil.example", b"/", b"GET"),
+                (Scheme::Https, b"localhost", b"/api/v1/auth/login", b"POST"),
+            ] {
+                for _ in 0..6 {
+                    let request = Request {
+                        method,
+                        scheme,
+                        authority: Some(authority),
+                        path: Some(path),
+                        peer: Peer::Socket("192.0.2.1:1"),
+                        headers: &headers,
+                    };
+                    let Decision::Respond(reply) = policy.decide(&request, 1_700_000_000_000_000_000, &store) else {
+                        continue;
+                    };
+                    replies += 1;
+                    let mut one_by_one = abi::MapWriter::new(reply.headers.len(), reply.headers.text_len());
+                    for (name, value) in &reply.headers {
+                        one_by_one.push(name.as_bytes(), value.as_bytes());
+                    }
+                    let serialised = serialise_reply(&reply.headers, &blocks);
+                    assert_eq!(serialised, one_by_one.finish(), "{reply:?}");
+                    assert_eq!(serialised.capacity(), serialised.len(), "sized up front");
+                }
+            }
+            assert!(replies >= 7, "a redirect or 400 and some 429s were built: {replies}");
+        }
     }
 }

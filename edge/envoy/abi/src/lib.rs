@@ -19,5 +19,5 @@ pub mod types;
 
 pub use calls::*;
 pub use context::{HttpContext, RootContext, set_root_context};
-pub use map::{MapWriter, Pairs, pairs};
+pub use map::{Block, MapWriter, Pairs, pairs};
 pub use types::{Action, BufferType, LogLevel, MapType, MetricType, Status};

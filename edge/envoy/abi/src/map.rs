@@ -87,8 +87,51 @@ impl MapWriter {
         self.out.push(0);
     }
 
+    /// Appends every pair of `block`, as [`MapWriter::push`] would one by one. A block that
+    /// does not fit the declared count is dropped whole.
+    #[inline]
+    pub fn push_block(&mut self, block: &Block) {
+        let Some(slot) = self.out.get_mut(self.lengths..self.lengths + block.lengths.len()) else { return };
+        slot.copy_from_slice(&block.lengths);
+        self.lengths += block.lengths.len();
+        self.out.extend_from_slice(&block.data);
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.out
+    }
+}
+
+/// Pairs serialised once and copied into many maps: the length words and the NUL-terminated
+/// names and values, kept apart because the ABI puts all lengths before all data.
+pub struct Block {
+    lengths: Vec<u8>,
+    data: Vec<u8>,
+    text_len: usize,
+}
+
+impl Block {
+    pub fn new(pairs: &[(String, String)]) -> Self {
+        let mut block = Self { lengths: Vec::with_capacity(pairs.len() * 8), data: Vec::new(), text_len: 0 };
+        for (name, value) in pairs {
+            block.lengths.extend_from_slice(&len_word(name.len()));
+            block.lengths.extend_from_slice(&len_word(value.len()));
+            block.data.extend_from_slice(name.as_bytes());
+            block.data.push(0);
+            block.data.extend_from_slice(value.as_bytes());
+            block.data.push(0);
+            block.text_len += name.len() + value.len();
+        }
+        block
+    }
+
+    pub fn count(&self) -> usize {
+        self.lengths.len() / 8
+    }
+
+    /// The names' and values' bytes, as [`MapWriter::new`] counts them.
+    pub fn text_len(&self) -> usize {
+        self.text_len
     }
 }
 
@@ -145,5 +188,21 @@ mod tests {
         writer.push(b"a", b"1");
         writer.push(b"b", b"2");
         assert_eq!(pairs(&writer.finish()).collect::<Vec<_>>(), vec![(&b"a"[..], &b"1"[..])]);
+    }
+
+    #[test]
+    fn a_block_writes_what_its_pairs_would() {
+        let block = Block::new(&[("x-a".to_owned(), "1".to_owned()), ("x-bb".to_owned(), String::new())]);
+        let mut writer = MapWriter::new(3, 2 + block.text_len());
+        writer.push(b"c", b"d");
+        writer.push_block(&block);
+        let by_block = writer.finish();
+        let by_pairs = serialise(&[("c", "d"), ("x-a", "1"), ("x-bb", "")]);
+        assert_eq!(by_block, by_pairs);
+        assert_eq!(by_block.capacity(), by_block.len(), "the size given up front was exact");
+        let mut short = MapWriter::new(2, 0);
+        short.push_block(&block);
+        short.push_block(&block);
+        assert_eq!(pairs(&short.finish()).count(), 2);
     }
 }
