@@ -222,70 +222,69 @@ impl Reader<'_> {
 
     fn object(&mut self) -> Result<Value, Error> {
         let mut members = Vec::new();
-        self.skip_whitespace();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            return Ok(Value::Object(members));
-        }
-        loop {
-            self.skip_whitespace();
-            match self.peek() {
-                None => return self.fail("EOF while parsing an object"),
-                Some(b'"') => {}
-                Some(b'}') if !members.is_empty() => return self.fail("trailing comma"),
-                Some(_) => return self.fail("key must be a string"),
+        self.items(b'}', "EOF while parsing an object", "expected `,` or `}`", |reader| {
+            if reader.peek() != Some(b'"') {
+                return reader.fail("key must be a string");
             }
-            let key = self.string()?;
-            self.skip_whitespace();
-            match self.peek() {
-                None => return self.fail("EOF while parsing an object"),
-                Some(b':') => self.at += 1,
-                Some(_) => return self.fail("expected `:`"),
+            let key = reader.string()?;
+            reader.skip_whitespace();
+            match reader.peek() {
+                None => return reader.fail("EOF while parsing an object"),
+                Some(b':') => reader.at += 1,
+                Some(_) => return reader.fail("expected `:`"),
             }
-            self.path.push(Step::Key(key.clone()));
-            let value = self.value()?;
-            members.push((key, value));
-            self.skip_whitespace();
-            let next = self.peek();
-            match next {
-                None => return self.fail("EOF while parsing an object"),
-                Some(b',' | b'}') => self.at += 1,
-                Some(_) => return self.fail("expected `,` or `}`"),
-            }
-            self.path.pop();
-            if next == Some(b'}') {
-                return Ok(Value::Object(members));
-            }
-        }
+            reader.path.push(Step::Key(key.clone()));
+            members.push((key, reader.value()?));
+            Ok(())
+        })?;
+        Ok(Value::Object(members))
     }
 
     fn array(&mut self) -> Result<Value, Error> {
         let mut elements = Vec::new();
+        self.items(b']', "EOF while parsing a list", "expected `,` or `]`", |reader| {
+            reader.path.push(Step::Index(elements.len()));
+            elements.push(reader.value()?);
+            Ok(())
+        })?;
+        Ok(Value::Array(elements))
+    }
+
+    /// The comma-separated items of an object or a list, the reader past its opening bracket,
+    /// up to and past `close`. `item` reads one from its first byte and puts its step on the
+    /// path; the step stays there until the separator after the item has been read, so a
+    /// document cut off right after a value still names it.
+    fn items(
+        &mut self,
+        close: u8,
+        eof: &str,
+        expected: &str,
+        mut item: impl FnMut(&mut Self) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         self.skip_whitespace();
-        if self.peek() == Some(b']') {
+        if self.peek() == Some(close) {
             self.at += 1;
-            return Ok(Value::Array(elements));
+            return Ok(());
         }
         loop {
             self.skip_whitespace();
             match self.peek() {
-                None => return self.fail("EOF while parsing a list"),
-                Some(b']') if !elements.is_empty() => return self.fail("trailing comma"),
+                None => return self.fail(eof),
+                // Not the first item: an empty container returned above.
+                Some(byte) if byte == close => return self.fail("trailing comma"),
                 Some(_) => {}
             }
-            self.path.push(Step::Index(elements.len()));
-            let value = self.value()?;
-            elements.push(value);
+            item(self)?;
             self.skip_whitespace();
             let next = self.peek();
             match next {
-                None => return self.fail("EOF while parsing a list"),
-                Some(b',' | b']') => self.at += 1,
-                Some(_) => return self.fail("expected `,` or `]`"),
+                None => return self.fail(eof),
+                Some(byte) if byte == b',' || byte == close => self.at += 1,
+                Some(_) => return self.fail(expected),
             }
             self.path.pop();
-            if next == Some(b']') {
-                return Ok(Value::Array(elements));
+            if next == Some(close) {
+                return Ok(());
             }
         }
     }
