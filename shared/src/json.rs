@@ -51,6 +51,18 @@ impl std::fmt::Display for Error {
     }
 }
 
+/// The escapes JSON and `{:?}` write alike.
+fn short_escape(c: char) -> Option<&'static str> {
+    match c {
+        '"' => Some("\\\""),
+        '\\' => Some("\\\\"),
+        '\n' => Some("\\n"),
+        '\r' => Some("\\r"),
+        '\t' => Some("\\t"),
+        _ => None,
+    }
+}
+
 /// `s` in double quotes, as `{:?}` writes it for ASCII, with every other character escaped
 /// (`\u{e9}`), so an error message never carries a document's raw bytes into a log line.
 /// Written out because `{:?}` would link Unicode's printable-character tables into the filter.
@@ -58,14 +70,10 @@ pub(crate) fn quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            ' '..='~' => out.push(c),
-            _ => out.extend(c.escape_unicode()),
+        match (short_escape(c), c) {
+            (Some(escape), _) => out.push_str(escape),
+            (None, ' '..='~') => out.push(c),
+            (None, _) => out.extend(c.escape_unicode()),
         }
     }
     out.push('"');
@@ -78,21 +86,17 @@ pub(crate) fn write_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\0'..='\u{1f}' => {
+        match (short_escape(c), c) {
+            (Some(escape), _) => out.push_str(escape),
+            (None, '\u{8}') => out.push_str("\\b"),
+            (None, '\u{c}') => out.push_str("\\f"),
+            (None, '\0'..='\u{1f}') => {
                 let byte = c as usize;
                 out.push_str("\\u00");
                 out.push(char::from(HEX[byte >> 4]));
                 out.push(char::from(HEX[byte & 0xf]));
             }
-            _ => out.push(c),
+            (None, _) => out.push(c),
         }
     }
     out.push('"');
@@ -445,6 +449,15 @@ mod tests {
         assert_eq!(error("{} {}"), ".: trailing characters after the document");
         assert_eq!(parse(b"{\"a\": \"\xff\"}").unwrap_err().to_string(), "a: invalid unicode code point");
         assert_eq!(error(&"[".repeat(MAX_DEPTH + 1)), format!("{}: recursion limit exceeded", "[0]".repeat(MAX_DEPTH)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut ours = String::new();
+            write_string(&mut ours, &s);
+            proptest::prop_assert_eq!(ours, serde_json::to_string(&s).unwrap());
+        }
     }
 
     #[test]
