@@ -234,10 +234,19 @@ impl<'p> ResponseEdits<'p> {
         Self { set, rate: rate.map_or_else(RateLimitHeaders::default, RateLimitHeaders::new) }
     }
 
-    /// Writes every edit into `sink`.
+    /// Writes every edit into `sink`: what [`ResponseEdits::rewrite`] leaves of a header list,
+    /// for hosts that edit a map in place.
     pub fn apply<S: HeaderSink + ?Sized>(&self, sink: &mut S) {
         for name in self.set.removed() {
             sink.remove(name);
+        }
+        // A response with rate-limit headers carries only the filter's: an upstream's name of
+        // the family this response does not set (its `Retry-After` on an allowed request)
+        // would contradict them.
+        if !self.rate.is_empty() {
+            for name in RATE_LIMIT_HEADERS.iter().filter(|name| !self.rate.names.contains(name)) {
+                sink.remove(name);
+            }
         }
         self.for_each_set(|name, value| sink.set(name, value));
     }
@@ -253,9 +262,13 @@ impl<'p> ResponseEdits<'p> {
             self.apply(&mut own);
             return ReplyHeaders::new(own, Arc::default(), RateLimitHeaders::default());
         }
+        // What `apply` removes from them: the set's names and, with rate-limit headers, the
+        // whole rate-limit family.
+        let with_rate = !self.rate.is_empty();
         own.retain(|(name, _)| {
             let name = name.as_bytes();
-            !(self.set.replaces(name) || self.rate.names.iter().any(|rate| rate.as_bytes().eq_ignore_ascii_case(name)))
+            let rate_name = || RATE_LIMIT_HEADERS.iter().any(|rate| rate.as_bytes().eq_ignore_ascii_case(name));
+            !(self.set.replaces(name) || (with_rate && rate_name()))
         });
         let base = ReplyBase { set: self.set.index(), json: kind == ReplyKind::Json };
         ReplyHeaders { base: Some(base), ..ReplyHeaders::new(own, self.set.reply_base(kind).clone(), self.rate) }
@@ -287,7 +300,14 @@ impl<'p> ResponseEdits<'p> {
                 headers.push((name.as_str(), value.as_ref()));
             }
         }
-        self.for_each_set(|name, value| headers.push((name, value.as_bytes())));
+        // As `apply` would leave them: a rate-limit header replaces the set's of the same name.
+        let replaced = |name: &str| self.rate.names.iter().any(|rate| rate.eq_ignore_ascii_case(name));
+        for (name, value) in self.set.headers().iter().filter(|(name, _)| !replaced(name)) {
+            headers.push((name.as_str(), value.as_bytes()));
+        }
+        for (name, value) in &self.rate {
+            headers.push((name, value.as_bytes()));
+        }
         headers
     }
 

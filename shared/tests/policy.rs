@@ -299,6 +299,63 @@ fn response_edits_rewrite_a_whole_header_list() {
     assert_eq!(edits.rate_limit_headers().len(), 5);
 }
 
+/// Editing in place (`apply`, as the Envoy filter does) leaves what rewriting the whole list
+/// (`rewrite`, as the Worker does) leaves, whatever the upstream sent.
+#[test]
+fn editing_in_place_leaves_what_a_rewrite_leaves() {
+    let upstream: Vec<(String, String)> = [
+        ("server", "nginx"),
+        ("Server", "again"),
+        ("x-powered-by", "PHP"),
+        ("x-custom", "kept"),
+        ("ratelimit", "forged"),
+        ("Retry-After", "7"),
+        ("x-ratelimit-reset", "99"),
+        ("strict-transport-security", "max-age=1"),
+        ("RateLimit", "mine"),
+    ]
+    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    .into();
+    let headers: Vec<(&str, &str)> = Vec::new();
+    for document in [
+        &br#"{}"#[..],
+        br#"{"headers": {"RateLimit": "mine", "Retry-After": "3"}, "remove_headers": ["x-custom"]}"#,
+        br#"{"preset": "strict", "rate_limit_headers_on_success": false}"#,
+    ] {
+        let policy = Policy::from_json(document).unwrap();
+        let store = MemoryStore::new();
+        for (scheme, path) in
+            [(Scheme::Https, "/api/v1/videos"), (Scheme::Http, "/x"), (Scheme::Https, "/api/v1/auth/login")]
+        {
+            for _ in 0..7 {
+                let request = Request {
+                    method: if path.ends_with("login") { b"POST" } else { b"GET" },
+                    scheme,
+                    authority: Some(b"localhost"),
+                    path: Some(path.as_bytes()),
+                    peer: Peer::Socket("198.51.100.40"),
+                    headers: &headers,
+                };
+                let plan = policy.decide(&request, NOW, &store).plan();
+                let edits = policy.response_edits(&plan);
+                let lower = |list: Vec<(String, String)>| {
+                    let mut list: Vec<_> = list.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)).collect();
+                    list.sort();
+                    list
+                };
+                let mut in_place = upstream.clone();
+                edits.apply(&mut in_place);
+                let rewritten: Vec<(String, String)> = edits
+                    .rewrite(&upstream)
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), String::from_utf8(v.to_vec()).unwrap()))
+                    .collect();
+                assert_eq!(lower(in_place), lower(rewritten), "{}: {plan:?}", String::from_utf8_lossy(document));
+            }
+        }
+    }
+}
+
 #[test]
 fn outcomes_have_stable_names() {
     use Outcome::*;
