@@ -2,8 +2,8 @@
 //!
 //! This crate only translates between the proxy-wasm host and `portcullis-core`: it reads the
 //! request once (one host call for the whole header map), asks the core, and either sends the
-//! core's local reply or forwards and later applies the core's response edits (one read and one
-//! write of the response map). Every decision is made by the core.
+//! core's local reply or forwards and later applies the core's response edits in place (one
+//! host call per header it replaces or removes). Every decision is made by the core.
 
 mod global;
 mod hash_key;
