@@ -240,12 +240,6 @@ impl<'p> ResponseEdits<'p> {
         for name in self.set.removed() {
             sink.remove(name);
         }
-        // A response with rate-limit headers carries only the filter's: an upstream's name of
-        // the family this response does not set (its `Retry-After` on an allowed request)
-        // would contradict them.
-        for name in self.rate.unset {
-            sink.remove(name);
-        }
         self.for_each_set(|name, value| sink.set(name, value));
     }
 
@@ -260,13 +254,10 @@ impl<'p> ResponseEdits<'p> {
             self.apply(&mut own);
             return ReplyHeaders::new(own, Arc::default(), RateLimitHeaders::default());
         }
-        // What `apply` removes from them: the set's names and, with rate-limit headers, the
-        // whole rate-limit family.
-        let with_rate = !self.rate.is_empty();
+        // What `apply` replaces or removes of them: the set's names and the rate-limit headers'.
         own.retain(|(name, _)| {
             let name = name.as_bytes();
-            let rate_name = || RATE_LIMIT_HEADERS.iter().any(|rate| rate.as_bytes().eq_ignore_ascii_case(name));
-            !(self.set.replaces(name) || (with_rate && rate_name()))
+            !(self.set.replaces(name) || self.rate.names.iter().any(|rate| rate.as_bytes().eq_ignore_ascii_case(name)))
         });
         let base = ReplyBase { set: self.set.index(), json: kind == ReplyKind::Json };
         ReplyHeaders { base: Some(base), ..ReplyHeaders::new(own, self.set.reply_base(kind).clone(), self.rate) }
@@ -286,6 +277,7 @@ impl<'p> ResponseEdits<'p> {
     /// Whether these edits set or remove `name` (so an upstream value of it must not survive).
     pub fn touches(&self, name: &str) -> bool {
         self.set.manages(name.as_bytes(), !self.rate.is_empty())
+            || (self.rate.is_refusal() && name.eq_ignore_ascii_case("retry-after"))
     }
 
     /// The whole response header list after the edits: the upstream headers the edits leave
@@ -322,19 +314,17 @@ impl<'p> ResponseEdits<'p> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateLimitHeaders {
     names: &'static [&'static str],
-    /// The rest of [`RATE_LIMIT_HEADERS`], which a response with these headers must not carry:
-    /// worked out once here, as comparing names per response costs thousands of Wasm
-    /// instructions.
-    unset: &'static [&'static str],
     text: String,
     /// Where each value ends in `text`, in `names` order.
     ends: [usize; 6],
 }
 
-const ALLOWED_NAMES: [&str; 5] =
+/// The rate-limit headers of an allowed request: an upstream's value of any of them would
+/// contradict the edge's count, so a forwarded response on a limited tier keeps none. Not
+/// `Retry-After`: an upstream's own 429 or 503 says with it when to come back (the origin's
+/// per-account login throttle, its database outage), which the edge's count does not know.
+pub(crate) const ALLOWED_NAMES: [&str; 5] =
     ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"];
-/// [`RATE_LIMIT_HEADERS`] less [`ALLOWED_NAMES`].
-const ALLOWED_UNSET: [&str; 1] = ["retry-after"];
 const REFUSED_NAMES: [&str; 6] =
     ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after", "x-ratelimit-reset"];
 
@@ -355,8 +345,7 @@ impl RateLimitHeaders {
     fn new((tier, limit, window, report): (&str, u32, u32, RateReport)) -> Self {
         // On a refusal the reset points at the same instant as Retry-After (draft §4).
         let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));
-        let (names, unset): (&'static [&'static str], &'static [&'static str]) =
-            if report.retry_after.is_some() { (&REFUSED_NAMES, &[]) } else { (&ALLOWED_NAMES, &ALLOWED_UNSET) };
+        let names: &'static [&'static str] = if report.retry_after.is_some() { &REFUSED_NAMES } else { &ALLOWED_NAMES };
         let mut buffers = [itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new()];
         let [limit_buf, remaining_buf, reset_buf, window_buf] = &mut buffers;
         let limit = limit_buf.format(limit);
@@ -384,7 +373,7 @@ impl RateLimitHeaders {
             value(&mut text, &[reset]);
         }
         value(&mut text, &[reset]);
-        Self { names, unset, text, ends }
+        Self { names, text, ends }
     }
 
     pub fn len(&self) -> usize {
@@ -393,6 +382,11 @@ impl RateLimitHeaders {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+
+    /// Whether these are a refusal's headers, `Retry-After` among them.
+    fn is_refusal(&self) -> bool {
+        self.names.len() == REFUSED_NAMES.len()
     }
 
     /// The bytes of every name and value together.
@@ -442,15 +436,16 @@ mod tests {
     use crate::Policy;
 
     #[test]
-    fn each_name_list_with_what_it_leaves_unset_is_the_whole_family() {
-        let sorted = |lists: &[&[&'static str]]| {
-            let mut names: Vec<&'static str> = lists.concat();
+    fn a_refusal_names_the_whole_family_and_an_allowed_request_all_but_retry_after() {
+        let sorted = |names: &[&'static str]| {
+            let mut names = names.to_vec();
             names.sort_unstable();
             names
         };
-        let family = sorted(&[&RATE_LIMIT_HEADERS]);
-        assert_eq!(sorted(&[&ALLOWED_NAMES, &ALLOWED_UNSET]), family);
-        assert_eq!(sorted(&[&REFUSED_NAMES]), family);
+        assert_eq!(sorted(&REFUSED_NAMES), sorted(&RATE_LIMIT_HEADERS));
+        let mut allowed = ALLOWED_NAMES.to_vec();
+        allowed.push("retry-after");
+        assert_eq!(sorted(&allowed), sorted(&RATE_LIMIT_HEADERS));
     }
 
     #[test]

@@ -140,7 +140,8 @@ pub struct HeaderSet {
     json_reply: Arc<[(String, String)]>,
     remove: Vec<String>,
     managed: ManagedNames,
-    /// `managed` plus the rate-limit names, for responses that carry rate-limit headers.
+    /// `managed` plus the rate-limit names an allowed request's response carries, for
+    /// forwarded responses on a limited tier.
     managed_with_rate: ManagedNames,
     /// Exactly the names [`HeaderSet::removed`] and [`HeaderSet::headers`] hold.
     replaced: ManagedNames,
@@ -150,7 +151,15 @@ pub struct HeaderSet {
 }
 
 impl HeaderSet {
-    pub(crate) fn compile(index: usize, profile: &HeaderProfile, https: bool, rate_names: &[&str]) -> Self {
+    /// `allowed_rate_names` are the rate-limit headers a forwarded response gets, `rate_names`
+    /// every one a local reply may get.
+    pub(crate) fn compile(
+        index: usize,
+        profile: &HeaderProfile,
+        https: bool,
+        allowed_rate_names: &[&str],
+        rate_names: &[&str],
+    ) -> Self {
         let mut set = profile.set.clone();
         let mut remove = profile.remove.clone();
         match (&profile.hsts, https) {
@@ -165,7 +174,7 @@ impl HeaderSet {
                 .chain(profile.remove.iter().map(String::as_str))
         };
         let managed = ManagedNames::new(profile_names());
-        let managed_with_rate = ManagedNames::new(profile_names().chain(rate_names.iter().copied()));
+        let managed_with_rate = ManagedNames::new(profile_names().chain(allowed_rate_names.iter().copied()));
         let replaced = ManagedNames::new(remove.iter().chain(set.iter().map(|(name, _)| name)).map(String::as_str));
         let sets_rate_names = set.iter().any(|(name, _)| rate_names.contains(&name.as_str()));
         let json_reply = JSON_REPLY_HEADERS

@@ -8,7 +8,8 @@ use crate::config::{
     self, ConfigError, GlobalConfig, LimitMode, PolicyConfig, StoreErrorMode, TierConfig, Unavailable,
 };
 use crate::decision::{
-    Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits, ResponsePlan,
+    ALLOWED_NAMES, Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits,
+    ResponsePlan,
 };
 use crate::headers::{HeaderProfile, HeaderSet, ReplyKind};
 use crate::host::{HostPattern, parse_authority};
@@ -228,8 +229,9 @@ impl Policy {
         let limited = tiers.iter().filter(|t| t.limit.is_some()).count() as u32;
 
         let sets = |slot: usize, profile: &HeaderProfile| {
-            [false, true]
-                .map(|https| HeaderSet::compile(slot * 2 + usize::from(https), profile, https, &RATE_LIMIT_HEADERS))
+            [false, true].map(|https| {
+                HeaderSet::compile(slot * 2 + usize::from(https), profile, https, &ALLOWED_NAMES, &RATE_LIMIT_HEADERS)
+            })
         };
         let profile_sets = profiles.iter().enumerate().map(|(i, (_, profile))| sets(i + 1, profile)).collect();
         let mut policy = Self {

@@ -508,11 +508,22 @@ fn check(policy: &PolicyCase, request: &HttpRequest, exchange: &Exchange, new_lo
     let filter_policy = exchange.local || request.upstream.header_count("ratelimit-policy") == 0;
     if let Some(window) = response.header("ratelimit-policy").and_then(window_secs).filter(|_| filter_policy) {
         let secs = |name: &str| response.header(name).and_then(|v| v.parse::<u64>().ok());
-        let retry = secs("retry-after").unwrap_or(0);
-        assert!(retry <= window, "retry-after {retry} s beyond the {window} s window\n{}", context());
+        // An upstream's own Retry-After (its 429 or 503) is its to give, and passes unchanged.
+        if exchange.local || request.upstream.header_count("retry-after") == 0 {
+            let retry = secs("retry-after").unwrap_or(0);
+            assert!(retry <= window, "retry-after {retry} s beyond the {window} s window\n{}", context());
+        }
         // The window is the emission interval times the limit, rounded up to the nanosecond.
         let reset = secs("x-ratelimit-reset").unwrap_or(0);
         assert!(reset <= window + 1, "x-ratelimit-reset {reset} s beyond the {window} s window\n{}", context());
+    }
+    // No policy here sets or removes Retry-After: a forwarded response keeps the upstream's.
+    if !exchange.local {
+        let retry_after = |headers: &[(String, Vec<u8>)]| -> Vec<Vec<u8>> {
+            headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("retry-after")).map(|(_, v)| v.clone()).collect()
+        };
+        let kept = retry_after(&response.headers);
+        assert_eq!(kept, retry_after(&request.upstream.headers), "the upstream's retry-after\n{}", context());
     }
     for name in ["ratelimit", "ratelimit-policy", "retry-after", "x-ratelimit-remaining", "location"] {
         if exchange.local || request.upstream.header_count(name) == 0 {
