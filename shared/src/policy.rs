@@ -75,7 +75,7 @@ impl Tier {
                 method.eq_ignore_ascii_case(m.as_bytes()) || (m == "GET" && method.eq_ignore_ascii_case(b"HEAD"))
             }
         };
-        method_ok && self.route.matches(canonical)
+        method_ok && self.route.matches_canonical(canonical)
     }
 }
 
