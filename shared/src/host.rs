@@ -136,7 +136,7 @@ impl HostPattern {
     pub(crate) fn matches(&self, host: &Host<'_>) -> bool {
         match self {
             Self::Any => true,
-            Self::Exact(name) => name.as_bytes() == &*host.name,
+            Self::Exact(name) => crate::same_bytes(name.as_bytes(), &host.name),
             Self::Subdomains(parent) => host
                 .name
                 .strip_suffix(parent.as_bytes())

@@ -31,6 +31,7 @@
 //! assert_eq!(reply.header("location"), Some("https://localhost:8443/api/v1/videos?page=2"));
 //! ```
 
+mod bytes;
 mod client;
 pub mod config;
 mod decision;
@@ -48,6 +49,7 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod observatory;
 
+pub use bytes::same_bytes;
 pub use client::ClientKey;
 pub use config::{ConfigError, PolicyConfig};
 pub use decision::{

@@ -188,7 +188,7 @@ impl RouteTemplate {
     /// slash: as [`canonical`] returns it), which is what a request's path is matched as.
     pub(crate) fn matches_canonical(&self, canonical: &[u8]) -> bool {
         match &self.exact {
-            Some(exact) => **exact == *canonical,
+            Some(exact) => crate::same_bytes(exact, canonical),
             None => self.matches(canonical),
         }
     }
