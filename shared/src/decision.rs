@@ -230,8 +230,11 @@ pub(crate) const RATE_LIMIT_HEADERS: [&str; 6] =
     ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after"];
 
 impl<'p> ResponseEdits<'p> {
-    pub(crate) fn new(set: &'p HeaderSet, rate: Option<(&str, u32, u32, RateReport)>) -> Self {
-        Self { set, rate: rate.map_or_else(RateLimitHeaders::default, RateLimitHeaders::new) }
+    pub(crate) fn new(set: &'p HeaderSet, rate: Option<(&TierHeaderText, RateReport)>) -> Self {
+        Self {
+            set,
+            rate: rate.map_or_else(RateLimitHeaders::default, |(text, report)| RateLimitHeaders::new(text, report)),
+        }
     }
 
     /// Writes every edit into `sink`: what [`ResponseEdits::rewrite`] leaves of a header list,
@@ -328,6 +331,30 @@ pub(crate) const ALLOWED_NAMES: [&str; 5] =
 const REFUSED_NAMES: [&str; 6] =
     ["ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after", "x-ratelimit-reset"];
 
+/// The text of a tier's rate-limit headers that every response of the tier shares, written
+/// when the policy is compiled: a response then formats only its own two numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TierHeaderText {
+    /// `RateLimit-Policy`: `"login";q=5;w=60`.
+    policy: String,
+    /// How `RateLimit` starts: `"login";r=`.
+    remaining_prefix: String,
+    /// `X-RateLimit-Limit`: `5`.
+    limit: String,
+}
+
+impl TierHeaderText {
+    pub(crate) fn new(tier: &str, limit: u32, window_secs: u32) -> Self {
+        let limit = itoa::Buffer::new().format(limit).to_owned();
+        let window = itoa::Buffer::new().format(window_secs).to_owned();
+        Self {
+            policy: ["\"", tier, "\";q=", &limit, ";w=", &window].concat(),
+            remaining_prefix: ["\"", tier, "\";r="].concat(),
+            limit,
+        }
+    }
+}
+
 impl RateLimitHeaders {
     /// The headers a response gets for `verdict` on tier `tier` of `limit` requests per
     /// `period_secs`: for a host that has a verdict without a decision (the fleet's rate-limit
@@ -339,21 +366,25 @@ impl RateLimitHeaders {
             reset_after: verdict.reset_after,
             retry_after: (!verdict.allowed).then_some(verdict.retry_after),
         };
-        Self::new((tier, limit, period_secs, report))
+        Self::new(&TierHeaderText::new(tier, limit, period_secs), report)
     }
 
-    fn new((tier, limit, window, report): (&str, u32, u32, RateReport)) -> Self {
+    fn new(tier: &TierHeaderText, report: RateReport) -> Self {
         // On a refusal the reset points at the same instant as Retry-After (draft §4).
         let reset = ceil_secs(report.retry_after.unwrap_or(report.reset_after));
         let names: &'static [&'static str] = if report.retry_after.is_some() { &REFUSED_NAMES } else { &ALLOWED_NAMES };
-        let mut buffers = [itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new()];
-        let [limit_buf, remaining_buf, reset_buf, window_buf] = &mut buffers;
-        let limit = limit_buf.format(limit);
+        let (mut remaining_buf, mut reset_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
         let remaining = remaining_buf.format(report.remaining);
         let reset = reset_buf.format(reset);
-        let window = window_buf.format(window);
 
-        let mut text = String::with_capacity(2 * tier.len() + 4 * 20 + 16);
+        let mut text = String::with_capacity(
+            tier.policy.len()
+                + tier.remaining_prefix.len()
+                + tier.limit.len()
+                + 2 * remaining.len()
+                + 3 * reset.len()
+                + 3,
+        );
         let mut ends = [0; 6];
         let mut values = 0;
         let mut value = |text: &mut String, parts: &[&str]| {
@@ -365,9 +396,9 @@ impl RateLimitHeaders {
             }
             values += 1;
         };
-        value(&mut text, &["\"", tier, "\";q=", limit, ";w=", window]);
-        value(&mut text, &["\"", tier, "\";r=", remaining, ";t=", reset]);
-        value(&mut text, &[limit]);
+        value(&mut text, &[&tier.policy]);
+        value(&mut text, &[&tier.remaining_prefix, remaining, ";t=", reset]);
+        value(&mut text, &[&tier.limit]);
         value(&mut text, &[remaining]);
         if report.retry_after.is_some() {
             value(&mut text, &[reset]);

@@ -9,7 +9,7 @@ use crate::config::{
 };
 use crate::decision::{
     ALLOWED_NAMES, Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits,
-    ResponsePlan,
+    ResponsePlan, TierHeaderText,
 };
 use crate::headers::{HeaderProfile, HeaderSet, ReplyKind};
 use crate::host::{HostPattern, parse_authority};
@@ -62,6 +62,8 @@ struct Tier {
     route: RouteTemplate,
     /// `None` for an unlimited tier; else the rate and the tier's ordinal among limited tiers.
     limit: Option<(Gcra, u32)>,
+    /// A limited tier's rate-limit header text that is the same on every response.
+    header_text: Option<TierHeaderText>,
     shadow: bool,
     on_store_error: StoreErrorMode,
 }
@@ -504,9 +506,8 @@ impl Policy {
     /// Header edits for a response produced under `plan`.
     pub fn response_edits(&self, plan: &ResponsePlan) -> ResponseEdits<'_> {
         let rate = plan.rate.filter(|r| r.retry_after.is_some() || self.headers_on_success).and_then(|report| {
-            let tier = self.tiers.get(usize::from(report.tier))?;
-            let (gcra, _) = tier.limit.as_ref()?;
-            Some((tier.name.as_str(), gcra.limit(), gcra.period_secs(), report))
+            let text = self.tiers.get(usize::from(report.tier))?.header_text.as_ref()?;
+            Some((text, report))
         });
         ResponseEdits::new(self.header_set(plan), rate)
     }
@@ -671,7 +672,8 @@ fn compile_tiers(
         };
         let shadow = tier.mode.unwrap_or(mode) == LimitMode::Shadow;
         let on_store_error = tier.on_store_error.unwrap_or(on_store_error);
-        tiers.push(Tier { name: tier.name.clone(), method, route, limit, shadow, on_store_error });
+        let header_text = limit.map(|(gcra, _)| TierHeaderText::new(&tier.name, gcra.limit(), gcra.period_secs()));
+        tiers.push(Tier { name: tier.name.clone(), method, route, limit, header_text, shadow, on_store_error });
     }
     if tiers.len() >= usize::from(u16::MAX) {
         return Err(ConfigError::at("rate_limits", "too many tiers"));
