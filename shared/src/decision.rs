@@ -272,9 +272,7 @@ impl<'p> ResponseEdits<'p> {
         for (name, value) in self.set.headers() {
             set(name, value);
         }
-        for (name, value) in &self.rate {
-            set(name, value);
-        }
+        self.rate.for_each(set);
     }
 
     /// Whether these edits set or remove `name` (so an upstream value of it must not survive).
@@ -425,6 +423,20 @@ impl RateLimitHeaders {
         self.names.iter().map(|name| name.len()).sum::<usize>() + self.text.len()
     }
 
+    /// Each header's lowercase name and value, in the order they are set: what [`Self::iter`]
+    /// gives, each value split from the rest of the text once instead of cut by its two ends
+    /// (this runs on every response of a limited tier).
+    pub fn for_each<'a>(&'a self, mut visit: impl FnMut(&'a str, &'a str)) {
+        let (mut rest, mut start) = (self.text.as_str(), 0);
+        for (name, &end) in self.names.iter().zip(&self.ends) {
+            let Some((value, tail)) = rest.split_at_checked(end.saturating_sub(start)) else {
+                return;
+            };
+            visit(name, value);
+            (rest, start) = (tail, end);
+        }
+    }
+
     /// Each header's lowercase name and value, in the order they are set.
     pub fn iter(&self) -> RateLimitHeadersIter<'_> {
         RateLimitHeadersIter { headers: self, next: 0, start: 0 }
@@ -477,6 +489,19 @@ mod tests {
         let mut allowed = ALLOWED_NAMES.to_vec();
         allowed.push("retry-after");
         assert_eq!(sorted(&allowed), sorted(&RATE_LIMIT_HEADERS));
+    }
+
+    #[test]
+    fn for_each_visits_what_iter_gives() {
+        let text = TierHeaderText::new("login", 5, 60);
+        for retry_after in [None, Some(11_500_000_000)] {
+            let report = RateReport { tier: 0, remaining: 3, reset_after: 12_000_000_000, retry_after };
+            let headers = RateLimitHeaders::new(&text, report);
+            let mut visited = Vec::new();
+            headers.for_each(|name, value| visited.push((name, value)));
+            assert_eq!(visited, headers.iter().collect::<Vec<_>>());
+            assert_eq!(visited.len(), if retry_after.is_some() { 6 } else { 5 });
+        }
     }
 
     #[test]

@@ -386,9 +386,7 @@ fn serialise_reply(headers: &portcullis_core::ReplyHeaders, blocks: &[ReplyBlock
         writer.push(name.as_bytes(), value.as_bytes());
     }
     writer.push_block(block);
-    for (name, value) in rate {
-        writer.push(name.as_bytes(), value.as_bytes());
-    }
+    rate.for_each(|name, value| writer.push(name.as_bytes(), value.as_bytes()));
     writer.finish()
 }
 
