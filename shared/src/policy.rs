@@ -70,14 +70,16 @@ struct Tier {
 
 impl Tier {
     fn matches(&self, method: &[u8], canonical: &[u8]) -> bool {
-        let method_ok = match &self.method {
-            None => true,
-            // HEAD is served by GET handlers, so it spends the GET tier's quota.
-            Some(m) => {
-                method.eq_ignore_ascii_case(m.as_bytes()) || (m == "GET" && method.eq_ignore_ascii_case(b"HEAD"))
+        // The route first: most tiers' routes are literal, and a literal of another length
+        // rejects the request in one comparison.
+        self.route.matches_canonical(canonical)
+            && match &self.method {
+                None => true,
+                // HEAD is served by GET handlers, so it spends the GET tier's quota.
+                Some(m) => {
+                    method.eq_ignore_ascii_case(m.as_bytes()) || (m == "GET" && method.eq_ignore_ascii_case(b"HEAD"))
+                }
             }
-        };
-        method_ok && self.route.matches_canonical(canonical)
     }
 }
 
