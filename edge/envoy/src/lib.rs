@@ -177,8 +177,18 @@ impl HttpContext for Filter {
         // The whole map in one host call: in Envoy each call costs about as much as the filter's
         // own work on a request, far more than finding three pseudo-headers in the copy.
         let serialised = abi::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let pseudo = |name: &[u8]| abi::pairs(&serialised).find(|(key, _)| *key == name).map(|(_, v)| v);
-        let (method, authority, path) = (pseudo(b":method"), pseudo(b":authority"), pseudo(b":path"));
+        let (mut method, mut authority, mut path) = (None, None, None);
+        for (key, value) in abi::pairs(&serialised) {
+            match key {
+                b":method" if method.is_none() => method = Some(value),
+                b":authority" if authority.is_none() => authority = Some(value),
+                b":path" if path.is_none() => path = Some(value),
+                _ => continue,
+            }
+            if method.is_some() && authority.is_some() && path.is_some() {
+                break;
+            }
+        }
         let headers = RequestHeaderMap { serialised: &serialised };
         let request = Request {
             method: method.unwrap_or_default(),
