@@ -14,10 +14,16 @@
 
 pub mod calls;
 pub mod context;
+pub mod heap;
 pub mod map;
 pub mod types;
 
 pub use calls::*;
 pub use context::{HttpContext, RootContext, set_root_context};
 pub use map::{Block, MapWriter, Pairs, pairs};
+
+/// Inside the VM only: natively linked (tests, coverage) the host's allocator serves.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static HEAP: heap::SizeClasses = heap::SizeClasses::new();
 pub use types::{Action, BufferType, LogLevel, MapType, MetricType, Status};
