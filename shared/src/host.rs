@@ -61,22 +61,13 @@ const COLON: u8 = 4;
 
 /// Each byte's class in a host name: a label byte (`[a-z0-9_-]`), an uppercase letter, the dot,
 /// the colon that ends a name in an authority, or anything else.
-const HOST_BYTE: [u8; 256] = {
-    let mut table = [OTHER; 256];
-    let mut b = 0;
-    while b < 256 {
-        let byte = b as u8;
-        table[b] = match byte {
-            b'.' => DOT,
-            b'A'..=b'Z' => UPPER,
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => LABEL,
-            b':' => COLON,
-            _ => OTHER,
-        };
-        b += 1;
-    }
-    table
-};
+const HOST_BYTE: [u8; 256] = crate::bytes::byte_classes!(byte => match byte {
+    b'.' => DOT,
+    b'A'..=b'Z' => UPPER,
+    b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => LABEL,
+    b':' => COLON,
+    _ => OTHER,
+});
 
 /// A DNS name or IPv4 literal: letters, digits, `-`, `_` and non-empty dot-separated labels,
 /// one trailing dot allowed (and dropped).

@@ -83,21 +83,13 @@ const END: u8 = 4;
 
 /// Each byte's class in a canonical path: a segment byte (`[a-z0-9_-]`), the dot, the slash,
 /// the end of the path (`?`, `#`) or anything else.
-const PATH_BYTE: [u8; 256] = {
-    let mut table = [OTHER; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = match b as u8 {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => SEGMENT,
-            b'.' => DOT,
-            b'/' => SLASH,
-            b'?' | b'#' => END,
-            _ => OTHER,
-        };
-        b += 1;
-    }
-    table
-};
+const PATH_BYTE: [u8; 256] = crate::bytes::byte_classes!(byte => match byte {
+    b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => SEGMENT,
+    b'.' => DOT,
+    b'/' => SLASH,
+    b'?' | b'#' => END,
+    _ => OTHER,
+});
 
 /// The common case, without allocating: a request target whose path is `/` followed by
 /// segments of lowercase letters, digits, `-`, `_` and non-leading `.`, single slashes,
