@@ -28,6 +28,11 @@ fn word(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(padded)
 }
 
+/// The value of at most nine ASCII digits (the caller has checked that they are digits).
+pub(crate) fn decimal(digits: &[u8]) -> u32 {
+    digits.iter().fold(0, |n, &d| n * 10 + u32::from(d.wrapping_sub(b'0')))
+}
+
 /// A table of each byte's class, built at compile time from an expression over the byte
 /// (`byte_classes!(b => match b { … })`): the request path classes each byte it reads with one
 /// lookup instead of a chain of range comparisons.

@@ -307,7 +307,7 @@ fn ipv4_with_port(text: &[u8]) -> Option<Ipv4Addr> {
         if number.is_empty() || (number.len() > 1 && number.first() == Some(&b'0')) {
             return None;
         }
-        *octet = u8::try_from(decimal(number)).ok()?;
+        *octet = u8::try_from(crate::bytes::decimal(number)).ok()?;
         rest = match (i, tail) {
             (3, _) => tail,
             (_, [b'.', after @ ..]) => after,
@@ -316,17 +316,10 @@ fn ipv4_with_port(text: &[u8]) -> Option<Ipv4Addr> {
     }
     match rest {
         [] => {}
-        [b':', port @ ..] if !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit) => {
-            u16::try_from(decimal(port)).ok()?;
-        }
+        [b':', port @ ..] if !port.is_empty() && crate::host::valid_port(port) => {}
         _ => return None,
     }
     Some(Ipv4Addr::from(octets))
-}
-
-/// The value of at most nine ASCII digits.
-fn decimal(digits: &[u8]) -> u32 {
-    digits.iter().fold(0, |n, &d| n * 10 + u32::from(d.wrapping_sub(b'0')))
 }
 
 /// The `for=` node of one RFC 7239 element; `unknown` and obfuscated names give `None`.

@@ -47,10 +47,9 @@ pub fn parse_authority(authority: &[u8]) -> Option<Host<'_>> {
     Some(Host { name, ipv6: false })
 }
 
-fn valid_port(port: &[u8]) -> bool {
-    port.len() <= 5
-        && port.iter().all(u8::is_ascii_digit)
-        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
+/// At most five digits worth at most 65535 (none at all included: `host:` names no port).
+pub(crate) fn valid_port(port: &[u8]) -> bool {
+    port.len() <= 5 && port.iter().all(u8::is_ascii_digit) && crate::bytes::decimal(port) <= u32::from(u16::MAX)
 }
 
 const OTHER: u8 = 0;
