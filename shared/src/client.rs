@@ -1,8 +1,10 @@
 //! Who the client is: the peer address, or an address from forwarding headers only as far as
 //! trusted hops vouch for it.
 
+use alloc::vec::Vec;
+
 use crate::json::quoted;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use crate::config::{ClientIpConfig, ConfigError, ForwardedHeader};
 use crate::request::{Peer, RequestHeaders};
@@ -39,8 +41,8 @@ impl ClientKey {
     }
 }
 
-impl std::fmt::Display for ClientKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::V4(o) => write!(f, "{}", Ipv4Addr::from(*o)),
             Self::V6(o) => write!(f, "{}", Ipv6Addr::from(*o)),
@@ -88,8 +90,8 @@ impl ClientIdentity {
             .map(|(i, cidr)| {
                 Cidr::parse(cidr).ok_or_else(|| {
                     ConfigError::at(
-                        format!("client_ip.trusted_proxies[{i}]"),
-                        format!("{} is not an IP address or CIDR", quoted(cidr)),
+                        ["client_ip.trusted_proxies[", itoa::Buffer::new().format(i), "]"].concat(),
+                        [&quoted(cidr), " is not an IP address or CIDR"].concat(),
                     )
                 })
             })
@@ -97,7 +99,7 @@ impl ClientIdentity {
         if !(1..=128).contains(&config.ipv6_prefix) {
             return Err(ConfigError::at(
                 "client_ip.ipv6_prefix",
-                format!("{} is not a prefix length between 1 and 128", config.ipv6_prefix),
+                [itoa::Buffer::new().format(config.ipv6_prefix), " is not a prefix length between 1 and 128"].concat(),
             ));
         }
         Ok(Self {
@@ -147,7 +149,7 @@ impl ClientIdentity {
             ResolvedPeer::Cloudflare => {
                 let mut found = None;
                 headers.for_each_value("cf-connecting-ip", &mut |value| {
-                    found = found.or_else(|| std::str::from_utf8(value).ok().and_then(|v| parse_ip(v.trim())));
+                    found = found.or_else(|| core::str::from_utf8(value).ok().and_then(|v| parse_ip(v.trim())));
                 });
                 // Cloudflare sets exactly this header; nothing else is consulted.
                 return found.map_or(ClientKey::Unknown, |ip| self.key(ip));
@@ -182,7 +184,7 @@ impl ClientIdentity {
             ForwardedHeader::Forwarded => "forwarded",
         };
         headers.for_each_value(name, &mut |value| {
-            let Ok(text) = std::str::from_utf8(value) else {
+            let Ok(text) = core::str::from_utf8(value) else {
                 chain.push(None);
                 return;
             };
@@ -338,6 +340,7 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::prelude::rust_2024::*;
 
     /// What std's parsers make of `text` as an IPv4 address or IPv4 socket address.
     fn ipv4_by_std(text: &str) -> Option<Ipv4Addr> {
@@ -518,7 +521,7 @@ mod tests {
         let by_trying_each = |text: &str| {
             text.parse::<IpAddr>()
                 .ok()
-                .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+                .or_else(|| text.parse::<core::net::SocketAddr>().ok().map(|s| s.ip()))
                 .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(IpAddr::V6))
         };
         for text in [

@@ -3,7 +3,10 @@
 //! replay the same file; this module holds its types, the one checker and the one replay
 //! ([`replay`] over a [`Harness`]) the Rust hosts share.
 
-use std::collections::BTreeMap;
+// std-only (the `conformance` feature): the whole of std's prelude.
+use std::prelude::rust_2024::*;
+
+use alloc::collections::BTreeMap;
 
 use serde::Deserialize;
 

@@ -1,6 +1,10 @@
 //! Decisions as plain data: what the host must do with a request, and with its response.
 
-use std::sync::Arc;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use alloc::sync::Arc;
 
 use serde::Serialize;
 
@@ -170,8 +174,8 @@ impl<'a> IntoIterator for &'a ReplyHeaders {
 
 /// [`ReplyHeaders::iter`].
 pub struct ReplyHeadersIter<'a> {
-    own: std::slice::Iter<'a, (String, String)>,
-    shared: std::slice::Iter<'a, (String, String)>,
+    own: core::slice::Iter<'a, (String, String)>,
+    shared: core::slice::Iter<'a, (String, String)>,
     rate: RateLimitHeadersIter<'a>,
 }
 

@@ -1,7 +1,12 @@
 //! Security-header profiles: the presets as data, compiled per path prefix, and the response edits.
 
+use alloc::borrow::ToOwned;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::json::quoted;
-use std::sync::Arc;
+use alloc::sync::Arc;
 
 use crate::config::{ConfigError, HeaderOverrides, PresetName};
 
@@ -83,7 +88,7 @@ impl HeaderProfile {
     /// Applies user overrides; `path` is the field path of the override map, for errors.
     pub(crate) fn apply_overrides(&mut self, overrides: &HeaderOverrides, path: &str) -> Result<(), ConfigError> {
         for (name, value) in overrides {
-            let field = format!("{path}.{name}");
+            let field = [path, ".", name].concat();
             let lower = validate_name(name).map_err(|reason| ConfigError::at(&field, reason))?;
             if let Some(value) = value {
                 validate_value(value).map_err(|reason| ConfigError::at(&field, reason))?;
@@ -169,7 +174,7 @@ impl HeaderSet {
             (None, true) => {}
         }
         let profile_names = || {
-            std::iter::once(HSTS)
+            core::iter::once(HSTS)
                 .chain(profile.set.iter().map(|(name, _)| name.as_str()))
                 .chain(profile.remove.iter().map(String::as_str))
         };
@@ -266,11 +271,11 @@ impl ManagedNames {
 pub(crate) fn validate_name(name: &str) -> Result<String, String> {
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("{} is not a valid header name", quoted(name)));
+        return Err([&quoted(name), " is not a valid header name"].concat());
     }
     let lower = name.to_ascii_lowercase();
     if UNMANAGEABLE.contains(&lower.as_str()) {
-        return Err(format!("{} is a connection header the host manages", quoted(name)));
+        return Err([&quoted(name), " is a connection header the host manages"].concat());
     }
     Ok(lower)
 }
@@ -279,10 +284,10 @@ pub(crate) fn validate_name(name: &str) -> Result<String, String> {
 pub(crate) fn validate_value(value: &str) -> Result<(), String> {
     let ok = value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
     if !ok {
-        return Err(format!("{} contains control or non-ASCII characters", quoted(value)));
+        return Err([&quoted(value), " contains control or non-ASCII characters"].concat());
     }
     if value.trim() != value {
-        return Err(format!("{} has leading or trailing whitespace", quoted(value)));
+        return Err([&quoted(value), " has leading or trailing whitespace"].concat());
     }
     Ok(())
 }

@@ -3,9 +3,12 @@
 //! Hand-written because the `Location` we build must be provably free of anything but
 //! `[a-z0-9.-_]` and bracketed IPv6: general URL crates accept (and re-encode) far more.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::json::quoted;
-use std::borrow::Cow;
-use std::net::Ipv6Addr;
+use alloc::borrow::Cow;
+use core::net::Ipv6Addr;
 
 /// A validated, lowercased host name or IP literal (IPv6 kept without brackets). Borrowed from
 /// the request when it is already in that form, which is almost always. Bytes, all ASCII: the
@@ -20,11 +23,62 @@ impl Host<'_> {
     /// The host as it is written in a URL authority (IPv6 in brackets).
     pub fn url_form(&self) -> String {
         let name = String::from_utf8_lossy(&self.name);
-        if self.ipv6 { format!("[{name}]") } else { name.into_owned() }
+        if self.ipv6 { ["[", &name, "]"].concat() } else { name.into_owned() }
     }
 }
 
 const MAX_HOST_LEN: usize = 253;
+
+/// `addr` in RFC 5952's canonical text, as std's `Display` writes it (lowercase hex, the first
+/// longest run of two or more zero groups as `::`, an IPv4-mapped address as `::ffff:a.b.c.d`;
+/// a proptest holds the two together). Written here because std's links `core::fmt`, which the
+/// filter otherwise does without.
+fn ipv6_text(addr: Ipv6Addr) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(39);
+    if let Some(v4) = addr.to_ipv4_mapped() {
+        out.extend_from_slice(b"::ffff:");
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                out.push(b'.');
+            }
+            out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+        }
+        return out;
+    }
+    let groups = addr.segments();
+    // The first longest run of zero groups: (start, length).
+    let (mut longest, mut run) = ((0, 0), (0, 0));
+    for (i, &group) in groups.iter().enumerate() {
+        if group != 0 {
+            run = (i + 1, 0);
+            continue;
+        }
+        run.1 += 1;
+        if run.1 > longest.1 {
+            longest = run;
+        }
+    }
+    let write = |out: &mut Vec<u8>, groups: &[u16]| {
+        for (i, &group) in groups.iter().enumerate() {
+            if i > 0 {
+                out.push(b':');
+            }
+            let digits = (u16::BITS - group.leading_zeros()).div_ceil(4).max(1);
+            for digit in (0..digits).rev() {
+                out.push(HEX[usize::from((group >> (digit * 4)) & 0xf)]);
+            }
+        }
+    };
+    if longest.1 > 1 {
+        write(&mut out, groups.get(..longest.0).unwrap_or_default());
+        out.extend_from_slice(b"::");
+        write(&mut out, groups.get(longest.0 + longest.1..).unwrap_or_default());
+    } else {
+        write(&mut out, &groups);
+    }
+    out
+}
 
 /// Parses `host[:port]` from an authority; `None` for anything malformed.
 pub fn parse_authority(authority: &[u8]) -> Option<Host<'_>> {
@@ -34,8 +88,8 @@ pub fn parse_authority(authority: &[u8]) -> Option<Host<'_>> {
         if !after.is_empty() && !valid_port(after.strip_prefix(b":")?) {
             return None;
         }
-        let addr: Ipv6Addr = std::str::from_utf8(literal).ok()?.parse().ok()?;
-        return Some(Host { name: Cow::Owned(addr.to_string().into_bytes()), ipv6: true });
+        let addr: Ipv6Addr = core::str::from_utf8(literal).ok()?.parse().ok()?;
+        return Some(Host { name: Cow::Owned(ipv6_text(addr)), ipv6: true });
     }
     // The name and the port in one pass: a name has no colon, so the first one ends it.
     let (name, rest) = read_host_name(authority)?;
@@ -132,12 +186,12 @@ impl HostPattern {
         if let Some(parent) = pattern.strip_prefix("*.") {
             return parse_host_name(parent.as_bytes())
                 .map(|p| Self::Subdomains(String::from_utf8_lossy(&p).into_owned()))
-                .ok_or_else(|| format!("{} is not a host name, *.domain or *", quoted(pattern)));
+                .ok_or_else(|| [&quoted(pattern), " is not a host name, *.domain or *"].concat());
         }
         parse_authority(pattern.as_bytes())
             .filter(|_| !pattern.contains(':') || pattern.starts_with('['))
             .map(|host| Self::Exact(String::from_utf8_lossy(&host.name).into_owned()))
-            .ok_or_else(|| format!("{} is not a host name (without port), *.domain or *", quoted(pattern)))
+            .ok_or_else(|| [&quoted(pattern), " is not a host name (without port), *.domain or *"].concat())
     }
 
     pub(crate) fn matches(&self, host: &Host<'_>) -> bool {
@@ -156,6 +210,31 @@ impl HostPattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::prelude::rust_2024::*;
+
+    proptest::proptest! {
+        /// Groups drawn mostly from 0, 0xffff and one-to-four-digit values, so that runs of
+        /// zeros, ties between runs and IPv4-mapped addresses all come up.
+        #[test]
+        fn ipv6_text_is_what_std_writes(groups in proptest::array::uniform8(proptest::prop_oneof![
+            3 => proptest::strategy::Just(0u16),
+            1 => proptest::strategy::Just(0xffff_u16),
+            1 => 1u16..0x10,
+            1 => 0x10u16..0x1000,
+            1 => proptest::num::u16::ANY,
+        ])) {
+            let addr = Ipv6Addr::from(groups);
+            proptest::prop_assert_eq!(ipv6_text(addr), addr.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn ipv6_text_of_the_usual_shapes() {
+        for text in ["::", "::1", "2001:db8::1", "::ffff:192.0.2.1", "1:0:0:2::3", "fe80::1:0:0:1", "1:2:3:4:5:6:7:8"] {
+            let addr: Ipv6Addr = text.parse().unwrap();
+            assert_eq!(ipv6_text(addr), text.as_bytes(), "{text}");
+        }
+    }
 
     fn host(text: &str) -> Option<String> {
         parse_authority(text.as_bytes()).map(|h| h.url_form())

@@ -8,6 +8,10 @@
 //! types keep serde's derive: the core's tests check this reader against serde_json over the
 //! same documents (same values, same error paths).
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 /// One JSON value. Numbers keep their text: the reader that wants one decides what fits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Value {
@@ -25,12 +29,14 @@ impl Value {
     pub(crate) fn kind(&self) -> String {
         match self {
             Self::Null => "null".to_owned(),
-            Self::Bool(b) => format!("boolean `{b}`"),
+            Self::Bool(b) => if *b { "boolean `true`" } else { "boolean `false`" }.to_owned(),
             // serde_json reads `-0` as a float: the only integer spelling of negative zero.
             Self::Number(n) if n == "-0" => "floating point `-0.0`".to_owned(),
-            Self::Number(n) if n.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => format!("floating point `{n}`"),
-            Self::Number(n) => format!("integer `{n}`"),
-            Self::String(s) => format!("string {}", quoted(s)),
+            Self::Number(n) if n.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
+                ["floating point `", n, "`"].concat()
+            }
+            Self::Number(n) => ["integer `", n, "`"].concat(),
+            Self::String(s) => ["string ", &quoted(s)].concat(),
             Self::Array(_) => "sequence".to_owned(),
             Self::Object(_) => "map".to_owned(),
         }
@@ -45,8 +51,8 @@ pub(crate) struct Error {
     pub(crate) reason: String,
 }
 
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}: {}", self.path, self.reason)
     }
 }
@@ -403,6 +409,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::prelude::rust_2024::*;
 
     use super::*;
 

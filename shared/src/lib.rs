@@ -30,6 +30,18 @@
 //! assert_eq!(reply.status, 301);
 //! assert_eq!(reply.header("location"), Some("https://localhost:8443/api/v1/videos?page=2"));
 //! ```
+//!
+//! The crate is `no_std` (with `alloc`) so that the Envoy filter links no std; the `std` feature
+//! (on by default) makes [`MemoryStore`] safe to share between threads.
+
+#![no_std]
+
+extern crate alloc;
+// `#[macro_use]` for `format!`, `vec!` and friends in the std-only modules and the tests; the
+// rest of the crate imports them from `alloc`, which the `no_std` build holds it to.
+#[cfg(any(feature = "std", test))]
+#[macro_use]
+extern crate std;
 
 mod bytes;
 mod client;

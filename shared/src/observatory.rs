@@ -3,6 +3,9 @@
 //! core's tests score its presets with it and `cargo xtask test` scores a running stack's
 //! responses: the scanner itself needs the internet, so this applies the same rules offline.
 
+// std-only (the `conformance` feature): the whole of std's prelude.
+use std::prelude::rust_2024::*;
+
 pub struct Scan {
     /// (Observatory result id, modifier)
     pub results: Vec<(&'static str, i32)>,

@@ -4,8 +4,12 @@
 //! doubt it merges spellings (treating a decoded `%2F` as a separator, dropping `;params`) —
 //! matching too much only limits more, matching too little opens a bypass.
 
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::json::quoted;
-use std::borrow::Cow;
+use alloc::borrow::Cow;
 
 use percent_encoding::percent_decode;
 
@@ -15,7 +19,7 @@ use percent_encoding::percent_decode;
 pub fn canonicalize(target: &[u8]) -> Cow<'_, str> {
     match canonical(target) {
         // The fast path only accepts ASCII, so this never needs the lossy branch.
-        Cow::Borrowed(plain) => std::str::from_utf8(plain)
+        Cow::Borrowed(plain) => core::str::from_utf8(plain)
             .map_or_else(|_| Cow::Owned(String::from_utf8_lossy(plain).into_owned()), Cow::Borrowed),
         Cow::Owned(bytes) => {
             Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
@@ -150,7 +154,7 @@ enum TemplateSegment {
 impl RouteTemplate {
     pub(crate) fn parse(template: &str) -> Result<Self, String> {
         if !template.starts_with('/') {
-            return Err(format!("{} must start with /", quoted(template)));
+            return Err([&quoted(template), " must start with /"].concat());
         }
         let segments = template
             .split('/')
@@ -159,7 +163,7 @@ impl RouteTemplate {
                 if segment.starts_with('{') && segment.ends_with('}') && segment.len() > 2 {
                     Ok(TemplateSegment::Param)
                 } else if segment.contains(['{', '}', '%', ';', '\\', '?', '#']) || segment == "." || segment == ".." {
-                    Err(format!("{}: segment {} is neither literal nor {{name}}", quoted(template), quoted(segment)))
+                    Err([&quoted(template), ": segment ", &quoted(segment), " is neither literal nor {name}"].concat())
                 } else {
                     Ok(TemplateSegment::Literal(segment.to_ascii_lowercase()))
                 }
@@ -168,7 +172,7 @@ impl RouteTemplate {
         let exact = segments
             .iter()
             .map(|segment| match segment {
-                TemplateSegment::Literal(literal) => Some(format!("/{literal}")),
+                TemplateSegment::Literal(literal) => Some(["/", literal].concat()),
                 TemplateSegment::Param => None,
             })
             .collect::<Option<String>>()

@@ -1,11 +1,16 @@
 //! The compiled policy and its one entry point per phase.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
 use crate::json::quoted;
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::client::ClientIdentity;
 use crate::config::{
-    self, ConfigError, GlobalConfig, LimitMode, PolicyConfig, StoreErrorMode, TierConfig, Unavailable,
+    self, ConfigError, GlobalConfig, LimitMode, PolicyConfig, StoreErrorMode, TierConfig, Unavailable, element,
 };
 use crate::decision::{
     ALLOWED_NAMES, Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits,
@@ -174,7 +179,7 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                crate::headers::validate_name(name).map_err(|r| ConfigError::at(format!("remove_headers[{i}]"), r))
+                crate::headers::validate_name(name).map_err(|r| ConfigError::at(element("remove_headers", i, ""), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut default_profile = HeaderProfile::from_preset(config.preset, &remove);
@@ -184,15 +189,15 @@ impl Policy {
         for (i, profile) in config.profiles.iter().enumerate() {
             if !profile.path_prefix.starts_with('/') {
                 return Err(ConfigError::at(
-                    format!("profiles[{i}].path_prefix"),
-                    format!("{} must start with /", quoted(&profile.path_prefix)),
+                    element("profiles", i, ".path_prefix"),
+                    [&quoted(&profile.path_prefix), " must start with /"].concat(),
                 ));
             }
             let mut compiled = match profile.preset {
                 Some(preset) => HeaderProfile::from_preset(preset, &remove),
                 None => default_profile.clone(),
             };
-            compiled.apply_overrides(&profile.headers, &format!("profiles[{i}].headers"))?;
+            compiled.apply_overrides(&profile.headers, &element("profiles", i, ".headers"))?;
             // Longest prefix first, equal lengths in document order: inserted in place rather
             // than sorted after, since std's sort is 5 KiB of the filter for a handful of profiles.
             let prefix = canonicalize(profile.path_prefix.as_bytes()).into_owned();
@@ -208,7 +213,7 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(i, pattern)| {
-                HostPattern::parse(pattern).map_err(|r| ConfigError::at(format!("allowed_hosts[{i}]"), r))
+                HostPattern::parse(pattern).map_err(|r| ConfigError::at(element("allowed_hosts", i, ""), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if allowed_hosts.is_empty() {
@@ -527,7 +532,7 @@ impl Policy {
     /// Every header set a response can get, in [`HeaderSet::index`] order: hosts that prepare
     /// them in their own form do it once, here.
     pub fn header_sets(&self) -> impl Iterator<Item = &HeaderSet> {
-        std::iter::once(&self.default_sets).chain(&self.profile_sets).flatten()
+        core::iter::once(&self.default_sets).chain(&self.profile_sets).flatten()
     }
 
     /// The headers the policy puts on a reply it makes itself (its 400 for a foreign `Host`),
@@ -641,34 +646,32 @@ fn compile_tiers(
     let mut tiers: Vec<Tier> = Vec::with_capacity(configs.len());
     let mut limited = 0u32;
     for (i, tier) in configs.iter().enumerate() {
-        let at = |field: &str| format!("rate_limits[{i}].{field}");
+        let at = |field: &str| element("rate_limits", i, &[".", field].concat());
         let name_ok = !tier.name.is_empty()
             && tier.name.len() <= 64
             && tier.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !name_ok {
             return Err(ConfigError::at(
                 at("name"),
-                format!("{} is not 1-64 characters of [a-z0-9_-]", quoted(&tier.name)),
+                [&quoted(&tier.name), " is not 1-64 characters of [a-z0-9_-]"].concat(),
             ));
         }
         if tiers.iter().any(|t| t.name == tier.name) {
-            return Err(ConfigError::at(at("name"), format!("{} is used by an earlier tier", quoted(&tier.name))));
+            return Err(ConfigError::at(at("name"), [&quoted(&tier.name), " is used by an earlier tier"].concat()));
         }
         let method = match tier.method.as_str() {
             "*" => None,
             m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => Some(m.to_ascii_uppercase()),
             m => {
-                return Err(ConfigError::at(at("method"), format!("{} is not an HTTP method or *", quoted(m))));
+                return Err(ConfigError::at(at("method"), [&quoted(m), " is not an HTTP method or *"].concat()));
             }
         };
         let route = RouteTemplate::parse(&tier.path).map_err(|r| ConfigError::at(at("path"), r))?;
         let limit = if tier.limit.trim().eq_ignore_ascii_case("unlimited") {
             None
         } else {
-            let rate: Rate = tier
-                .limit
-                .parse()
-                .map_err(|e: crate::rate::RateParseError| ConfigError::at(at("limit"), e.to_string()))?;
+            let rate: Rate =
+                tier.limit.parse().map_err(|e: crate::rate::RateParseError| ConfigError::at(at("limit"), e.0))?;
             limited += 1;
             Some((Gcra::new(rate), limited - 1))
         };

@@ -1,8 +1,10 @@
 //! Rate expressions as the seed writes them: `N/second|minute|hour|day`.
 
+use alloc::string::String;
+
 use crate::json::quoted;
-use std::fmt;
-use std::str::FromStr;
+use core::fmt;
+use core::str::FromStr;
 
 /// A quota of `limit` requests per `period_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +15,8 @@ pub struct Rate {
 
 /// The largest quota a tier may grant; beyond it the emission interval drops below a nanosecond.
 pub const MAX_LIMIT: u32 = 1_000_000;
+/// [`MAX_LIMIT`] as error messages write it (a test holds the two together).
+const MAX_LIMIT_TEXT: &str = "1000000";
 
 impl Rate {
     pub fn new(limit: u32, period_secs: u32) -> Option<Self> {
@@ -60,7 +64,7 @@ impl FromStr for Rate {
     type Err = RateParseError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let shape = || RateParseError(format!("{} is not N/second|minute|hour|day", quoted(input)));
+        let shape = || RateParseError([&quoted(input), " is not N/second|minute|hour|day"].concat());
         let (count, unit) = input.split_once('/').ok_or_else(shape)?;
         let count = count.trim();
         if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
@@ -73,17 +77,19 @@ impl FromStr for Rate {
             "day" | "days" | "d" => 86_400,
             _ => return Err(shape()),
         };
-        let limit: u32 = count
-            .parse()
-            .map_err(|_| RateParseError(format!("{} has a count above the maximum of {MAX_LIMIT}", quoted(input))))?;
-        Rate::new(limit, period_secs)
-            .ok_or_else(|| RateParseError(format!("{} must allow between 1 and {MAX_LIMIT} requests", quoted(input))))
+        let limit: u32 = count.parse().map_err(|_| {
+            RateParseError([&quoted(input), " has a count above the maximum of ", MAX_LIMIT_TEXT].concat())
+        })?;
+        Rate::new(limit, period_secs).ok_or_else(|| {
+            RateParseError([&quoted(input), " must allow between 1 and ", MAX_LIMIT_TEXT, " requests"].concat())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::prelude::rust_2024::*;
 
     #[test]
     fn parses_every_unit_of_the_seed() {

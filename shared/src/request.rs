@@ -1,5 +1,7 @@
 //! The request as the core sees it: borrowed bytes, whatever the host's own types are.
 
+use alloc::vec::Vec;
+
 /// The scheme of the connection the host accepted the request on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -29,8 +31,8 @@ pub trait PeerSource: Sync {
     fn with_peer(&self, with: &mut dyn FnMut(Peer<'_>));
 }
 
-impl std::fmt::Debug for Peer<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Peer<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Socket(addr) => f.debug_tuple("Socket").field(addr).finish(),
             Self::Cloudflare => f.write_str("Cloudflare"),

@@ -7,8 +7,11 @@
 //! A refusal the service gave is remembered until its `Retry-After` has passed, so a client
 //! that keeps knocking costs no further calls.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use alloc::borrow::ToOwned;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec;
+use core::time::Duration;
 
 use portcullis_core::config::GlobalConfig;
 use portcullis_core::{Acquire, LimitCheck, Policy, Verdict};
@@ -50,10 +53,11 @@ pub const WARM_UP_TIER: &str = "(warm-up)";
 /// Reads a successful call's answer as a verdict. `None`: not usable (the fallback decides).
 pub fn answer(check: &LimitCheck, size: usize) -> Result<Acquire, String> {
     let body = abi::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-        .map_err(|status| format!("reading the answer: {status:?}"))?
+        .map_err(|status| ["reading the answer: ", status.name()].concat())?
         .unwrap_or_default();
-    let response = RateLimitResponse::decode(body.as_slice()).map_err(|err| format!("decoding the answer: {err}"))?;
-    verdict_from(check, &response).map_err(|err| err.to_string())
+    let response =
+        RateLimitResponse::decode(body.as_slice()).map_err(|_| "the answer is not a RateLimitResponse".to_owned())?;
+    verdict_from(check, &response).map_err(|err| err.0)
 }
 
 /// The service's refusals, per (limited tier, client id), until their `Retry-After` passes.
@@ -114,6 +118,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use portcullis_core::{Begin, Peer, Request, Scheme};
+    use std::string::ToString;
+    use std::vec::Vec;
 
     fn check(policy: &Policy, peer: &str) -> LimitCheck {
         let headers: Vec<(&str, &str)> = Vec::new();

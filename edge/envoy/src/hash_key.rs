@@ -9,6 +9,9 @@
 //! stored, and every tick re-reads it ([`current`]), so a VM that lost that race adopts the
 //! winner's key within one tick of starting.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+
 use portcullis_core::HashKey;
 use portcullis_proxy_abi::Status;
 
@@ -18,13 +21,13 @@ const KEY: &[u8] = b"portcullis.hash_key";
 
 /// The process's key: the stored one, else `fresh` stored first.
 pub fn shared(fresh: impl FnOnce() -> Result<[u8; 16], String>) -> Result<HashKey, String> {
-    if let Some(key) = current().map_err(|s| format!("reading shared data: {s:?}"))? {
+    if let Some(key) = current().map_err(|s| ["reading shared data: ", s.name()].concat())? {
         return Ok(key);
     }
     let bytes = fresh()?;
-    abi::set_shared_data(KEY, &bytes, 0).map_err(|s| format!("writing shared data: {s:?}"))?;
+    abi::set_shared_data(KEY, &bytes, 0).map_err(|s| ["writing shared data: ", s.name()].concat())?;
     current()
-        .map_err(|s| format!("reading shared data: {s:?}"))?
+        .map_err(|s| ["reading shared data: ", s.name()].concat())?
         .ok_or_else(|| "the key written to shared data is gone".to_owned())
 }
 
@@ -37,6 +40,9 @@ pub fn current() -> Result<Option<HashKey>, Status> {
 /// 16 bytes from the host's entropy (WASI `random_get`, which Envoy implements).
 pub fn random() -> Result<[u8; 16], String> {
     let mut bytes = [0; 16];
-    getrandom::fill(&mut bytes).map_err(|err| format!("random_get: {err}"))?;
+    getrandom::fill(&mut bytes).map_err(|err| {
+        let code = err.raw_os_error().unwrap_or(0);
+        ["random_get failed with error ", itoa::Buffer::new().format(code)].concat()
+    })?;
     Ok(bytes)
 }

@@ -4,14 +4,25 @@
 //! request once (one host call for the whole header map), asks the core, and either sends the
 //! core's local reply or forwards and later applies the core's response edits in place (one
 //! host call per header it replaces or removes). Every decision is made by the core.
+//!
+//! `no_std` (with `alloc`): inside the VM `portcullis-proxy-abi` brings the allocator and the
+//! panic handler.
+
+#![no_std]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 mod global;
 mod hash_key;
 mod metrics;
 mod shared_data;
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use alloc::boxed::Box;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use portcullis_core::{
     Begin, Decision, HashKey, LimitCheck, Limited, MemoryStore, Outcome, Peer, PeerSource, Policy, Request,
@@ -56,12 +67,15 @@ impl RootContext for Root {
         let policy = match Policy::from_json(&config) {
             Ok(policy) => policy,
             Err(err) => {
-                log(LogLevel::Critical, &format!("portcullis: invalid configuration: {err}"));
+                abi::log_parts(
+                    LogLevel::Critical,
+                    &["portcullis: invalid configuration: ", &err.path, ": ", &err.reason],
+                );
                 return false;
             }
         };
         if let Err(err) = SharedDataStore::prepare(policy.bucket_count()) {
-            log(LogLevel::Critical, &format!("portcullis: cannot prepare shared data: {err:?}"));
+            abi::log_parts(LogLevel::Critical, &["portcullis: cannot prepare shared data: ", err.name()]);
             return false;
         }
         let policy = if policy.needs_hash_key() {
@@ -71,7 +85,7 @@ impl RootContext for Root {
                     policy.with_hash_key(key)
                 }
                 Err(err) => {
-                    log(LogLevel::Critical, &format!("portcullis: no limiter.hash_key and none generated: {err}"));
+                    abi::log_parts(LogLevel::Critical, &["portcullis: no limiter.hash_key and none generated: ", &err]);
                     return false;
                 }
             }
@@ -88,7 +102,7 @@ impl RootContext for Root {
         }));
         self.policy = Some(Rc::new(policy));
         if let Err(status) = abi::set_tick_period(metrics::FLUSH_EVERY) {
-            log(LogLevel::Warn, &format!("portcullis: no timer, so no stats: {status:?}"));
+            abi::log_parts(LogLevel::Warn, &["portcullis: no timer, so no stats: ", status.name()]);
         }
         true
     }
@@ -103,7 +117,10 @@ impl RootContext for Root {
             if let Some(global) = self.policy.as_ref().and_then(|p| p.global_limiter())
                 && let Err(status) = global::warm_up(global)
             {
-                log(LogLevel::Warn, &format!("portcullis: rate-limit service `{}`: {status:?}", global.cluster));
+                abi::log_parts(
+                    LogLevel::Warn,
+                    &["portcullis: rate-limit service `", &global.cluster, "`: ", status.name()],
+                );
             }
         }
     }
@@ -157,7 +174,7 @@ impl HttpContext for Filter {
         let answer = if status_code == 0 {
             global::answer(&check, response_size)
         } else {
-            Err(format!("gRPC status {status_code}"))
+            Err(["gRPC status ", itoa::Buffer::new().format(status_code)].concat())
         };
         let decision = match answer {
             Ok(answer) => {
@@ -169,7 +186,7 @@ impl HttpContext for Filter {
         if self.act(decision) == Action::Continue
             && let Err(status) = abi::resume_http_request()
         {
-            log(LogLevel::Error, &format!("portcullis: resuming the request failed: {status:?}"));
+            abi::log_parts(LogLevel::Error, &["portcullis: resuming the request failed: ", status.name()]);
         }
     }
 
@@ -222,7 +239,8 @@ impl HttpContext for Filter {
                 Action::Pause
             }
             Err(status) => {
-                let decision = self.unavailable(&check, &format!("dispatch to `{}`: {status:?}", global.cluster), now);
+                let why = ["dispatch to `", &global.cluster, "`: ", status.name()].concat();
+                let decision = self.unavailable(&check, &why, now);
                 self.act(decision)
             }
         }
@@ -246,7 +264,7 @@ impl HttpContext for Filter {
         let mut sink = ResponseHeaders { failed: None };
         edits.apply(&mut sink);
         if let Some(status) = sink.failed {
-            log(LogLevel::Error, &format!("portcullis: setting response headers failed: {status:?}"));
+            abi::log_parts(LogLevel::Error, &["portcullis: setting response headers failed: ", status.name()]);
         }
         Action::Continue
     }
@@ -289,7 +307,7 @@ impl Filter {
                 let headers = serialise_reply(&reply.headers, &self.vm.reply_blocks);
                 let sent = abi::send_local_response(u32::from(reply.status), &headers, reply.body.as_bytes());
                 if let Err(status) = sent {
-                    log(LogLevel::Error, &format!("portcullis: local reply failed: {status:?}"));
+                    abi::log_parts(LogLevel::Error, &["portcullis: local reply failed: ", status.name()]);
                 }
                 self.replied = true;
                 // Envoy's `local_reply_config` (generated from the policy's own 400) adds to
@@ -304,7 +322,10 @@ impl Filter {
     fn unavailable(&self, check: &LimitCheck, why: &str, now: u64) -> Decision {
         // Once per metrics flush, not per request: an outage must not flood the log.
         if self.vm.metrics.first_since_flush(metrics::Counter::GlobalFallbacks) {
-            log(LogLevel::Warn, &format!("portcullis: rate-limit service unavailable ({why}); on_unavailable decides"));
+            abi::log_parts(
+                LogLevel::Warn,
+                &["portcullis: rate-limit service unavailable (", why, "); on_unavailable decides"],
+            );
         }
         self.vm.metrics.add(metrics::Counter::GlobalFallbacks);
         let limited = self.policy.unavailable(check, &SharedDataStore, &self.vm.own, now);
@@ -334,7 +355,7 @@ struct DownstreamPeer;
 impl PeerSource for DownstreamPeer {
     fn with_peer(&self, with: &mut dyn FnMut(Peer<'_>)) {
         let bytes = abi::property(b"source\0address");
-        match bytes.as_deref().map(std::str::from_utf8) {
+        match bytes.as_deref().map(core::str::from_utf8) {
             Some(Ok(addr)) => with(Peer::Socket(addr)),
             _ => with(Peer::Unknown),
         }

@@ -3,8 +3,8 @@
 //! Requests are counted in the VM and flushed to Envoy once a second: two host calls per
 //! request would cost more than the rest of the filter's bookkeeping together.
 
-use std::cell::Cell;
-use std::time::Duration;
+use core::cell::Cell;
+use core::time::Duration;
 
 use portcullis_core::Outcome;
 use portcullis_proxy_abi::{self as abi, MetricType};

@@ -62,19 +62,19 @@ impl SharedDataStore {
 impl BucketStore for SharedDataStore {
     fn load(&self, index: u32) -> Result<Loaded, StoreError> {
         let (bytes, cas) =
-            abi::get_shared_data(key(index).as_bytes()).map_err(|s| StoreError(format!("get: {s:?}")))?;
+            abi::get_shared_data(key(index).as_bytes()).map_err(|s| StoreError(["get: ", s.name()].concat()))?;
         Ok(Loaded { bytes, version: Version(cas) })
     }
 
     fn compare_and_swap(&self, index: u32, expected: Version, bytes: &[u8]) -> Result<Swap, StoreError> {
         // A key prepared at start always has a non-zero CAS; 0 would mean an unconditional write.
         if expected.0 == 0 {
-            return Err(StoreError(format!("bucket {index} was never prepared")));
+            return Err(StoreError(["bucket ", itoa::Buffer::new().format(index), " was never prepared"].concat()));
         }
         match abi::set_shared_data(key(index).as_bytes(), bytes, expected.0) {
             Ok(()) => Ok(Swap::Written),
             Err(Status::CasMismatch) => Ok(Swap::Conflict),
-            Err(status) => Err(StoreError(format!("set: {status:?}"))),
+            Err(status) => Err(StoreError(["set: ", status.name()].concat())),
         }
     }
 }

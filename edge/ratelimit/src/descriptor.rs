@@ -2,6 +2,11 @@
 //! a Portcullis host sends for a [`LimitCheck`], and the verdict it reads back from any
 //! service that fills the standard fields (this one, envoyproxy/ratelimit).
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
 use portcullis_core::{Acquire, LimitCheck, Policy, Verdict};
 
 use crate::proto::{Code, DescriptorStatus, Entry, RateLimitDescriptor, RateLimitRequest, RateLimitResponse};
@@ -20,7 +25,7 @@ pub fn request_for(policy: &Policy, check: &LimitCheck, domain: &str) -> RateLim
         descriptors: vec![RateLimitDescriptor {
             entries: vec![
                 Entry { key: TIER_KEY.to_owned(), value: policy.tier_name(check).to_owned() },
-                Entry { key: CLIENT_KEY.to_owned(), value: format!("{:032x}", check.client_id()) },
+                Entry { key: CLIENT_KEY.to_owned(), value: hex_id(check.client_id()) },
             ],
             limit: None,
         }],
@@ -28,12 +33,19 @@ pub fn request_for(policy: &Policy, check: &LimitCheck, domain: &str) -> RateLim
     }
 }
 
+/// `id` as 32 lowercase hex digits, as `{:032x}` writes it, without `core::fmt` (which the
+/// filter, building the descriptor, does not link).
+fn hex_id(id: u128) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..32).rev().map(|digit| char::from(DIGITS[((id >> (digit * 4)) & 0xf) as usize])).collect()
+}
+
 /// The keyed id a store keeps for a descriptor's client: the domain and every entry but the
 /// first `tier`, unambiguously joined, hashed with the policy's `limiter.hash_key`.
 pub fn identity_id(policy: &Policy, domain: &str, entries: &[Entry]) -> u128 {
     let tier = entries.iter().position(|e| e.key == TIER_KEY);
     let mut identity = Vec::with_capacity(64);
-    for part in std::iter::once(domain).chain(
+    for part in core::iter::once(domain).chain(
         entries
             .iter()
             .enumerate()
@@ -59,8 +71,8 @@ pub fn limit_key(policy: &Policy, check: &LimitCheck, domain: &str) -> crate::st
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnusableAnswer(pub String);
 
-impl std::fmt::Display for UnusableAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for UnusableAnswer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "unusable rate-limit answer: {}", self.0)
     }
 }
@@ -87,6 +99,25 @@ pub fn verdict_from(check: &LimitCheck, response: &RateLimitResponse) -> Result<
             Ok(Acquire::from_verdict(Verdict { allowed: false, remaining: 0, reset_after, retry_after }))
         }
         Ok(Code::Unknown) => Err(UnusableAnswer("overall_code is UNKNOWN".into())),
-        Err(_) => Err(UnusableAnswer(format!("overall_code {} is not a code", response.overall_code))),
+        Err(_) => Err(UnusableAnswer(
+            ["overall_code ", itoa::Buffer::new().format(response.overall_code), " is not a code"].concat(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_written_as_032x_writes_them() {
+        let mut id: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        for special in [0, 1, 0xf, u128::MAX, 1 << 127] {
+            assert_eq!(hex_id(special), alloc::format!("{special:032x}"));
+        }
+        for _ in 0..1000 {
+            id = id.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(0x1405_7b7e_f767_814f) ^ (id >> 61);
+            assert_eq!(hex_id(id), alloc::format!("{id:032x}"));
+        }
     }
 }

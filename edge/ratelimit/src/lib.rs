@@ -8,6 +8,12 @@
 //!   this service and by origins given a Redis URL.
 //! - `service`, `metrics`, `settings` (feature `server`): the gRPC service.
 
+// Without features (as the Envoy filter builds it: the messages and the descriptor only) the
+// crate is `no_std`, so the filter links no std.
+#![cfg_attr(not(feature = "redis"), no_std)]
+
+extern crate alloc;
+
 pub mod descriptor;
 pub mod proto;
 

@@ -6,6 +6,9 @@
 //! Fields this service never reads or writes (quota, dynamic metadata) are left out: protobuf
 //! skips unknown fields, so a peer that sends them is still understood.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 /// `envoy.service.ratelimit.v3.RateLimitRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimitRequest {

@@ -3,7 +3,12 @@
 //! Every field has a default, so `{}` is the seed system's behaviour. Unknown fields are errors:
 //! a misspelt option must never be silently ignored by a security layer.
 
-use std::collections::BTreeMap;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use alloc::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -283,13 +288,20 @@ impl ConfigError {
     }
 }
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// The path of a list's element, or of a field in it: `element("rate_limits", 3, ".name")` is
+/// `rate_limits[3].name`. Messages are joined, not formatted, so that the filter links no
+/// `core::fmt`.
+pub(crate) fn element(list: &str, index: usize, rest: &str) -> String {
+    [list, "[", itoa::Buffer::new().format(index), "]", rest].concat()
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}: {}", self.path, self.reason)
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl core::error::Error for ConfigError {}
 
 /// Parses the JSON document, naming the field of any error.
 pub fn parse(json: &[u8]) -> Result<PolicyConfig, ConfigError> {

@@ -8,13 +8,18 @@
 //! policy, and both would let a misshapen document mean something. Where serde_json says only
 //! "expected value" (a `null` where a variant's name belongs), the reader says what it expected.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
 use super::{
     Backend, ClientIpConfig, ForwardedHeader, GlobalConfig, HeaderOverrides, LimitMode, LimiterConfig, PolicyConfig,
     PresetName, ProfileConfig, RedirectConfig, StoreErrorMode, TierConfig, Unavailable,
 };
 use crate::json::{Error, Path, Step, Value};
 
-type Result<T> = std::result::Result<T, Error>;
+type Result<T> = core::result::Result<T, Error>;
 
 pub(super) fn policy(value: &Value) -> Result<PolicyConfig> {
     let path = &mut Path::default();
@@ -181,17 +186,17 @@ fn store_error_mode(value: &Value, path: &Path) -> Result<StoreErrorMode> {
 }
 
 fn invalid_type(value: &Value, path: &Path, expected: &str) -> Error {
-    path.error(format!("invalid type: {}, expected {expected}", value.kind()))
+    path.error(["invalid type: ", &value.kind(), ", expected ", expected].concat())
 }
 
 /// serde's list of the names it expected: "`a`", "`a` or `b`", "one of `a`, `b`, `c`".
 fn one_of(names: &[&str]) -> String {
-    let ticked = |name: &&str| format!("`{name}`");
+    let ticked = |name: &&str| ["`", name, "`"].concat();
     match names {
         [] => "nothing".to_owned(),
         [one] => ticked(one),
-        [a, b] => format!("{} or {}", ticked(a), ticked(b)),
-        _ => format!("one of {}", names.iter().map(ticked).collect::<Vec<_>>().join(", ")),
+        [a, b] => [ticked(a), ticked(b)].join(" or "),
+        _ => ["one of ", &names.iter().map(ticked).collect::<Vec<_>>().join(", ")].concat(),
     }
 }
 
@@ -209,11 +214,12 @@ fn members<'v>(
     for (key, value) in entries {
         let Some(index) = fields.iter().position(|field| field == key) else {
             path.push(Step::Key(key.clone()));
-            let reason = format!("unknown field `{}`, expected {}", key.escape_default(), one_of(fields));
+            let escaped: String = key.escape_default().collect();
+            let reason = ["unknown field `", &escaped, "`, expected ", &one_of(fields)].concat();
             return Err(path.error(reason));
         };
-        if std::mem::replace(&mut seen[index], true) {
-            return Err(path.error(format!("duplicate field `{key}`")));
+        if core::mem::replace(&mut seen[index], true) {
+            return Err(path.error(["duplicate field `", key, "`"].concat()));
         }
         path.push(Step::Key(key.clone()));
         member(fields[index], value, path)?;
@@ -223,7 +229,7 @@ fn members<'v>(
 }
 
 fn required<T>(value: Option<T>, path: &Path, field: &str) -> Result<T> {
-    value.ok_or_else(|| path.error(format!("missing field `{field}`")))
+    value.ok_or_else(|| path.error(["missing field `", field, "`"].concat()))
 }
 
 fn option<T>(value: &Value, read: impl FnOnce(&Value) -> Result<T>) -> Result<Option<T>> {
@@ -256,7 +262,7 @@ fn unsigned<T: TryFrom<u64>>(value: &Value, path: &Path, ty: &str) -> Result<T> 
     text.parse::<u64>()
         .ok()
         .and_then(|n| T::try_from(n).ok())
-        .ok_or_else(|| path.error(format!("invalid value: integer `{text}`, expected {ty}")))
+        .ok_or_else(|| path.error(["invalid value: integer `", text, "`, expected ", ty].concat()))
 }
 
 fn variant<T: Copy, const N: usize>(
@@ -269,7 +275,10 @@ fn variant<T: Copy, const N: usize>(
     let Value::String(name) = value else { return Err(invalid_type(value, path, expected)) };
     match names.iter().position(|candidate| candidate == name) {
         Some(index) => Ok(variants[index]),
-        None => Err(path.error(format!("unknown variant `{}`, expected {}", name.escape_default(), one_of(names)))),
+        None => {
+            let escaped: String = name.escape_default().collect();
+            Err(path.error(["unknown variant `", &escaped, "`, expected ", &one_of(names)].concat()))
+        }
     }
 }
 

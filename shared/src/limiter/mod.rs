@@ -5,7 +5,7 @@ pub mod gcra;
 pub mod store;
 pub mod table;
 
-use std::hash::Hasher;
+use core::hash::Hasher;
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
@@ -77,8 +77,8 @@ impl HashKey {
     }
 }
 
-impl std::fmt::Debug for HashKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("HashKey(..)")
     }
 }
@@ -115,10 +115,13 @@ impl Limiter {
         if u64::from(buckets_per_tier) * u64::from(limited_tiers.max(1)) > u64::from(u32::MAX) {
             return Err(ConfigError::at(
                 "limiter.capacity_per_tier",
-                format!(
-                    "{} keys per tier over {limited_tiers} tiers is more buckets than a store can index",
-                    config.capacity_per_tier
-                ),
+                [
+                    itoa::Buffer::new().format(config.capacity_per_tier),
+                    " keys per tier over ",
+                    itoa::Buffer::new().format(limited_tiers),
+                    " tiers is more buckets than a store can index",
+                ]
+                .concat(),
             ));
         }
         let global = match (config.backend, &config.global) {
@@ -136,7 +139,7 @@ impl Limiter {
                 if !(1..=10_000).contains(&global.timeout_ms) {
                     return Err(ConfigError::at(
                         "limiter.global.timeout_ms",
-                        format!("{} is not between 1 and 10000", global.timeout_ms),
+                        [itoa::Buffer::new().format(global.timeout_ms), " is not between 1 and 10000"].concat(),
                     ));
                 }
                 if global.domain.is_empty() {

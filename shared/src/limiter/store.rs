@@ -1,8 +1,9 @@
 //! Where buckets live. Envoy shared data, a Durable Object and an in-process map implement
 //! [`BucketStore`]; the algorithm never knows which.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
 
 /// A CAS token. `Version(0)` means the bucket has never been written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,13 +26,13 @@ pub enum Swap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
 
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "rate-limit store: {}", self.0)
     }
 }
 
-impl std::error::Error for StoreError {}
+impl core::error::Error for StoreError {}
 
 /// Buckets addressed by index, with compare-and-swap writes.
 pub trait BucketStore {
@@ -43,13 +44,20 @@ pub trait BucketStore {
 const SHARDS: usize = 16;
 
 /// One lock's worth of buckets: index → (version, bytes).
-type Shard = HashMap<u32, (u32, Vec<u8>)>;
+type Shard = BTreeMap<u32, (u32, Vec<u8>)>;
 
-/// An in-process store for native hosts and tests. Memory is bounded by the policy's bucket
-/// count because indices are.
+/// A shard's lock: a mutex with std; without it (a proxy-wasm VM runs one thread) a `RefCell`,
+/// which makes the store `!Sync`, so it cannot be shared where a mutex would be needed.
+#[cfg(feature = "std")]
+type Lock<T> = std::sync::Mutex<T>;
+#[cfg(not(feature = "std"))]
+type Lock<T> = core::cell::RefCell<T>;
+
+/// An in-process store for native hosts, tests and a VM's own buckets. Memory is bounded by
+/// the policy's bucket count because indices are.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    shards: [Mutex<Shard>; SHARDS],
+    shards: [Lock<Shard>; SHARDS],
 }
 
 impl MemoryStore {
@@ -57,15 +65,23 @@ impl MemoryStore {
         Self::default()
     }
 
+    #[cfg(feature = "std")]
     fn shard(&self, index: u32) -> Result<std::sync::MutexGuard<'_, Shard>, StoreError> {
         self.shards[index as usize % SHARDS]
             .lock()
             .map_err(|_| StoreError("a thread panicked while holding the lock".into()))
     }
 
+    #[cfg(not(feature = "std"))]
+    fn shard(&self, index: u32) -> Result<core::cell::RefMut<'_, Shard>, StoreError> {
+        self.shards[index as usize % SHARDS]
+            .try_borrow_mut()
+            .map_err(|_| StoreError("the store is already in use".into()))
+    }
+
     /// Buckets written so far.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        (0..SHARDS as u32).map(|index| self.shard(index).map_or(0, |shard| shard.len())).sum()
     }
 
     pub fn is_empty(&self) -> bool {

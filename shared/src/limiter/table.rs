@@ -76,7 +76,7 @@ impl Bucket {
         // quota returns at the sustained rate from the new time.
         let horizon = gcra.horizon(now);
         let mut rewound = false;
-        for tat in std::iter::once(&mut self.floor).chain(self.ways.iter_mut().map(|w| &mut w.tat)) {
+        for tat in core::iter::once(&mut self.floor).chain(self.ways.iter_mut().map(|w| &mut w.tat)) {
             if *tat > horizon {
                 *tat = horizon;
                 rewound = true;

@@ -2,9 +2,19 @@
 //! for one class of request, in the same order and through the same calls
 //! (`portcullis-proxy-abi`), with every answer precomputed and no logic
 //! between them. Portcullis over the floor is what its own code costs; the floor over Envoy's
-//! native filters is what the ABI costs.
+//! native filters is what the ABI costs. `no_std`, as the filter is, and on the same heap.
 
-use std::rc::Rc;
+#![no_std]
+
+extern crate alloc;
+
+use alloc::borrow::ToOwned;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
 
 use portcullis_proxy_abi::{self as abi, Action, BufferType, HttpContext, LogLevel, MapType, RootContext};
 
@@ -99,7 +109,7 @@ impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let config = abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten();
         let config = config.unwrap_or_default();
-        match std::str::from_utf8(&config).map_err(|e| e.to_string()).and_then(Script::parse) {
+        match core::str::from_utf8(&config).map_err(|e| e.to_string()).and_then(Script::parse) {
             Ok(script) => {
                 self.script = Some(Rc::new(script));
                 true

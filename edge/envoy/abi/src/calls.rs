@@ -2,8 +2,9 @@
 //! the host's status as a plain `u32`: an enum return type would make a status this crate does not
 //! know undefined behaviour, and none of these calls panics on one.
 
-use std::ptr::{null, null_mut};
-use std::time::Duration;
+use alloc::vec::Vec;
+use core::ptr::{null, null_mut};
+use core::time::Duration;
 
 use crate::context;
 use crate::types::{BufferType, LogLevel, MapType, MetricType, Status};
@@ -107,6 +108,23 @@ fn take(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
 pub fn log(level: LogLevel, message: &str) {
     // SAFETY: the host only reads `message.len()` bytes of a live slice during the call.
     let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+/// Logs `parts` joined (their first 512 bytes) without allocating or formatting: the panic
+/// handler's message, and messages of a few pieces.
+pub fn log_parts(level: LogLevel, parts: &[&str]) {
+    let mut buffer = [0u8; 512];
+    let mut len = 0;
+    for part in parts {
+        let Some(free) = buffer.get_mut(len..) else { break };
+        let take = part.len().min(free.len());
+        if let (Some(to), Some(from)) = (free.get_mut(..take), part.as_bytes().get(..take)) {
+            to.copy_from_slice(from);
+        }
+        len += take;
+    }
+    // SAFETY: the host only reads `len` bytes of the live buffer during the call.
+    let _ = unsafe { proxy_log(level as u32, buffer.as_ptr(), len) };
 }
 
 /// Unix time in nanoseconds, as the host's clock gives it; `None` if it gives none.

@@ -7,10 +7,12 @@
 //! callback for a context this VM does not hold (one whose creation its root declined) does
 //! nothing and lets the stream continue; nothing here panics.
 
-use std::cell::{Cell, RefCell};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 
 use crate::calls;
-use crate::types::{Action, LogLevel};
+use crate::types::Action;
 
 /// A plugin's configuration and what it shares between requests.
 pub trait RootContext {
@@ -49,7 +51,52 @@ type NewRoot = fn() -> Box<dyn RootContext>;
 /// Contexts of one kind by id, sorted.
 type Table<T> = RefCell<Vec<(u32, Box<T>)>>;
 
-thread_local! {
+/// State of the VM: inside it (one thread, no std) plain statics; natively linked, where tests
+/// run the filter on many threads, thread-locals, so that each test thread is a VM of its own.
+#[cfg(target_family = "wasm")]
+macro_rules! vm_state {
+    ($($(#[$doc:meta])* static $name:ident: $type:ty = const { $init:expr };)*) => {
+        $($(#[$doc])* static $name: VmState<$type> = VmState($init);)*
+    };
+}
+#[cfg(not(target_family = "wasm"))]
+macro_rules! vm_state {
+    ($($tokens:tt)*) => { std::thread_local! { $($tokens)* } };
+}
+
+/// A static of the VM's, with the `with`/`get`/`set` of a thread-local.
+#[cfg(target_family = "wasm")]
+struct VmState<T>(T);
+
+// SAFETY: a proxy-wasm VM runs one thread (the crate does not build for Wasm threads: the
+// global allocator's `heap::SizeClasses` is not `Sync` there either).
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+unsafe impl<T> Sync for VmState<T> {}
+
+#[cfg(target_family = "wasm")]
+impl<T> VmState<T> {
+    fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0)
+    }
+}
+
+#[cfg(target_family = "wasm")]
+impl<T: Copy> VmState<Cell<T>> {
+    fn get(&'static self) -> T {
+        self.0.get()
+    }
+
+    fn set(&'static self, value: T) {
+        self.0.set(value);
+    }
+}
+
+#[cfg(target_family = "wasm")]
+type Local<T> = VmState<T>;
+#[cfg(not(target_family = "wasm"))]
+type Local<T> = std::thread::LocalKey<T>;
+
+vm_state! {
     static NEW_ROOT: Cell<Option<NewRoot>> = const { Cell::new(None) };
     static ROOTS: Table<dyn RootContext> = const { RefCell::new(Vec::new()) };
     static STREAMS: Table<dyn HttpContext> = const { RefCell::new(Vec::new()) };
@@ -59,11 +106,16 @@ thread_local! {
     static ACTIVE: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Registers how the VM makes its root contexts, and logs any panic to Envoy before the VM
-/// dies of it. Called once, from the module's `_initialize` (see [`crate::main`]).
+/// Registers how the VM makes its root contexts. Called once, from the module's `_initialize`
+/// (see [`crate::main`]). Inside the VM a panic is logged by the crate's panic handler;
+/// natively, by a hook logging through [`calls::log`] as well.
 pub fn set_root_context(new_root: NewRoot) {
     NEW_ROOT.set(Some(new_root));
-    std::panic::set_hook(Box::new(|panic| calls::log(LogLevel::Critical, &panic.to_string())));
+    #[cfg(not(target_family = "wasm"))]
+    std::panic::set_hook(Box::new(|panic| {
+        use std::string::ToString;
+        calls::log(crate::types::LogLevel::Critical, &panic.to_string());
+    }));
 }
 
 /// Defines the module's `_initialize` export, which runs the Wasm module's static constructors
@@ -102,11 +154,7 @@ fn insert<T>(contexts: &RefCell<Vec<(u32, T)>>, id: u32, context: T) {
 }
 
 /// Runs `callback` on the context `id` of `contexts`; `None` when there is no such context.
-fn with<T: ?Sized, R>(
-    contexts: &'static std::thread::LocalKey<Table<T>>,
-    id: u32,
-    callback: impl FnOnce(&mut T) -> R,
-) -> Option<R> {
+fn with<T: ?Sized, R>(contexts: &'static Local<Table<T>>, id: u32, callback: impl FnOnce(&mut T) -> R) -> Option<R> {
     contexts.with(|contexts| {
         let mut contexts = contexts.try_borrow_mut().ok()?;
         let at = position(&contexts, id).ok()?;
@@ -148,7 +196,7 @@ pub extern "C" fn proxy_abi_version_0_2_1() {}
 /// takes back with `Vec::from_raw_parts(data, size, size)` (`calls::take`).
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    let buffer: Box<[std::mem::MaybeUninit<u8>]> = Box::new_uninit_slice(size);
+    let buffer: Box<[core::mem::MaybeUninit<u8>]> = Box::new_uninit_slice(size);
     Box::into_raw(buffer).cast()
 }
 

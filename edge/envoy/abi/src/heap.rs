@@ -1,8 +1,9 @@
-//! The VM's heap: a few size classes of recently freed blocks in front of std's allocator.
+//! The VM's heap: a few size classes of recently freed blocks in front of wasi-libc's `malloc`
+//! (natively, in the tests, in front of std's allocator).
 //!
 //! A request allocates and frees the same few small blocks every time: the context, the host's
 //! copies of the header map and of two properties, a shared-data bucket, a header value. Inside
-//! the VM std's allocator (wasi-libc's dlmalloc) costs about 120 Wasm operations to allocate
+//! the VM `malloc` (wasi-libc's dlmalloc) costs about 120 Wasm operations to allocate
 //! and 70 to free one: a fifth of the filter's work on a request. Here a block of a class
 //! recently freed is handed out again from a list, a handful of operations each way.
 //!
@@ -10,17 +11,58 @@
 //! Talc, the one built for Wasm, measured more operations per request than dlmalloc here, and
 //! a module larger by 5 KiB.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::ptr;
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use core::ptr;
+
+#[cfg(not(target_family = "wasm"))]
+use std::alloc::System as Backing;
+
+/// Where blocks come from and large ones go inside the VM: wasi-libc's `malloc` (Doug Lea's), as
+/// under std, which the VM no longer links. Hand-written because the `dlmalloc` crate, the
+/// maintained alternative, measured about 250 more Wasm operations per request.
+#[cfg(target_family = "wasm")]
+struct Backing;
+
+#[cfg(target_family = "wasm")]
+unsafe extern "C" {
+    fn malloc(size: usize) -> *mut u8;
+    fn aligned_alloc(align: usize, size: usize) -> *mut u8;
+    fn free(block: *mut u8);
+}
+
+/// The alignment every `malloc` block has on wasm32 (wasi-libc's `MALLOC_ALIGNMENT`).
+#[cfg(target_family = "wasm")]
+const MALLOC_ALIGN: usize = 8;
+
+// SAFETY: `malloc`/`aligned_alloc` return blocks of at least the size and alignment asked (or
+// null), and `free` takes any of them back; `realloc` is `GlobalAlloc`'s (alloc, copy, free).
+#[cfg(target_family = "wasm")]
+unsafe impl GlobalAlloc for Backing {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: plain C calls; `aligned_alloc` with a power-of-two alignment.
+        unsafe {
+            if layout.align() <= MALLOC_ALIGN {
+                malloc(layout.size())
+            } else {
+                aligned_alloc(layout.align(), layout.size())
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` came from `malloc` or `aligned_alloc` above.
+        unsafe { free(ptr) }
+    }
+}
 
 /// Block sizes, each class serving the requests up to its size.
 const CLASSES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
-/// Blocks kept per class; beyond it a freed block goes back to std's allocator. At most 64 KiB
+/// Blocks kept per class; beyond it a freed block goes back to `Backing`. At most 64 KiB
 /// kept in all, so a burst of large requests does not hold memory for good.
 const KEPT_PER_CLASS: usize = 16;
-/// The alignment every class block has: std's allocator hands out blocks of this alignment
-/// from `malloc` itself, where a larger one would take `aligned_alloc`.
+/// The alignment every class block has: `malloc`'s own, where a larger one would take
+/// `aligned_alloc`.
 const ALIGN: usize = 8;
 
 /// Recently freed blocks by class, each list linked through the blocks' first word.
@@ -57,14 +99,14 @@ fn class(layout: Layout) -> Option<(usize, Layout)> {
     Some((class, block))
 }
 
-// SAFETY: every block handed out is one std's allocator made with the class's layout, which
+// SAFETY: every block handed out is one `Backing` made with the class's layout, which
 // fits any layout of that class; a block is on a list only between its dealloc and the next
 // alloc of its class, so it is never handed out twice.
 unsafe impl GlobalAlloc for SizeClasses {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some((class, block)) = class(layout) else {
             // SAFETY: forwarded as given.
-            return unsafe { System.alloc(layout) };
+            return unsafe { Backing.alloc(layout) };
         };
         let (Some(free), Some(kept)) = (self.free.get(class), self.kept.get(class)) else {
             return ptr::null_mut();
@@ -72,7 +114,7 @@ unsafe impl GlobalAlloc for SizeClasses {
         let head = free.get();
         if head.is_null() {
             // SAFETY: a class layout has a non-zero size.
-            return unsafe { System.alloc(block) };
+            return unsafe { Backing.alloc(block) };
         }
         // SAFETY: a listed block holds the next block's address in its first word, written
         // (aligned: blocks are `ALIGN`-aligned) by `dealloc`.
@@ -83,15 +125,15 @@ unsafe impl GlobalAlloc for SizeClasses {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some((class, block)) = class(layout) else {
-            // SAFETY: allocated by `System` with this layout (`alloc` above).
-            return unsafe { System.dealloc(ptr, layout) };
+            // SAFETY: allocated by `Backing` with this layout (`alloc` above).
+            return unsafe { Backing.dealloc(ptr, layout) };
         };
         let (Some(free), Some(kept)) = (self.free.get(class), self.kept.get(class)) else {
             return;
         };
         if kept.get() >= KEPT_PER_CLASS {
-            // SAFETY: every block of a class comes from `System` with the class's layout.
-            return unsafe { System.dealloc(ptr, block) };
+            // SAFETY: every block of a class comes from `Backing` with the class's layout.
+            return unsafe { Backing.dealloc(ptr, block) };
         }
         // SAFETY: the block is at least 16 bytes, aligned to `ALIGN`, and no longer in use.
         unsafe { ptr.cast::<*mut u8>().write(free.get()) };
@@ -103,6 +145,7 @@ unsafe impl GlobalAlloc for SizeClasses {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec::Vec;
 
     /// Allocates `layout` from `heap`, fills it with `byte` and returns it.
     fn filled(heap: &SizeClasses, layout: Layout, byte: u8) -> *mut u8 {

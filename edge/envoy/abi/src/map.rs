@@ -1,6 +1,9 @@
 //! The ABI's serialised header map: a little-endian `u32` count, then a `u32` name length and a
 //! `u32` value length per pair, then each name and each value followed by a NUL.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 /// The pairs of a serialised map, borrowed from it. A map that does not parse ends where it
 /// stops parsing: the filter treats what it cannot read as absent rather than trapping.
 #[inline]
@@ -145,6 +148,8 @@ fn len_word(len: usize) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::ToOwned;
+    use std::vec;
 
     fn serialise(map: &[(&str, &str)]) -> Vec<u8> {
         let bytes = map.iter().map(|(n, v)| n.len() + v.len()).sum();

@@ -31,6 +31,22 @@ impl Status {
             other => Self::Other(other),
         }
     }
+
+    /// The status as the ABI names it, for logs (written without `core::fmt`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "Ok",
+            Self::NotFound => "NotFound",
+            Self::BadArgument => "BadArgument",
+            Self::SerializationFailure => "SerializationFailure",
+            Self::ParseFailure => "ParseFailure",
+            Self::Empty => "Empty",
+            Self::CasMismatch => "CasMismatch",
+            Self::InternalFailure => "InternalFailure",
+            Self::Unimplemented => "Unimplemented",
+            Self::Other(_) => "a status ABI 0.2.1 does not define",
+        }
+    }
 }
 
 /// What the host does with the stream after a callback.
