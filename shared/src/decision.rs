@@ -349,12 +349,34 @@ impl TierHeaderText {
     pub(crate) fn new(tier: &str, limit: u32, window_secs: u32) -> Self {
         let limit = itoa::Buffer::new().format(limit).to_owned();
         let window = itoa::Buffer::new().format(window_secs).to_owned();
+        let tier = sf_string(tier);
         Self {
-            policy: ["\"", tier, "\";q=", &limit, ";w=", &window].concat(),
-            remaining_prefix: ["\"", tier, "\";r="].concat(),
+            policy: [&tier, ";q=", &limit, ";w=", &window].concat(),
+            remaining_prefix: [&tier, ";r="].concat(),
             limit,
         }
     }
+}
+
+/// `name` as a Structured Field string (RFC 8941 §3.3.3): quoted, with `"` and `\` escaped and
+/// any character an sf-string cannot hold (outside printable ASCII) written as `?`. A policy's
+/// tier names never need either; a descriptor's value given to the rate-limit service may come
+/// from a request header, and must not break the header's structure (nor end the header).
+fn sf_string(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
 }
 
 impl RateLimitHeaders {
@@ -481,6 +503,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::Policy;
+
+    #[test]
+    fn a_tier_name_is_written_as_a_structured_field_string() {
+        let text = TierHeaderText::new("a\"b\\c\r\n\u{e9} d", 5, 60);
+        assert_eq!(text.policy, r#""a\"b\\c??? d";q=5;w=60"#);
+        assert_eq!(text.remaining_prefix, r#""a\"b\\c??? d";r="#);
+        assert_eq!(TierHeaderText::new("login", 5, 60).policy, r#""login";q=5;w=60"#);
+    }
 
     #[test]
     fn a_refusal_names_the_whole_family_and_an_allowed_request_all_but_retry_after() {
