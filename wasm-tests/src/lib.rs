@@ -454,6 +454,10 @@ pub(crate) trait Vm: Send {
     fn call(&mut self, callback: Callback) -> Result<u32>;
     /// Fuel left; constant where instructions are not counted.
     fn fuel(&self) -> Result<u64>;
+    /// The size of the guest's linear memory; `None` natively, where there is none.
+    fn memory_bytes(&mut self) -> Option<usize> {
+        None
+    }
 }
 
 /// Action codes of the ABI.
@@ -513,6 +517,12 @@ impl Plugin {
 
     /// Sends one request without a body through the filter; a forwarded one is answered by
     /// `request.upstream`.
+    /// The size of the VM's linear memory (Wasm only): it grows when the filter's heap does,
+    /// and never shrinks.
+    pub fn memory_bytes(&mut self) -> Option<usize> {
+        self.vm.memory_bytes()
+    }
+
     pub fn send(&mut self, request: &HttpRequest) -> Result<Exchange> {
         self.send_with_body(request, &[], false)
     }

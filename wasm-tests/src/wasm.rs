@@ -120,6 +120,7 @@ impl Exports {
 pub struct WasmVm {
     store: Store<State>,
     calls: Exports,
+    memory: Option<Memory>,
     next_id: u32,
 }
 
@@ -134,10 +135,11 @@ impl WasmVm {
         linker.define_unknown_imports_as_traps(&module.module)?;
         let instance: Instance = linker.instantiate(&mut store, &module.module)?;
         let calls = Exports::find(&instance, &mut store)?;
+        let memory = instance.get_memory(&mut store, "memory");
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
             init.call(&mut store, ())?;
         }
-        Ok(Self { store, calls, next_id: 1 })
+        Ok(Self { store, calls, memory, next_id: 1 })
     }
 }
 
@@ -181,6 +183,10 @@ impl Vm for WasmVm {
 
     fn fuel(&self) -> Result<u64> {
         self.store.get_fuel()
+    }
+
+    fn memory_bytes(&mut self) -> Option<usize> {
+        Some(self.memory?.data_size(&self.store))
     }
 }
 

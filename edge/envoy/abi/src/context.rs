@@ -68,8 +68,8 @@ macro_rules! vm_state {
 #[cfg(target_family = "wasm")]
 struct VmState<T>(T);
 
-// SAFETY: a proxy-wasm VM runs one thread (the crate does not build for Wasm threads: the
-// global allocator's `heap::SizeClasses` is not `Sync` there either).
+// SAFETY: a proxy-wasm VM runs one thread. Built with Wasm threads (`atomics`) `VmState` is
+// not `Sync`, so the statics do not compile there rather than race.
 #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
 unsafe impl<T> Sync for VmState<T> {}
 
