@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use crate::json::quoted;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
-use crate::config::{ClientIpConfig, ConfigError, ForwardedHeader};
+use crate::config::{ClientIpConfig, ConfigError, ForwardedHeader, compile_each};
 use crate::request::{Peer, RequestHeaders};
 
 /// The rate-limit identity of a client.
@@ -83,19 +83,9 @@ pub(crate) struct ClientIdentity {
 
 impl ClientIdentity {
     pub(crate) fn compile(config: &ClientIpConfig) -> Result<Self, ConfigError> {
-        let trusted = config
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .map(|(i, cidr)| {
-                Cidr::parse(cidr).ok_or_else(|| {
-                    ConfigError::at(
-                        ["client_ip.trusted_proxies[", itoa::Buffer::new().format(i), "]"].concat(),
-                        [&quoted(cidr), " is not an IP address or CIDR"].concat(),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let trusted = compile_each(&config.trusted_proxies, "client_ip.trusted_proxies", |cidr| {
+            Cidr::parse(cidr).ok_or_else(|| [&quoted(cidr), " is not an IP address or CIDR"].concat())
+        })?;
         if !(1..=128).contains(&config.ipv6_prefix) {
             return Err(ConfigError::at(
                 "client_ip.ipv6_prefix",

@@ -10,7 +10,8 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::client::ClientIdentity;
 use crate::config::{
-    self, ConfigError, GlobalConfig, LimitMode, PolicyConfig, StoreErrorMode, TierConfig, Unavailable, element,
+    self, ConfigError, GlobalConfig, LimitMode, PolicyConfig, StoreErrorMode, TierConfig, Unavailable, compile_each,
+    element,
 };
 use crate::decision::{
     ALLOWED_NAMES, Decision, Forward, LocalResponse, Outcome, RATE_LIMIT_HEADERS, RateReport, ResponseEdits,
@@ -174,14 +175,7 @@ impl Policy {
     }
 
     pub fn compile(config: &PolicyConfig) -> Result<Self, ConfigError> {
-        let remove = config
-            .remove_headers
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                crate::headers::validate_name(name).map_err(|r| ConfigError::at(element("remove_headers", i, ""), r))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let remove = compile_each(&config.remove_headers, "remove_headers", crate::headers::validate_name)?;
         let mut default_profile = HeaderProfile::from_preset(config.preset, &remove);
         default_profile.apply_overrides(&config.headers, "headers")?;
 
@@ -208,14 +202,7 @@ impl Policy {
             return Err(ConfigError::at("profiles", "too many profiles"));
         }
 
-        let allowed_hosts = config
-            .allowed_hosts
-            .iter()
-            .enumerate()
-            .map(|(i, pattern)| {
-                HostPattern::parse(pattern).map_err(|r| ConfigError::at(element("allowed_hosts", i, ""), r))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let allowed_hosts = compile_each(&config.allowed_hosts, "allowed_hosts", HostPattern::parse)?;
         if allowed_hosts.is_empty() {
             return Err(ConfigError::at("allowed_hosts", "must list at least one host (use \"*\" to allow any)"));
         }

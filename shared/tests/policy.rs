@@ -42,6 +42,14 @@ fn config_errors_name_the_field_and_the_reason() {
     assert!(config_error(r#"{"https_redirect": {"https_port": 0}}"#).starts_with("https_redirect.https_port:"));
     assert!(config_error(r#"{"allowed_hosts": ["ok.com", "bad host"]}"#).starts_with("allowed_hosts[1]:"));
     assert!(config_error(r#"{"allowed_hosts": []}"#).starts_with("allowed_hosts:"));
+    assert_eq!(
+        config_error(r#"{"remove_headers": ["server", "bad name"]}"#),
+        r#"remove_headers[1]: "bad name" is not a valid header name"#
+    );
+    assert_eq!(
+        config_error(r#"{"client_ip": {"trusted_proxies": ["10.0.0.0/8", "nope"]}}"#),
+        r#"client_ip.trusted_proxies[1]: "nope" is not an IP address or CIDR"#
+    );
     assert!(config_error(r#"{"headers": {"X-Evil": "a\nb"}}"#).starts_with("headers.X-Evil:"));
     assert!(config_error(r#"{"profiles": [{"path_prefix": "docs"}]}"#).starts_with("profiles[0].path_prefix:"));
     assert!(

@@ -295,6 +295,20 @@ pub(crate) fn element(list: &str, index: usize, rest: &str) -> String {
     [list, "[", itoa::Buffer::new().format(index), "]", rest].concat()
 }
 
+/// Compiles each entry of the list at field path `list`; an error names the entry's path. (A
+/// loop rather than `collect::<Result<…>>`, whose adapter the filter carried once per list.)
+pub(crate) fn compile_each<T>(
+    entries: &[String],
+    list: &str,
+    compile: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, ConfigError> {
+    let mut compiled = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        compiled.push(compile(entry).map_err(|reason| ConfigError::at(element(list, index, ""), reason))?);
+    }
+    Ok(compiled)
+}
+
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}: {}", self.path, self.reason)
