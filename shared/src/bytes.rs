@@ -1,5 +1,8 @@
 //! Byte helpers for the request path: slice equality and byte-class tables.
 
+/// Lowercase hex digits by value: JSON's `\u00XX` escapes and IPv6 text.
+pub(crate) const LOWER_HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// Whether `a` and `b` hold the same bytes, compared eight at a time. In a Wasm VM `==` on
 /// slices calls wasi-libc's `memcmp`, which compares one byte per loop: about 22 Wasm
 /// operations a byte, 300 for a 14-byte route. Here a word costs a few, and the tail is

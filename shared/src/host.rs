@@ -6,6 +6,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::bytes::LOWER_HEX;
 use crate::json::quoted;
 use alloc::borrow::Cow;
 use core::net::Ipv6Addr;
@@ -34,7 +35,6 @@ const MAX_HOST_LEN: usize = 253;
 /// a proptest holds the two together). Written here because std's links `core::fmt`, which the
 /// filter otherwise does without.
 fn ipv6_text(addr: Ipv6Addr) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(39);
     if let Some(v4) = addr.to_ipv4_mapped() {
         out.extend_from_slice(b"::ffff:");
@@ -66,7 +66,7 @@ fn ipv6_text(addr: Ipv6Addr) -> Vec<u8> {
             }
             let digits = (u16::BITS - group.leading_zeros()).div_ceil(4).max(1);
             for digit in (0..digits).rev() {
-                out.push(HEX[usize::from((group >> (digit * 4)) & 0xf)]);
+                out.push(LOWER_HEX[usize::from((group >> (digit * 4)) & 0xf)]);
             }
         }
     };

@@ -12,6 +12,8 @@ use alloc::borrow::ToOwned;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::bytes::LOWER_HEX;
+
 /// One JSON value. Numbers keep their text: the reader that wants one decides what fits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Value {
@@ -89,7 +91,6 @@ pub(crate) fn quoted(s: &str) -> String {
 /// Appends `s` as a JSON string, escaped as serde_json escapes it (only `"`, `\` and control
 /// characters), so a body written here is byte for byte what a serializer would write.
 pub(crate) fn write_string(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {
         match (short_escape(c), c) {
@@ -99,8 +100,8 @@ pub(crate) fn write_string(out: &mut String, s: &str) {
             (None, '\0'..='\u{1f}') => {
                 let byte = c as usize;
                 out.push_str("\\u00");
-                out.push(char::from(HEX[byte >> 4]));
-                out.push(char::from(HEX[byte & 0xf]));
+                out.push(char::from(LOWER_HEX[byte >> 4]));
+                out.push(char::from(LOWER_HEX[byte & 0xf]));
             }
             (None, _) => out.push(c),
         }
