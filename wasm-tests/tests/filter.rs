@@ -50,6 +50,13 @@ fn a_bad_configuration_is_rejected_naming_the_field(backend: Backend) {
     let err = host.start(backend, bad).err().expect("configuration must be rejected");
     let text = format!("{err:?}");
     assert!(text.contains(r#"rate_limits[0].limit: \"5/minit\" is not N/second|minute|hour|day"#), "{text}");
+    // A message longer than the filter's stack buffer for log lines is logged whole.
+    let long = "5/".to_owned() + &"x".repeat(600);
+    let bad = format!(r#"{{"rate_limits": [{{"name": "login", "method": "POST", "path": "/l", "limit": "{long}"}}]}}"#);
+    let err = host.start(backend, &bad).err().expect("configuration must be rejected");
+    let text = format!("{err:?}");
+    let whole = format!(r#"rate_limits[0].limit: \"{long}\" is not N/second|minute|hour|day"#);
+    assert!(text.contains(&whole), "{text}");
     assert!(host.start(backend, "{not json").is_err());
     assert!(host.start(backend, "").is_ok(), "no configuration is the default policy");
 }

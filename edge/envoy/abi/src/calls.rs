@@ -110,18 +110,19 @@ pub fn log(level: LogLevel, message: &str) {
     let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
 }
 
-/// Logs `parts` joined (their first 512 bytes) without allocating or formatting: the panic
-/// handler's message, and messages of a few pieces.
+/// Logs `parts` joined, without formatting: the panic handler's message, and messages of a
+/// few pieces. Up to 512 bytes they are joined on the stack (a panic handler should not count on
+/// the heap); a longer message, such as a configuration error quoting a long value, is joined on
+/// the heap rather than cut.
 pub fn log_parts(level: LogLevel, parts: &[&str]) {
     let mut buffer = [0u8; 512];
     let mut len = 0;
     for part in parts {
-        let Some(free) = buffer.get_mut(len..) else { break };
-        let take = part.len().min(free.len());
-        if let (Some(to), Some(from)) = (free.get_mut(..take), part.as_bytes().get(..take)) {
-            to.copy_from_slice(from);
+        match buffer.get_mut(len..len + part.len()) {
+            Some(to) => to.copy_from_slice(part.as_bytes()),
+            None => return log(level, &parts.concat()),
         }
-        len += take;
+        len += part.len();
     }
     // SAFETY: the host only reads `len` bytes of the live buffer during the call.
     let _ = unsafe { proxy_log(level as u32, buffer.as_ptr(), len) };
