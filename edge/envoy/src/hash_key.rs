@@ -40,9 +40,9 @@ pub fn current() -> Result<Option<HashKey>, Status> {
 /// 16 bytes from the host's entropy (WASI `random_get`, which Envoy implements).
 pub fn random() -> Result<[u8; 16], String> {
     let mut bytes = [0; 16];
-    getrandom::fill(&mut bytes).map_err(|err| {
-        let code = err.raw_os_error().unwrap_or(0);
-        ["random_get failed with error ", itoa::Buffer::new().format(code)].concat()
+    getrandom::fill(&mut bytes).map_err(|err| match err.raw_os_error() {
+        Some(code) => ["random_get failed with WASI error ", itoa::Buffer::new().format(code)].concat(),
+        None => "random_get failed (getrandom gave no WASI error code)".to_owned(),
     })?;
     Ok(bytes)
 }
